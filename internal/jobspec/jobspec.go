@@ -1,0 +1,471 @@
+package jobspec
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+)
+
+// Models and datasets this build knows. The model list is the single place a
+// new model must be added for the job spec to accept it.
+var (
+	knownModels     = []string{"cnn"}
+	knownDatasets   = []string{"mnist"}
+	knownOptimizers = []string{"sgd"}
+	knownStores     = []string{"file"}
+	knownSchedules  = []string{"constant", "cosine"}
+)
+
+// Defaults applied to fields the spec leaves out.
+const (
+	DefaultBatchSize         = 32
+	DefaultLR                = 0.01
+	DefaultMomentum          = 0.9
+	DefaultEpochs            = 1
+	DefaultSeed              = 1
+	DefaultCheckpointEvery   = 500
+	DefaultCheckpointKeep    = 3
+	DefaultCollectiveTimeout = 30 * time.Second
+	DefaultLogEvery          = 50
+	MaxWorkers               = 1024
+)
+
+// file is the YAML form. Pointers tell "left out" (take the default) from an
+// explicit zero (which may be an error, e.g. workers: 0).
+type file struct {
+	Name              *string     `yaml:"name"`
+	Model             *string     `yaml:"model"`
+	Dataset           *datasetY   `yaml:"dataset"`
+	Workers           *int        `yaml:"workers"`
+	BatchSize         *int        `yaml:"batch_size"`
+	Optimizer         *optimizerY `yaml:"optimizer"`
+	Epochs            *int        `yaml:"epochs"`
+	Steps             *int64      `yaml:"steps"`
+	Seed              *uint64     `yaml:"seed"`
+	Checkpoint        *checkptY   `yaml:"checkpoint"`
+	Resume            *string     `yaml:"resume"`
+	CollectiveTimeout *string     `yaml:"collective_timeout"`
+	LogEvery          *int        `yaml:"log_every"`
+}
+
+type datasetY struct {
+	Name *string `yaml:"name"`
+	Path *string `yaml:"path"`
+}
+
+type optimizerY struct {
+	Name        *string  `yaml:"name"`
+	LR          *float64 `yaml:"lr"`
+	Momentum    *float64 `yaml:"momentum"`
+	WeightDecay *float64 `yaml:"weight_decay"`
+	Nesterov    *bool    `yaml:"nesterov"`
+	Schedule    *string  `yaml:"schedule"`
+	WarmupSteps *int64   `yaml:"warmup_steps"`
+	MinLRRatio  *float64 `yaml:"min_lr_ratio"`
+}
+
+type checkptY struct {
+	EverySteps *int64  `yaml:"every_steps"`
+	Store      *string `yaml:"store"`
+	Keep       *int    `yaml:"keep"`
+}
+
+// FieldError is one problem with one field of a spec.
+type FieldError struct {
+	Field   string // YAML path, e.g. "optimizer.lr"; empty for the whole document
+	Line    int    // 1-based line in the YAML, 0 if unknown
+	Problem string // what is wrong and what is allowed
+}
+
+func (e FieldError) Error() string {
+	loc := ""
+	if e.Line > 0 {
+		loc = fmt.Sprintf(" (line %d)", e.Line)
+	}
+	if e.Field == "" {
+		return "job spec" + loc + ": " + e.Problem
+	}
+	return e.Field + loc + ": " + e.Problem
+}
+
+// Error lists every problem found in a spec.
+type Error struct {
+	Problems []FieldError
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("invalid job spec:")
+	for _, p := range e.Problems {
+		b.WriteString("\n  - ")
+		b.WriteString(p.Error())
+	}
+	return b.String()
+}
+
+// Options are the environment-dependent parts of validation.
+type Options struct {
+	// DefaultStore is the checkpoint store URL used when the spec names none.
+	DefaultStore string
+	// CheckPaths makes Parse check that a dataset path exists on this machine.
+	CheckPaths bool
+}
+
+// Parse decodes, validates and defaults a YAML job spec.
+func Parse(data []byte, opt Options) (*pb.JobSpec, error) {
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return nil, &Error{Problems: []FieldError{{Problem: "YAML syntax error: " + strings.TrimPrefix(err.Error(), "yaml: ") + "; fix the YAML syntax"}}}
+	}
+	if root.Kind == 0 || len(root.Content) == 0 {
+		return nil, &Error{Problems: []FieldError{{Problem: "empty document; a job spec needs at least a name and a model"}}}
+	}
+	doc := root.Content[0]
+	var errs []FieldError
+	checkKeys(doc, "", schema, &errs)
+	if len(errs) > 0 {
+		return nil, &Error{Problems: errs}
+	}
+	var f file
+	if err := doc.Decode(&f); err != nil {
+		return nil, &Error{Problems: typeErrors(err)}
+	}
+	spec, errs := build(&f, doc, opt)
+	if len(errs) > 0 {
+		return nil, &Error{Problems: errs}
+	}
+	return spec, nil
+}
+
+// schema lists the allowed keys at each level; nil means a scalar.
+type fields map[string]fields
+
+var schema = fields{
+	"name": nil, "model": nil, "workers": nil, "batch_size": nil, "epochs": nil,
+	"steps": nil, "seed": nil, "resume": nil, "collective_timeout": nil, "log_every": nil,
+	"dataset": {"name": nil, "path": nil},
+	"optimizer": {"name": nil, "lr": nil, "momentum": nil, "weight_decay": nil, "nesterov": nil,
+		"schedule": nil, "warmup_steps": nil, "min_lr_ratio": nil},
+	"checkpoint": {"every_steps": nil, "store": nil, "keep": nil},
+}
+
+func checkKeys(n *yaml.Node, path string, allowed fields, errs *[]FieldError) {
+	if n.Kind != yaml.MappingNode {
+		*errs = append(*errs, FieldError{Field: path, Line: n.Line, Problem: "must be a mapping of fields"})
+		return
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		full := join(path, k.Value)
+		sub, ok := allowed[k.Value]
+		if !ok {
+			*errs = append(*errs, FieldError{Field: full, Line: k.Line,
+				Problem: "unknown field; allowed fields here: " + strings.Join(keys(allowed), ", ")})
+			continue
+		}
+		if sub != nil && v.Kind != yaml.ScalarNode {
+			checkKeys(v, full, sub, errs)
+		} else if sub != nil && v.Tag != "!!null" {
+			*errs = append(*errs, FieldError{Field: full, Line: v.Line,
+				Problem: "must be a mapping with fields " + strings.Join(keys(sub), ", ")})
+		} else if sub == nil && v.Kind != yaml.ScalarNode {
+			*errs = append(*errs, FieldError{Field: full, Line: v.Line, Problem: "must be a single value, not a list or mapping"})
+		}
+	}
+}
+
+func keys(f fields) []string {
+	out := make([]string, 0, len(f))
+	for k := range f {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func join(path, k string) string {
+	if path == "" {
+		return k
+	}
+	return path + "." + k
+}
+
+// typeErrors turns yaml.v3's decode errors ("line 4: cannot unmarshal !!str
+// `abc` into int") into field errors. yaml.v3 does not report the field path,
+// so the line is what locates it.
+func typeErrors(err error) []FieldError {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return []FieldError{{Problem: err.Error()}}
+	}
+	out := make([]FieldError, 0, len(te.Errors))
+	for _, e := range te.Errors {
+		var line int
+		msg := e
+		if _, scanErr := fmt.Sscanf(e, "line %d:", &line); scanErr == nil {
+			msg = strings.TrimSpace(e[strings.Index(e, ":")+1:])
+		}
+		out = append(out, FieldError{Line: line, Problem: "wrong type: " + msg})
+	}
+	return out
+}
+
+// line finds the line of a key path in the document, for error messages.
+func line(doc *yaml.Node, path ...string) int {
+	n := doc
+	l := 0
+	for _, p := range path {
+		if n == nil || n.Kind != yaml.MappingNode {
+			return l
+		}
+		var next *yaml.Node
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == p {
+				l = n.Content[i].Line
+				next = n.Content[i+1]
+			}
+		}
+		n = next
+	}
+	return l
+}
+
+func build(f *file, doc *yaml.Node, opt Options) (*pb.JobSpec, []FieldError) {
+	var errs []FieldError
+	bad := func(problem string, path ...string) {
+		errs = append(errs, FieldError{Field: strings.Join(path, "."), Line: line(doc, path...), Problem: problem})
+	}
+	s := &pb.JobSpec{
+		Dataset:   &pb.Dataset{Name: "mnist"},
+		Optimizer: &pb.Optimizer{Name: "sgd", Lr: DefaultLR, Momentum: DefaultMomentum, Schedule: "constant"},
+		Checkpoint: &pb.CheckpointPolicy{
+			EverySteps: DefaultCheckpointEvery, Store: opt.DefaultStore, Keep: DefaultCheckpointKeep,
+		},
+		Workers:             1,
+		BatchSize:           DefaultBatchSize,
+		Epochs:              DefaultEpochs,
+		Seed:                DefaultSeed,
+		CollectiveTimeoutMs: DefaultCollectiveTimeout.Milliseconds(),
+		LogEvery:            DefaultLogEvery,
+	}
+
+	switch {
+	case f.Name == nil || strings.TrimSpace(*f.Name) == "":
+		bad("required; give the job a name (letters, digits, '-', '_')", "name")
+	case !validName(*f.Name):
+		bad(fmt.Sprintf("%q is not allowed; use 1 to 48 letters, digits, '-' or '_', starting with a letter or digit", *f.Name), "name")
+	default:
+		s.Name = *f.Name
+	}
+	if f.Model == nil || *f.Model == "" {
+		bad("required; allowed models: "+strings.Join(knownModels, ", "), "model")
+	} else if !contains(knownModels, *f.Model) {
+		bad(fmt.Sprintf("unknown model %q; allowed models: %s", *f.Model, strings.Join(knownModels, ", ")), "model")
+	} else {
+		s.Model = *f.Model
+	}
+
+	if d := f.Dataset; d != nil {
+		if d.Name != nil {
+			if !contains(knownDatasets, *d.Name) {
+				bad(fmt.Sprintf("unknown dataset %q; allowed datasets: %s", *d.Name, strings.Join(knownDatasets, ", ")), "dataset", "name")
+			}
+			s.Dataset.Name = *d.Name
+		}
+		if d.Path != nil {
+			p := *d.Path
+			switch {
+			case p == "":
+				bad("empty; leave the field out to use the MNIST copy shipped with the build, or give a directory holding the IDX files", "dataset", "path")
+			case !filepath.IsAbs(p):
+				bad(fmt.Sprintf("%q must be an absolute path (workers resolve it on their own machines)", p), "dataset", "path")
+			case opt.CheckPaths:
+				if st, err := os.Stat(p); err != nil {
+					bad(fmt.Sprintf("%q does not exist; give a directory that holds the IDX files (train-images-idx3-ubyte[.gz] etc.), or leave the field out for the shipped MNIST", p), "dataset", "path")
+				} else if !st.IsDir() {
+					bad(fmt.Sprintf("%q is not a directory; give the directory that holds the IDX files", p), "dataset", "path")
+				}
+			}
+			s.Dataset.Path = p
+		}
+	}
+
+	if f.Workers != nil {
+		if *f.Workers < 1 || *f.Workers > MaxWorkers {
+			bad(fmt.Sprintf("%d is out of range; a job needs between 1 and %d workers", *f.Workers, MaxWorkers), "workers")
+		}
+		s.Workers = int32(*f.Workers)
+	}
+	if f.BatchSize != nil {
+		if *f.BatchSize < 1 || *f.BatchSize > 65536 {
+			bad(fmt.Sprintf("%d is out of range; the per-worker batch size must be between 1 and 65536", *f.BatchSize), "batch_size")
+		}
+		s.BatchSize = int32(*f.BatchSize)
+	}
+
+	if o := f.Optimizer; o != nil {
+		if o.Name != nil {
+			if !contains(knownOptimizers, *o.Name) {
+				bad(fmt.Sprintf("unknown optimizer %q; allowed: %s", *o.Name, strings.Join(knownOptimizers, ", ")), "optimizer", "name")
+			}
+			s.Optimizer.Name = *o.Name
+		}
+		if o.LR != nil {
+			if !(*o.LR > 0) || *o.LR > 10 {
+				bad(fmt.Sprintf("%g is not allowed; the learning rate must be greater than 0 and at most 10 (typical: 0.001 to 0.1)", *o.LR), "optimizer", "lr")
+			}
+			s.Optimizer.Lr = float32(*o.LR)
+		}
+		if o.Momentum != nil {
+			if !(*o.Momentum >= 0 && *o.Momentum < 1) {
+				bad(fmt.Sprintf("%g is not allowed; momentum must be in [0, 1)", *o.Momentum), "optimizer", "momentum")
+			}
+			s.Optimizer.Momentum = float32(*o.Momentum)
+		}
+		if o.WeightDecay != nil {
+			if !(*o.WeightDecay >= 0 && *o.WeightDecay < 1) {
+				bad(fmt.Sprintf("%g is not allowed; weight_decay must be in [0, 1)", *o.WeightDecay), "optimizer", "weight_decay")
+			}
+			s.Optimizer.WeightDecay = float32(*o.WeightDecay)
+		}
+		if o.Schedule != nil {
+			if !contains(knownSchedules, *o.Schedule) {
+				bad(fmt.Sprintf("unknown schedule %q; allowed: %s", *o.Schedule, strings.Join(knownSchedules, ", ")), "optimizer", "schedule")
+			}
+			s.Optimizer.Schedule = *o.Schedule
+		}
+		if o.WarmupSteps != nil {
+			if *o.WarmupSteps < 0 {
+				bad(fmt.Sprintf("%d is not allowed; warmup_steps must be 0 or more", *o.WarmupSteps), "optimizer", "warmup_steps")
+			}
+			s.Optimizer.WarmupSteps = *o.WarmupSteps
+		}
+		if o.MinLRRatio != nil {
+			if !(*o.MinLRRatio >= 0 && *o.MinLRRatio <= 1) {
+				bad(fmt.Sprintf("%g is not allowed; min_lr_ratio must be in [0, 1]", *o.MinLRRatio), "optimizer", "min_lr_ratio")
+			}
+			s.Optimizer.MinLrRatio = float32(*o.MinLRRatio)
+		}
+		if o.Nesterov != nil {
+			s.Optimizer.Nesterov = *o.Nesterov
+			if *o.Nesterov && s.Optimizer.Momentum == 0 {
+				bad("nesterov needs a momentum greater than 0", "optimizer", "nesterov")
+			}
+		}
+	}
+
+	if f.Epochs != nil {
+		if *f.Epochs < 1 || *f.Epochs > 100000 {
+			bad(fmt.Sprintf("%d is out of range; epochs must be between 1 and 100000 (or set steps)", *f.Epochs), "epochs")
+		}
+		s.Epochs = int32(*f.Epochs)
+	}
+	if f.Steps != nil {
+		if *f.Steps < 1 {
+			bad(fmt.Sprintf("%d is not allowed; steps must be at least 1 (leave it out to train for the given epochs)", *f.Steps), "steps")
+		}
+		if f.Epochs != nil {
+			bad("set either steps or epochs, not both", "steps")
+		}
+		s.Steps = *f.Steps
+	}
+	if f.Seed != nil {
+		s.Seed = *f.Seed
+	}
+
+	if c := f.Checkpoint; c != nil {
+		if c.EverySteps != nil {
+			if *c.EverySteps < 0 {
+				bad(fmt.Sprintf("%d is not allowed; every_steps must be 0 (only at the end) or more", *c.EverySteps), "checkpoint", "every_steps")
+			}
+			s.Checkpoint.EverySteps = *c.EverySteps
+		}
+		if c.Keep != nil {
+			if *c.Keep < 1 {
+				bad(fmt.Sprintf("%d is not allowed; keep at least 1 checkpoint", *c.Keep), "checkpoint", "keep")
+			}
+			s.Checkpoint.Keep = int32(*c.Keep)
+		}
+		if c.Store != nil {
+			if err := checkStoreURL(*c.Store); err != nil {
+				bad(err.Error(), "checkpoint", "store")
+			}
+			s.Checkpoint.Store = *c.Store
+		}
+	}
+	if s.Checkpoint.Store == "" {
+		bad("no store given and the coordinator has no default; set a URL such as file:///var/lib/ringmaster/checkpoints", "checkpoint", "store")
+	}
+
+	if f.Resume != nil {
+		s.Resume = *f.Resume
+		if strings.Contains(s.Resume, "://") {
+			if err := checkStoreURL(s.Resume); err != nil {
+				bad(err.Error(), "resume")
+			}
+		}
+	}
+	if f.CollectiveTimeout != nil {
+		d, err := time.ParseDuration(*f.CollectiveTimeout)
+		switch {
+		case err != nil:
+			bad(fmt.Sprintf("%q is not a duration; write it like 30s or 2m", *f.CollectiveTimeout), "collective_timeout")
+		case d < 100*time.Millisecond || d > time.Hour:
+			bad(fmt.Sprintf("%s is out of range; use between 100ms and 1h", d), "collective_timeout")
+		default:
+			s.CollectiveTimeoutMs = d.Milliseconds()
+		}
+	}
+	if f.LogEvery != nil {
+		if *f.LogEvery < 1 {
+			bad(fmt.Sprintf("%d is not allowed; log_every must be at least 1", *f.LogEvery), "log_every")
+		}
+		s.LogEvery = int32(*f.LogEvery)
+	}
+	return s, errs
+}
+
+func checkStoreURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme == "" {
+		return fmt.Errorf("%q is not a store URL; write it like file:///var/lib/ringmaster/checkpoints", raw)
+	}
+	if !contains(knownStores, u.Scheme) {
+		return fmt.Errorf("store scheme %q is not supported; allowed: %s (e.g. file:///var/lib/ringmaster/checkpoints)", u.Scheme, strings.Join(knownStores, ", "))
+	}
+	if u.Scheme == "file" && (u.Host != "" || !strings.HasPrefix(u.Path, "/")) {
+		return fmt.Errorf("%q: a file store URL needs an absolute path and three slashes, e.g. file:///var/lib/ringmaster/checkpoints", raw)
+	}
+	return nil
+}
+
+func validName(s string) bool {
+	if len(s) == 0 || len(s) > 48 {
+		return false
+	}
+	for i, r := range s {
+		alnum := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9'
+		if !alnum && (i == 0 || (r != '-' && r != '_')) {
+			return false
+		}
+	}
+	return true
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
