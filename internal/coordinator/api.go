@@ -1,0 +1,303 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"sort"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/internal/events"
+	"github.com/ringmaster/ringmaster/internal/jobspec"
+	"github.com/ringmaster/ringmaster/internal/state"
+	"github.com/ringmaster/ringmaster/internal/version"
+)
+
+// api implements the Coordinator gRPC service. Mutations are etcd
+// transactions guarded by revisions, so they are safe from any coordinator
+// replica; the leader's reconcile loop acts on what they record.
+type api struct {
+	pb.UnimplementedCoordinatorServer
+	c *Coordinator
+}
+
+func (a *api) Info(ctx context.Context, _ *pb.InfoRequest) (*pb.InfoResponse, error) {
+	// Embedded servers may listen on all interfaces; workers reach them
+	// through the advertised host. External servers' URLs pass unchanged.
+	eps := append([]string(nil), a.c.etcdURLs...)
+	if a.c.embEtcd != nil {
+		for i, u := range eps {
+			eps[i] = a.c.advertised(u)
+		}
+	}
+	natsURL := a.c.natsURL
+	if a.c.embNATS != nil {
+		natsURL = a.c.advertised(natsURL)
+	}
+	return &pb.InfoResponse{EtcdEndpoints: eps, NatsUrl: natsURL, Version: version.Version, EtcdPrefix: a.c.keys.Prefix}, nil
+}
+
+func (a *api) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) (*pb.SubmitJobResponse, error) {
+	spec, err := jobspec.Parse(req.SpecYaml, jobspec.Options{DefaultStore: a.c.cfg.DefaultStore, CheckPaths: true})
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if spec.Resume != "" {
+		if err := a.checkResumeSource(ctx, spec.Resume); err != nil {
+			return nil, err
+		}
+	}
+	now := time.Now().UnixMilli()
+	st := &pb.JobStatus{State: pb.JobState_JOB_STATE_PENDING, CreatedMs: now, UpdatedMs: now,
+		Message: fmt.Sprintf("waiting for %d idle workers", spec.Workers)}
+	ctx, cancel := context.WithTimeout(ctx, a.c.cfg.RequestTimeout)
+	defer cancel()
+	for range 5 {
+		id := spec.Name + "-" + randomSuffix()
+		k := a.c.keys
+		resp, err := a.c.etcd.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(k.Spec(id)), "=", 0)).
+			Then(clientv3.OpPut(k.Spec(id), state.Marshal(spec)), clientv3.OpPut(k.Status(id), state.Marshal(st))).
+			Commit()
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "recording the job in etcd: %v", err)
+		}
+		if resp.Succeeded {
+			a.c.log.Info("job submitted", zap.String("job", id), zap.String("model", spec.Model), zap.Int32("workers", spec.Workers))
+			_ = a.c.pub.Publish(&pb.JobEvent{JobId: id, Event: &pb.JobEvent_State{State: &pb.StateChange{State: st.State, Message: st.Message}}})
+			return &pb.SubmitJobResponse{JobId: id}, nil
+		}
+	}
+	return nil, status.Error(codes.Internal, "could not find a free job id")
+}
+
+// checkResumeSource refuses a spec whose resume names a job that does not
+// exist (a store URL is checked by the workers that read it).
+func (a *api) checkResumeSource(ctx context.Context, src string) error {
+	if isURL(src) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.c.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := a.c.etcd.Get(ctx, a.c.keys.Spec(src), clientv3.WithCountOnly())
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "etcd: %v", err)
+	}
+	if resp.Count == 0 {
+		return status.Errorf(codes.InvalidArgument, "invalid job spec:\n  - resume: job %q does not exist; give an existing job id (see `coordinator list`) or a checkpoint store URL", src)
+	}
+	return nil
+}
+
+func isURL(s string) bool {
+	for i := 0; i+2 < len(s); i++ {
+		if s[i:i+3] == "://" {
+			return true
+		}
+	}
+	return false
+}
+
+const idAlphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+func randomSuffix() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	for i := range b {
+		b[i] = idAlphabet[int(b[i])%len(idAlphabet)]
+	}
+	return string(b[:])
+}
+
+func (a *api) snapshot(ctx context.Context) (*state.Snapshot, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.c.cfg.RequestTimeout)
+	defer cancel()
+	s, err := state.Read(ctx, a.c.etcd, a.c.keys)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	return s, nil
+}
+
+func (a *api) ListJobs(ctx context.Context, _ *pb.ListJobsRequest) (*pb.ListJobsResponse, error) {
+	s, err := a.snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := &pb.ListJobsResponse{}
+	for _, id := range s.JobIDs() {
+		out.Jobs = append(out.Jobs, s.Jobs[id].JobProto())
+	}
+	return out, nil
+}
+
+func (a *api) job(ctx context.Context, id string) (*state.Snapshot, *state.JobEntry, error) {
+	if id == "" {
+		return nil, nil, status.Error(codes.InvalidArgument, "job id is empty; see `coordinator list`")
+	}
+	s, err := a.snapshot(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	j := s.Jobs[id]
+	if j == nil || j.Spec == nil || j.Status.Value == nil {
+		return nil, nil, status.Errorf(codes.NotFound, "job %q does not exist; see `coordinator list`", id)
+	}
+	return s, j, nil
+}
+
+func (a *api) GetJob(ctx context.Context, req *pb.GetJobRequest) (*pb.Job, error) {
+	_, j, err := a.job(ctx, req.JobId)
+	if err != nil {
+		return nil, err
+	}
+	return j.JobProto(), nil
+}
+
+// updateStatus applies fn to the job's status in a transaction guarded by
+// its revision, retrying on concurrent changes.
+func (a *api) updateStatus(ctx context.Context, id string, fn func(*state.JobEntry, *pb.JobStatus) error) (*pb.Job, error) {
+	for range 10 {
+		_, j, err := a.job(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		st := proto.Clone(j.Status.Value).(*pb.JobStatus)
+		if err := fn(j, st); err != nil {
+			return nil, err
+		}
+		st.UpdatedMs = time.Now().UnixMilli()
+		tctx, cancel := context.WithTimeout(ctx, a.c.cfg.RequestTimeout)
+		resp, err := a.c.etcd.Txn(tctx).
+			If(clientv3.Compare(clientv3.ModRevision(a.c.keys.Status(id)), "=", j.Status.ModRev)).
+			Then(clientv3.OpPut(a.c.keys.Status(id), state.Marshal(st))).Commit()
+		cancel()
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "etcd: %v", err)
+		}
+		if resp.Succeeded {
+			out := j.JobProto()
+			out.Status = st
+			return out, nil
+		}
+	}
+	return nil, status.Error(codes.Aborted, "the job kept changing; try again")
+}
+
+func (a *api) CancelJob(ctx context.Context, req *pb.CancelJobRequest) (*pb.Job, error) {
+	return a.updateStatus(ctx, req.JobId, func(j *state.JobEntry, st *pb.JobStatus) error {
+		if state.IsTerminal(st.State) {
+			return status.Errorf(codes.FailedPrecondition, "job %s is already %s", j.ID, state.StateName(st.State))
+		}
+		st.CancelRequested = true
+		st.Message = "cancelling"
+		return nil
+	})
+}
+
+func (a *api) ResumeJob(ctx context.Context, req *pb.ResumeJobRequest) (*pb.Job, error) {
+	return a.updateStatus(ctx, req.JobId, func(j *state.JobEntry, st *pb.JobStatus) error {
+		switch st.State {
+		case pb.JobState_JOB_STATE_FAILED, pb.JobState_JOB_STATE_CANCELLED:
+		case pb.JobState_JOB_STATE_SUCCEEDED:
+			return status.Errorf(codes.FailedPrecondition, "job %s already succeeded; to train further, submit a new job with `resume: %s`", j.ID, j.ID)
+		default:
+			return status.Errorf(codes.FailedPrecondition, "job %s is %s; only failed or cancelled jobs can be resumed", j.ID, state.StateName(st.State))
+		}
+		st.State = pb.JobState_JOB_STATE_PENDING
+		st.Resume = true
+		st.Result = nil
+		if len(j.Checkpoints) == 0 {
+			st.Message = fmt.Sprintf("resuming: no checkpoint recorded, the job restarts from step 0; waiting for %d idle workers", j.Spec.Workers)
+		} else {
+			last := j.Checkpoints[len(j.Checkpoints)-1]
+			st.Message = fmt.Sprintf("resuming from the latest valid checkpoint (last recorded: step %d); waiting for %d idle workers", last.Step, j.Spec.Workers)
+		}
+		return nil
+	})
+}
+
+func (a *api) ListWorkers(ctx context.Context, _ *pb.ListWorkersRequest) (*pb.ListWorkersResponse, error) {
+	s, err := a.snapshot(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := &pb.ListWorkersResponse{}
+	for id, w := range s.Workers {
+		wk := proto.Clone(w.Value).(*pb.Worker)
+		wk.Id = id
+		if c, ok := s.Claims[id]; ok {
+			wk.JobId = c.Value.JobId
+		}
+		out.Workers = append(out.Workers, wk)
+	}
+	sort.Slice(out.Workers, func(i, j int) bool { return out.Workers[i].Id < out.Workers[j].Id })
+	return out, nil
+}
+
+// WatchJob sends the job's current state, then every event published for
+// it. Because NATS delivers at most once, it also polls etcd and sends a
+// state change the events may have missed; it ends after a terminal state.
+func (a *api) WatchJob(req *pb.WatchJobRequest, stream pb.Coordinator_WatchJobServer) error {
+	ctx := stream.Context()
+	evc := make(chan *pb.JobEvent, 256)
+	sub, err := events.Subscribe(a.c.nc, req.JobId, func(ev *pb.JobEvent) {
+		select {
+		case evc <- ev:
+		default: // a slow watcher drops metrics rather than stalling NATS
+		}
+	})
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "subscribing to job events: %v", err)
+	}
+	defer sub.Unsubscribe()
+
+	last := pb.JobState_JOB_STATE_UNSPECIFIED
+	sendState := func() (bool, error) {
+		_, j, err := a.job(ctx, req.JobId)
+		if err != nil {
+			return false, err
+		}
+		st := j.Status.Value
+		if st.State == last {
+			return state.IsTerminal(last), nil
+		}
+		last = st.State
+		ev := &pb.JobEvent{JobId: req.JobId, TimeMs: st.UpdatedMs, Event: &pb.JobEvent_State{State: &pb.StateChange{State: st.State, Message: st.Message, Result: st.Result}}}
+		return state.IsTerminal(last), stream.Send(ev)
+	}
+	if done, err := sendState(); err != nil || done {
+		return err
+	}
+	poll := time.NewTicker(2 * time.Second)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev := <-evc:
+			if s := ev.GetState(); s != nil && s.State != pb.JobState_JOB_STATE_UNSPECIFIED {
+				// Confirm against etcd so the watcher sees the recorded
+				// state (with its result) exactly once.
+				if done, err := sendState(); err != nil || done {
+					return err
+				}
+				continue
+			}
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		case <-poll.C:
+			if done, err := sendState(); err != nil || done {
+				return err
+			}
+		}
+	}
+}

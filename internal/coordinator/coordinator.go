@@ -1,0 +1,342 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+
+	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/internal/embedded"
+	"github.com/ringmaster/ringmaster/internal/events"
+	"github.com/ringmaster/ringmaster/internal/state"
+)
+
+// Config configures a coordinator.
+type Config struct {
+	// Listen is the gRPC API address (host:port; port 0 picks one).
+	Listen string
+	// DataDir holds the embedded etcd's data and, by default, checkpoints.
+	DataDir string
+	// EtcdEndpoints of an external etcd; empty runs an embedded one.
+	EtcdEndpoints []string
+	// EmbeddedEtcdListen is the embedded etcd's client address.
+	EmbeddedEtcdListen string
+	// NATSURL of an external NATS; empty runs an embedded one.
+	NATSURL string
+	// EmbeddedNATSListen is the embedded NATS server's address.
+	EmbeddedNATSListen string
+	// AdvertiseHost replaces the host of the etcd and NATS URLs that
+	// workers are told, when the servers listen on all interfaces.
+	AdvertiseHost string
+	// DefaultStore is the checkpoint store of jobs that name none; empty
+	// means file://<DataDir>/checkpoints.
+	DefaultStore string
+	// Prefix of the cluster's keys in etcd.
+	Prefix string
+	// ReconcileInterval is how often the coordinator re-plans even without
+	// changes in etcd.
+	ReconcileInterval time.Duration
+	// RequestTimeout bounds each etcd request.
+	RequestTimeout time.Duration
+}
+
+func (c *Config) setDefaults() error {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:7070"
+	}
+	if c.DataDir == "" {
+		c.DataDir = "ringmaster-data"
+	}
+	abs, err := filepath.Abs(c.DataDir)
+	if err != nil {
+		return err
+	}
+	c.DataDir = abs
+	if c.EmbeddedEtcdListen == "" {
+		c.EmbeddedEtcdListen = "127.0.0.1:0"
+	}
+	if c.EmbeddedNATSListen == "" {
+		c.EmbeddedNATSListen = "127.0.0.1:0"
+	}
+	if c.DefaultStore == "" {
+		c.DefaultStore = "file://" + filepath.Join(c.DataDir, "checkpoints")
+	}
+	if c.Prefix == "" {
+		c.Prefix = state.DefaultPrefix
+	}
+	if c.ReconcileInterval <= 0 {
+		c.ReconcileInterval = time.Second
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 10 * time.Second
+	}
+	return nil
+}
+
+// Coordinator is the control plane: the gRPC API, the scheduler, and
+// (unless external ones are configured) embedded etcd and NATS.
+type Coordinator struct {
+	cfg  Config
+	log  *zap.Logger
+	keys state.Keys
+
+	embEtcd   *embedded.Etcd
+	embNATS   *embedded.NATS
+	etcd      *clientv3.Client
+	nc        *nats.Conn
+	pub       *events.Publisher
+	grpc      *grpc.Server
+	lis       net.Listener
+	etcdURLs  []string
+	natsURL   string
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	errc      chan error
+	closeOnce sync.Once
+}
+
+// Start starts a coordinator and returns once its API accepts requests.
+// Close stops it.
+func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	c := &Coordinator{cfg: cfg, log: log, keys: state.Keys{Prefix: cfg.Prefix}, errc: make(chan error, 4)}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	c.etcdURLs = cfg.EtcdEndpoints
+	if len(c.etcdURLs) == 0 {
+		c.embEtcd, err = embedded.StartEtcd(embedded.EtcdConfig{Dir: filepath.Join(cfg.DataDir, "etcd"), ClientAddr: cfg.EmbeddedEtcdListen}, log)
+		if err != nil {
+			return nil, err
+		}
+		c.etcdURLs = c.embEtcd.Endpoints()
+		log.Info("embedded etcd started", zap.Strings("endpoints", c.etcdURLs))
+	}
+	c.etcd, err = clientv3.New(clientv3.Config{Endpoints: c.etcdURLs, DialTimeout: 10 * time.Second, Logger: log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.ErrorLevel))})
+	if err != nil {
+		return nil, fmt.Errorf("connecting to etcd %v: %w", c.etcdURLs, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.RequestTimeout)
+	_, err = c.etcd.Get(ctx, c.keys.Prefix+"probe")
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("etcd at %v does not answer: %w", c.etcdURLs, err)
+	}
+	c.natsURL = cfg.NATSURL
+	if c.natsURL == "" {
+		c.embNATS, err = embedded.StartNATS(cfg.EmbeddedNATSListen, log)
+		if err != nil {
+			return nil, err
+		}
+		c.natsURL = c.embNATS.URL()
+		log.Info("embedded NATS started", zap.String("url", c.natsURL))
+	}
+	if c.nc, err = events.Connect(c.natsURL, "ringmaster-coordinator"); err != nil {
+		return nil, err
+	}
+	c.pub = events.NewPublisher(c.nc)
+	if c.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("coordinator API listen %s: %w", cfg.Listen, err)
+	}
+	c.grpc = grpc.NewServer()
+	pb.RegisterCoordinatorServer(c.grpc, &api{c: c})
+
+	runCtx, cancelRun := context.WithCancel(context.Background())
+	c.cancel = cancelRun
+	c.wg.Add(2)
+	go func() {
+		defer c.wg.Done()
+		if err := c.grpc.Serve(c.lis); err != nil {
+			c.errc <- fmt.Errorf("coordinator API: %w", err)
+		}
+	}()
+	go func() {
+		defer c.wg.Done()
+		c.lead(runCtx)
+	}()
+	log.Info("coordinator serving", zap.String("addr", c.lis.Addr().String()), zap.String("data_dir", cfg.DataDir))
+	return c, nil
+}
+
+// Addr is the API's address.
+func (c *Coordinator) Addr() string { return c.lis.Addr().String() }
+
+// Err reports a fatal error of a background server.
+func (c *Coordinator) Err() <-chan error { return c.errc }
+
+// Close stops the coordinator and its embedded servers.
+func (c *Coordinator) Close() {
+	c.closeOnce.Do(func() {
+		if c.cancel != nil {
+			c.cancel()
+		}
+		if c.grpc != nil {
+			// Watch streams end with the context of their server; give
+			// unary calls a moment, then cut the rest.
+			done := make(chan struct{})
+			go func() { c.grpc.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(2 * time.Second):
+				c.grpc.Stop()
+			}
+		}
+		c.wg.Wait()
+		if c.nc != nil {
+			c.nc.Close()
+		}
+		if c.etcd != nil {
+			c.etcd.Close()
+		}
+		if c.embNATS != nil {
+			c.embNATS.Close()
+		}
+		if c.embEtcd != nil {
+			c.embEtcd.Close()
+		}
+	})
+}
+
+// advertised rewrites a URL's host for workers when AdvertiseHost is set.
+func (c *Coordinator) advertised(raw string) string {
+	if c.cfg.AdvertiseHost == "" {
+		return raw
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	u.Host = net.JoinHostPort(c.cfg.AdvertiseHost, u.Port())
+	return u.String()
+}
+
+// lead campaigns for leadership and, while leader, runs the reconcile
+// loop. Several coordinators may serve the API; one decides.
+func (c *Coordinator) lead(ctx context.Context) {
+	for ctx.Err() == nil {
+		if err := c.leadOnce(ctx); err != nil && ctx.Err() == nil {
+			c.log.Warn("leadership lost; campaigning again", zap.Error(err))
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+func (c *Coordinator) leadOnce(ctx context.Context) error {
+	sess, err := concurrency.NewSession(c.etcd, concurrency.WithTTL(5), concurrency.WithContext(ctx))
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+	el := concurrency.NewElection(sess, c.keys.Election())
+	host, _ := os.Hostname()
+	if err := el.Campaign(ctx, fmt.Sprintf("%s/%d/%s", host, os.Getpid(), c.Addr())); err != nil {
+		return err
+	}
+	c.log.Info("elected leader; scheduling")
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-sess.Done():
+			cancel()
+		case <-lctx.Done():
+		}
+	}()
+	return c.reconcileLoop(lctx)
+}
+
+// reconcileLoop re-plans whenever the cluster state changes and at a
+// steady interval.
+func (c *Coordinator) reconcileLoop(ctx context.Context) error {
+	wch := c.etcd.Watch(ctx, c.keys.Prefix, clientv3.WithPrefix())
+	tick := time.NewTicker(c.cfg.ReconcileInterval)
+	defer tick.Stop()
+	for {
+		if err := c.reconcile(ctx); err != nil && ctx.Err() == nil {
+			c.log.Warn("reconcile failed", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case wr, ok := <-wch:
+			if !ok {
+				return errors.New("etcd watch closed")
+			}
+			if err := wr.Err(); err != nil {
+				return err
+			}
+			// Coalesce a burst of changes into one pass.
+			timer := time.NewTimer(20 * time.Millisecond)
+		drain:
+			for {
+				select {
+				case <-wch:
+				case <-timer.C:
+					break drain
+				}
+			}
+		case <-tick.C:
+		}
+	}
+}
+
+func (c *Coordinator) reconcile(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	snap, err := state.Read(rctx, c.etcd, c.keys)
+	cancel()
+	if err != nil {
+		return err
+	}
+	for _, a := range Plan(snap) {
+		err := c.apply(ctx, snap, a)
+		if errors.Is(err, errConflict) {
+			c.log.Debug("action superseded by a concurrent change", zap.String("action", a.describe()))
+			return nil // replan on the next pass
+		}
+		if err != nil {
+			return err
+		}
+		c.log.Info("decided", zap.String("action", a.describe()))
+		c.announce(a)
+	}
+	return nil
+}
+
+// announce publishes a job state change on NATS.
+func (c *Coordinator) announce(a Action) {
+	var ev *pb.JobEvent
+	switch a := a.(type) {
+	case Assign:
+		ev = &pb.JobEvent{JobId: a.JobID, Event: &pb.JobEvent_State{State: &pb.StateChange{
+			State: pb.JobState_JOB_STATE_RUNNING, Message: fmt.Sprintf("assigned generation %d to %v", a.Generation, a.Workers)}}}
+	case Finish:
+		ev = &pb.JobEvent{JobId: a.JobID, Event: &pb.JobEvent_State{State: &pb.StateChange{State: a.State, Message: a.Message, Result: a.Result}}}
+	default:
+		return
+	}
+	if err := c.pub.Publish(ev); err != nil {
+		c.log.Warn("publishing a job event failed", zap.Error(err))
+	}
+}

@@ -1,0 +1,21 @@
+// Package state is the etcd key layout of a Ringmaster cluster and typed
+// access to it. Every decision the coordinator makes is recorded here, in
+// transactions guarded by the revisions it read, so a restarted coordinator
+// continues from etcd alone.
+//
+// Keys (values are protobuf JSON of the api messages, readable with etcdctl):
+//
+//	<prefix>workers/<worker-id>                 Worker, bound to the worker's lease
+//	<prefix>claims/<worker-id>                  Claim: the job and generation a worker serves
+//	<prefix>jobs/<job-id>/spec                  JobSpec, written once at submission
+//	<prefix>jobs/<job-id>/status                JobStatus, written by the coordinator
+//	<prefix>jobs/<job-id>/assignment            Assignment: rank -> worker, with the generation
+//	<prefix>jobs/<job-id>/progress              Progress, written by rank 0 after committed steps
+//	<prefix>jobs/<job-id>/reports/<rank>        RankReport: a rank's failure
+//	<prefix>jobs/<job-id>/checkpoints/<step>    CheckpointRecord
+//	<prefix>election/                           coordinator leader election
+//
+// Snapshot reads all of it at one revision; the coordinator's planner works
+// on snapshots and its actions are transactions that succeed only if the
+// keys they depend on are unchanged since that revision.
+package state

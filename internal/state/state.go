@@ -1,0 +1,193 @@
+package state
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+)
+
+// DefaultPrefix is the key prefix of a cluster's state.
+const DefaultPrefix = "/ringmaster/"
+
+// Keys builds the keys of one cluster.
+type Keys struct{ Prefix string }
+
+func (k Keys) Workers() string              { return k.Prefix + "workers/" }
+func (k Keys) Worker(id string) string      { return k.Workers() + id }
+func (k Keys) Claims() string               { return k.Prefix + "claims/" }
+func (k Keys) Claim(workerID string) string { return k.Claims() + workerID }
+func (k Keys) Jobs() string                 { return k.Prefix + "jobs/" }
+func (k Keys) Job(id string) string         { return k.Jobs() + id + "/" }
+func (k Keys) Spec(id string) string        { return k.Job(id) + "spec" }
+func (k Keys) Status(id string) string      { return k.Job(id) + "status" }
+func (k Keys) Assignment(id string) string  { return k.Job(id) + "assignment" }
+func (k Keys) Progress(id string) string    { return k.Job(id) + "progress" }
+func (k Keys) Reports(id string) string     { return k.Job(id) + "reports/" }
+func (k Keys) Report(id string, rank int32) string {
+	return k.Reports(id) + strconv.Itoa(int(rank))
+}
+func (k Keys) Checkpoints(id string) string { return k.Job(id) + "checkpoints/" }
+func (k Keys) Checkpoint(id string, step int64) string {
+	return fmt.Sprintf("%s%012d", k.Checkpoints(id), step)
+}
+func (k Keys) Election() string { return k.Prefix + "election/" }
+
+// Marshal encodes a message as stored in etcd.
+func Marshal(m proto.Message) string {
+	b, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
+	if err != nil {
+		// Marshalling our own well-formed messages cannot fail.
+		panic(fmt.Sprintf("state: marshal %T: %v", m, err))
+	}
+	return string(b)
+}
+
+// Unmarshal decodes a stored value, ignoring fields a newer version added.
+func Unmarshal(b []byte, m proto.Message) error {
+	return protojson.UnmarshalOptions{DiscardUnknown: true}.Unmarshal(b, m)
+}
+
+// Versioned is a decoded value with the revisions that guard updates.
+type Versioned[T any] struct {
+	Value     T
+	ModRev    int64
+	CreateRev int64
+}
+
+// JobEntry is everything stored about one job.
+type JobEntry struct {
+	ID          string
+	Spec        *pb.JobSpec
+	Status      Versioned[*pb.JobStatus]
+	Assignment  *Versioned[*pb.Assignment]
+	Progress    *pb.Progress
+	Reports     []*pb.RankReport
+	Checkpoints []*pb.CheckpointRecord
+}
+
+// Snapshot is the cluster's state at one revision.
+type Snapshot struct {
+	Rev     int64
+	Workers map[string]Versioned[*pb.Worker]
+	Claims  map[string]Versioned[*pb.Claim]
+	Jobs    map[string]*JobEntry
+}
+
+// JobIDs returns the job ids in submission order.
+func (s *Snapshot) JobIDs() []string {
+	ids := make([]string, 0, len(s.Jobs))
+	for id, j := range s.Jobs {
+		if j.Spec != nil && j.Status.Value != nil {
+			ids = append(ids, id)
+		}
+	}
+	sort.Slice(ids, func(a, b int) bool {
+		ja, jb := s.Jobs[ids[a]], s.Jobs[ids[b]]
+		if ja.Status.Value.CreatedMs != jb.Status.Value.CreatedMs {
+			return ja.Status.Value.CreatedMs < jb.Status.Value.CreatedMs
+		}
+		return ids[a] < ids[b]
+	})
+	return ids
+}
+
+// Read loads a snapshot of the whole cluster state.
+func Read(ctx context.Context, cli *clientv3.Client, k Keys) (*Snapshot, error) {
+	resp, err := cli.Get(ctx, k.Prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("state: reading %s: %w", k.Prefix, err)
+	}
+	s := &Snapshot{
+		Rev:     resp.Header.Revision,
+		Workers: map[string]Versioned[*pb.Worker]{},
+		Claims:  map[string]Versioned[*pb.Claim]{},
+		Jobs:    map[string]*JobEntry{},
+	}
+	job := func(id string) *JobEntry {
+		j := s.Jobs[id]
+		if j == nil {
+			j = &JobEntry{ID: id}
+			s.Jobs[id] = j
+		}
+		return j
+	}
+	for _, kv := range resp.Kvs {
+		key := string(kv.Key)
+		var err error
+		switch {
+		case strings.HasPrefix(key, k.Workers()):
+			w := &pb.Worker{}
+			if err = Unmarshal(kv.Value, w); err == nil {
+				s.Workers[strings.TrimPrefix(key, k.Workers())] = Versioned[*pb.Worker]{w, kv.ModRevision, kv.CreateRevision}
+			}
+		case strings.HasPrefix(key, k.Claims()):
+			c := &pb.Claim{}
+			if err = Unmarshal(kv.Value, c); err == nil {
+				s.Claims[strings.TrimPrefix(key, k.Claims())] = Versioned[*pb.Claim]{c, kv.ModRevision, kv.CreateRevision}
+			}
+		case strings.HasPrefix(key, k.Jobs()):
+			id, rest, ok := strings.Cut(strings.TrimPrefix(key, k.Jobs()), "/")
+			if !ok {
+				continue
+			}
+			j := job(id)
+			switch {
+			case rest == "spec":
+				j.Spec = &pb.JobSpec{}
+				err = Unmarshal(kv.Value, j.Spec)
+			case rest == "status":
+				st := &pb.JobStatus{}
+				err = Unmarshal(kv.Value, st)
+				j.Status = Versioned[*pb.JobStatus]{st, kv.ModRevision, kv.CreateRevision}
+			case rest == "assignment":
+				a := &pb.Assignment{}
+				err = Unmarshal(kv.Value, a)
+				j.Assignment = &Versioned[*pb.Assignment]{a, kv.ModRevision, kv.CreateRevision}
+			case rest == "progress":
+				j.Progress = &pb.Progress{}
+				err = Unmarshal(kv.Value, j.Progress)
+			case strings.HasPrefix(rest, "reports/"):
+				r := &pb.RankReport{}
+				if err = Unmarshal(kv.Value, r); err == nil {
+					j.Reports = append(j.Reports, r)
+				}
+			case strings.HasPrefix(rest, "checkpoints/"):
+				c := &pb.CheckpointRecord{}
+				if err = Unmarshal(kv.Value, c); err == nil {
+					j.Checkpoints = append(j.Checkpoints, c)
+				}
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("state: decoding %s: %w", key, err)
+		}
+	}
+	return s, nil
+}
+
+// JobProto assembles the API view of a job entry.
+func (j *JobEntry) JobProto() *pb.Job {
+	out := &pb.Job{Id: j.ID, Spec: j.Spec, Status: j.Status.Value, Progress: j.Progress, Checkpoints: j.Checkpoints}
+	if j.Assignment != nil {
+		out.Assignment = j.Assignment.Value
+	}
+	return out
+}
+
+// IsTerminal reports whether a job state is final.
+func IsTerminal(s pb.JobState) bool {
+	return s == pb.JobState_JOB_STATE_SUCCEEDED || s == pb.JobState_JOB_STATE_FAILED || s == pb.JobState_JOB_STATE_CANCELLED
+}
+
+// StateName is the short lower-case name of a job state ("running").
+func StateName(s pb.JobState) string {
+	return strings.ToLower(strings.TrimPrefix(s.String(), "JOB_STATE_"))
+}
