@@ -1,0 +1,260 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/internal/state"
+	"github.com/ringmaster/ringmaster/pkg/allreduce"
+	"github.com/ringmaster/ringmaster/pkg/checkpoint"
+	"github.com/ringmaster/ringmaster/pkg/mnist"
+)
+
+// jobRun is one rank of one job generation running on this worker.
+type jobRun struct {
+	claim  *pb.Claim
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// stop cancels the run and waits for it; a nil run is a no-op.
+func (r *jobRun) stop() {
+	if r == nil {
+		return
+	}
+	r.cancel()
+	<-r.done
+}
+
+func (w *Worker) startJob(parent context.Context, c *pb.Claim, claimValue string) *jobRun {
+	ctx, cancel := context.WithCancel(parent)
+	r := &jobRun{claim: c, cancel: cancel, done: make(chan struct{})}
+	log := w.log.With(zap.String("job", c.JobId), zap.Uint64("generation", c.Generation), zap.Int32("rank", c.Rank))
+	go func() {
+		defer close(r.done)
+		log.Info("claimed for a job")
+		err := w.runJob(ctx, c, claimValue, log)
+		switch {
+		case err == nil:
+			log.Info("job rank finished")
+		case ctx.Err() != nil:
+			log.Info("job rank stopped", zap.NamedError("cause", err))
+		default:
+			log.Error("job rank failed", zap.Error(err))
+			w.report(c, err, log)
+		}
+	}()
+	return r
+}
+
+// report records a rank's failure for the coordinator to act on.
+func (w *Worker) report(c *pb.Claim, cause error, log *zap.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.RequestTimeout)
+	defer cancel()
+	rep := &pb.RankReport{Generation: c.Generation, Rank: c.Rank, WorkerId: w.cfg.ID, Error: cause.Error(), TimeMs: time.Now().UnixMilli()}
+	if _, err := w.etcd.Put(ctx, w.keys.Report(c.JobId, c.Rank), state.Marshal(rep)); err != nil {
+		log.Error("could not record the failure in etcd", zap.Error(err))
+	}
+	_ = w.pub.Publish(&pb.JobEvent{JobId: c.JobId, Event: &pb.JobEvent_State{State: &pb.StateChange{
+		Detail: fmt.Sprintf("rank %d on worker %s failed: %v", c.Rank, w.cfg.ID, cause)}}})
+}
+
+func (w *Worker) runJob(ctx context.Context, c *pb.Claim, claimValue string, log *zap.Logger) error {
+	k := w.keys
+	rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
+	resp, err := w.etcd.Get(rctx, k.Job(c.JobId), clientv3.WithPrefix())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("reading job %s: %w", c.JobId, err)
+	}
+	var spec pb.JobSpec
+	var st pb.JobStatus
+	var asg pb.Assignment
+	found := 0
+	for _, kv := range resp.Kvs {
+		switch string(kv.Key) {
+		case k.Spec(c.JobId):
+			err, found = state.Unmarshal(kv.Value, &spec), found+1
+		case k.Status(c.JobId):
+			err, found = state.Unmarshal(kv.Value, &st), found+1
+		case k.Assignment(c.JobId):
+			err, found = state.Unmarshal(kv.Value, &asg), found+1
+		}
+		if err != nil {
+			return fmt.Errorf("decoding %s: %w", kv.Key, err)
+		}
+	}
+	if found != 3 {
+		return fmt.Errorf("job %s is incomplete in etcd", c.JobId)
+	}
+	if asg.Generation != c.Generation {
+		return fmt.Errorf("claim is for generation %d but the assignment is at %d", c.Generation, asg.Generation)
+	}
+	world := len(asg.Ranks)
+	rank := int(c.Rank)
+	if rank >= world || asg.Ranks[rank].WorkerId != w.cfg.ID {
+		return fmt.Errorf("assignment does not give rank %d to this worker", rank)
+	}
+	data, err := w.dataset(spec.Dataset)
+	if err != nil {
+		return err
+	}
+	timeout := time.Duration(spec.CollectiveTimeoutMs) * time.Millisecond
+
+	start, err := w.startState(ctx, &spec, &st, c.JobId, log)
+	if err != nil {
+		return err
+	}
+	var mgr *checkpoint.Manager
+	if rank == 0 {
+		store, err := checkpoint.Open(spec.Checkpoint.Store)
+		if err != nil {
+			return err
+		}
+		mgr = checkpoint.NewManager(store, c.JobId, int(spec.Checkpoint.Keep), log)
+	}
+
+	dctx, cancel := context.WithTimeout(ctx, max(timeout, 30*time.Second))
+	tr, err := w.hub.Dial(dctx, allreduce.Peering{
+		Job: c.JobId, Generation: c.Generation, Rank: rank, World: world,
+		Left: asg.Ranks[(rank-1+world)%world].Addr, Right: asg.Ranks[(rank+1)%world].Addr,
+	})
+	cancel()
+	if err != nil {
+		return err
+	}
+	comm, err := allreduce.New(allreduce.Config{Rank: rank, World: world, Generation: c.Generation, Timeout: timeout}, tr)
+	if err != nil {
+		tr.Close()
+		return err
+	}
+	defer comm.Close()
+
+	t := &Trainer{
+		JobID: c.JobId, Spec: &spec, Rank: rank, World: world, Generation: c.Generation,
+		Comm: comm, Data: data, Backend: w.be, Checkpoints: mgr, Start: start, Log: log,
+		Reporter: &etcdReporter{w: w, jobID: c.JobId, claimKey: k.Claim(w.cfg.ID), claimValue: claimValue, log: log},
+	}
+	_, err = t.Run(ctx)
+	return err
+}
+
+// startState finds the checkpoint a run continues from: the job's own
+// latest valid one when the coordinator resumes it, or the spec's resume
+// source; nil to start fresh.
+func (w *Worker) startState(ctx context.Context, spec *pb.JobSpec, st *pb.JobStatus, jobID string, log *zap.Logger) (*checkpoint.State, error) {
+	var storeURL, prefix string
+	switch {
+	case st.Resume:
+		storeURL, prefix = spec.Checkpoint.Store, jobID
+	case spec.Resume == "":
+		return nil, nil
+	case strings.Contains(spec.Resume, "://"):
+		storeURL = spec.Resume
+	default:
+		// Another job's checkpoints, in that job's store.
+		rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
+		resp, err := w.etcd.Get(rctx, w.keys.Spec(spec.Resume))
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("resume: reading job %s: %w", spec.Resume, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return nil, fmt.Errorf("resume: job %s does not exist", spec.Resume)
+		}
+		var other pb.JobSpec
+		if err := state.Unmarshal(resp.Kvs[0].Value, &other); err != nil {
+			return nil, err
+		}
+		storeURL, prefix = other.Checkpoint.Store, spec.Resume
+	}
+	store, err := checkpoint.Open(storeURL)
+	if err != nil {
+		return nil, err
+	}
+	cs, info, err := checkpoint.NewManager(store, prefix, 1, log).Load(ctx, -1)
+	if errors.Is(err, checkpoint.ErrNoCheckpoint) {
+		if st.Resume {
+			log.Warn("no valid checkpoint to resume from; starting from step 0")
+			return nil, nil
+		}
+		return nil, fmt.Errorf("resume: no valid checkpoint under %s/%s", storeURL, prefix)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if cs.Meta["model"] != "" && cs.Meta["model"] != spec.Model {
+		return nil, fmt.Errorf("resume: the checkpoint at %s holds a %s model, the job trains %s", info.URL, cs.Meta["model"], spec.Model)
+	}
+	log.Info("resuming from checkpoint", zap.Int64("step", cs.Step), zap.String("url", info.URL), zap.Int("saved_world", cs.World))
+	return cs, nil
+}
+
+func (w *Worker) dataset(d *pb.Dataset) (*mnist.Dataset, error) {
+	dir := d.GetPath()
+	if dir == "" {
+		var err error
+		if dir, err = mnist.DefaultDir(); err != nil {
+			return nil, err
+		}
+	}
+	w.dataMu.Lock()
+	defer w.dataMu.Unlock()
+	if ds, ok := w.data[dir]; ok {
+		return ds, nil
+	}
+	ds, err := mnist.Load(dir)
+	if err != nil {
+		return nil, err
+	}
+	w.data[dir] = ds
+	return ds, nil
+}
+
+// etcdReporter records rank 0's progress in etcd and publishes its metrics
+// on NATS. Progress writes are guarded by this worker's claim, so a rank of
+// a generation that the coordinator has ended cannot overwrite anything.
+type etcdReporter struct {
+	w          *Worker
+	jobID      string
+	claimKey   string
+	claimValue string
+	log        *zap.Logger
+}
+
+func (r *etcdReporter) Step(m *pb.StepMetrics) {
+	_ = r.w.pub.Publish(&pb.JobEvent{JobId: r.jobID, Event: &pb.JobEvent_Step{Step: m}})
+}
+
+func (r *etcdReporter) put(ctx context.Context, key, val string) error {
+	ctx, cancel := context.WithTimeout(ctx, r.w.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := r.w.etcd.Txn(ctx).
+		If(clientv3.Compare(clientv3.Value(r.claimKey), "=", r.claimValue)).
+		Then(clientv3.OpPut(key, val)).Commit()
+	if err != nil {
+		return err
+	}
+	if !resp.Succeeded {
+		return errors.New("this worker's claim on the job has ended")
+	}
+	return nil
+}
+
+func (r *etcdReporter) Progress(ctx context.Context, p *pb.Progress) error {
+	p.UpdatedMs = time.Now().UnixMilli()
+	return r.put(ctx, r.w.keys.Progress(r.jobID), state.Marshal(p))
+}
+
+func (r *etcdReporter) Checkpoint(ctx context.Context, rec *pb.CheckpointRecord) error {
+	_ = r.w.pub.Publish(&pb.JobEvent{JobId: r.jobID, Event: &pb.JobEvent_State{State: &pb.StateChange{
+		Detail: fmt.Sprintf("checkpoint at step %d saved to %s", rec.Step, rec.Url)}}})
+	return r.put(ctx, r.w.keys.Checkpoint(r.jobID, rec.Step), state.Marshal(rec))
+}

@@ -1,0 +1,437 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"math"
+	"strconv"
+	"time"
+	"unsafe"
+
+	"go.uber.org/zap"
+
+	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/pkg/allreduce"
+	"github.com/ringmaster/ringmaster/pkg/checkpoint"
+	"github.com/ringmaster/ringmaster/pkg/mnist"
+	"github.com/ringmaster/ringmaster/pkg/model"
+	"github.com/ringmaster/ringmaster/pkg/shard"
+)
+
+// Collective is what the trainer needs of the ring.
+type Collective interface {
+	AllReduce(ctx context.Context, buf []float32, op allreduce.Op) error
+}
+
+// Reporter receives what rank 0 reports about training. Errors from it do
+// not stop training: progress and metrics are for watching.
+type Reporter interface {
+	// Step is called after every committed step.
+	Step(m *pb.StepMetrics)
+	// Progress is called at a modest rate and after checkpoints.
+	Progress(ctx context.Context, p *pb.Progress) error
+	// Checkpoint is called after a checkpoint is committed.
+	Checkpoint(ctx context.Context, rec *pb.CheckpointRecord) error
+}
+
+// Trainer runs one rank of a data-parallel job: a straight loop of batch,
+// forward, backward, all-reduce, optimizer step, report, checkpoint, and at
+// the end an evaluation.
+type Trainer struct {
+	JobID      string
+	Spec       *pb.JobSpec
+	Rank       int
+	World      int
+	Generation uint64
+	Comm       Collective
+	Data       *mnist.Dataset
+	Backend    model.Backend
+	// Checkpoints is where rank 0 saves; nil disables saving.
+	Checkpoints *checkpoint.Manager
+	// Start is the state to continue from; nil starts fresh.
+	Start    *checkpoint.State
+	Reporter Reporter
+	Log      *zap.Logger
+	// ReplicaCheckEvery compares a checksum of the parameters across ranks
+	// every so many steps (0: the default of 100).
+	ReplicaCheckEvery int64
+	// StepHook, if set, runs after every committed step (tests use it to
+	// capture parameters).
+	StepHook func(step int64, m model.Model)
+}
+
+// ErrReplicaMismatch means the ranks' parameters diverged.
+var ErrReplicaMismatch = errors.New("replicas diverged")
+
+// Run trains to the end of the job and returns its result.
+func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
+	spec := t.Spec
+	m, err := model.New(spec.Model, t.Backend, spec.Seed)
+	if err != nil {
+		return nil, err
+	}
+	opt := &model.SGD{LR: spec.Optimizer.Lr, Momentum: spec.Optimizer.Momentum, WeightDecay: spec.Optimizer.WeightDecay, Nesterov: spec.Optimizer.Nesterov}
+	if err := opt.Validate(); err != nil {
+		return nil, err
+	}
+	train := t.Data.Train
+	pos := shard.Position{}
+	var step, global int64
+	if st := t.Start; st != nil {
+		if err := restore(st, m, opt); err != nil {
+			return nil, err
+		}
+		pos = shard.Position{Epoch: st.Epoch, Pos: int(st.EpochSamples)}
+		step, global = st.Step, st.GlobalSamples
+		if pos.Pos >= train.N {
+			pos = shard.Position{Epoch: pos.Epoch + 1}
+		}
+	}
+	// Every rank must start from the same step; they load independently.
+	if err := t.agree(ctx, "resume step", float64(step)); err != nil {
+		return nil, err
+	}
+	total := t.totalSteps(step, pos, train.N)
+	batch := int(spec.BatchSize)
+	t.Log.Info("training", zap.Int("rank", t.Rank), zap.Int("world", t.World), zap.Int64("from_step", step),
+		zap.Int64("total_steps", total), zap.Int("epoch", pos.Epoch), zap.Int("epoch_pos", pos.Pos), zap.Int("params", len(m.Params())))
+
+	params, grads := m.Params(), m.Grads()
+	P := len(params)
+	comm := make([]float32, P+1) // gradients, then the loss sum
+	x := make([]float32, batch*mnist.Pixels)
+	y := make([]int32, batch)
+	sampler := shard.NewSampler(train.N, spec.Seed)
+	checkEvery := t.ReplicaCheckEvery
+	if checkEvery <= 0 {
+		checkEvery = 100
+	}
+	rate := newRateMeter()
+	lastProgress := time.Time{}
+	var lastLoss float64
+	lastSaved := int64(-1)
+	for step < total {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		idx, g, next, err := sampler.Step(pos, t.World, t.Rank, batch)
+		if err != nil {
+			return nil, err
+		}
+		n := len(idx)
+		train.Gather(idx, x[:n*mnist.Pixels], y[:n])
+		opt.LR = learningRate(spec.Optimizer, step, total)
+		m.ZeroGrads()
+		lossSum, err := m.ForwardBackward(x[:n*mnist.Pixels], y[:n], n, 1/float32(g))
+		if err != nil {
+			return nil, err
+		}
+		copy(comm, grads)
+		comm[P] = float32(lossSum)
+		if err := t.Comm.AllReduce(ctx, comm, allreduce.Sum); err != nil {
+			return nil, fmt.Errorf("step %d: %w", step+1, err)
+		}
+		copy(grads, comm[:P])
+		opt.Step(params, grads)
+		// The step is committed: every rank has finished its all-reduce.
+		step++
+		pos = next
+		global += int64(g)
+		lastLoss = float64(comm[P]) / float64(g)
+		if math.IsNaN(lastLoss) || math.IsInf(lastLoss, 0) {
+			return nil, fmt.Errorf("step %d: loss is %v; lower optimizer.lr", step, lastLoss)
+		}
+		if t.StepHook != nil {
+			t.StepHook(step, m)
+		}
+		sps := rate.add(g)
+		if t.Rank == 0 {
+			t.Reporter.Step(&pb.StepMetrics{Generation: t.Generation, Step: step, TotalSteps: total, Epoch: int32(pos.Epoch),
+				Epochs: spec.Epochs, Loss: lastLoss, SamplesPerSec: sps, GlobalSamples: global})
+			if spec.LogEvery > 0 && step%int64(spec.LogEvery) == 0 {
+				t.Log.Info("step", zap.Int64("step", step), zap.Int64("total", total), zap.Int("epoch", pos.Epoch),
+					zap.Float64("loss", lastLoss), zap.Float64("samples_per_s", sps))
+			}
+		}
+		if step%checkEvery == 0 || step == total {
+			if err := t.checkReplicas(ctx, step, params, opt.State()); err != nil {
+				return nil, err
+			}
+		}
+		every := spec.Checkpoint.GetEverySteps()
+		if t.Rank == 0 && every > 0 && step%every == 0 && step < total {
+			if err := t.save(ctx, m, opt, step, pos, global); err != nil {
+				// A failed save does not stop training; the next one may
+				// succeed.
+				t.Log.Warn("checkpoint failed; training goes on", zap.Int64("step", step), zap.Error(err))
+			} else {
+				lastSaved = step
+			}
+		}
+		if t.Rank == 0 && (time.Since(lastProgress) > time.Second || lastSaved == step) {
+			lastProgress = time.Now()
+			t.progress(ctx, &pb.Progress{Generation: t.Generation, Step: step, TotalSteps: total, Epoch: int32(pos.Epoch),
+				EpochSamples: int64(pos.Pos), GlobalSamples: global, Loss: lastLoss, SamplesPerSec: sps})
+		}
+	}
+
+	acc, count, err := t.evaluate(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	res := &pb.JobResult{TestAccuracy: acc, TestSamples: count, FinalLoss: lastLoss, Steps: step}
+	if t.Rank == 0 {
+		if lastSaved != step && t.Checkpoints != nil {
+			if err := t.save(ctx, m, opt, step, pos, global); err != nil {
+				return nil, fmt.Errorf("final checkpoint: %w", err)
+			}
+		}
+		if t.Checkpoints != nil {
+			if _, info, err := t.Checkpoints.Load(ctx, step); err == nil {
+				res.LastCheckpoint = info.URL
+			}
+		}
+		t.Log.Info("job finished", zap.Int64("steps", step), zap.Float64("test_accuracy", acc), zap.Float64("final_loss", lastLoss))
+		err := t.Reporter.Progress(ctx, &pb.Progress{Generation: t.Generation, Step: step, TotalSteps: total, Epoch: int32(pos.Epoch),
+			EpochSamples: int64(pos.Pos), GlobalSamples: global, Loss: lastLoss, Done: true, Result: res})
+		if err != nil {
+			return nil, fmt.Errorf("recording the result: %w", err)
+		}
+	}
+	return res, nil
+}
+
+// learningRate is the schedule's rate for the step after step (0-based)
+// of total: a linear warmup, then constant or a cosine decay to
+// min_lr_ratio of the base rate at the last step.
+func learningRate(o *pb.Optimizer, step, total int64) float32 {
+	base := float64(o.Lr)
+	if w := o.WarmupSteps; w > 0 && step < w {
+		return float32(base * float64(step+1) / float64(w))
+	}
+	if o.Schedule != "cosine" || total <= 1 {
+		return o.Lr
+	}
+	start := o.WarmupSteps
+	frac := float64(step-start) / float64(max(total-1-start, 1))
+	minLR := base * float64(o.MinLrRatio)
+	return float32(minLR + (base-minLR)*0.5*(1+math.Cos(math.Pi*min(frac, 1))))
+}
+
+// totalSteps is the step count at which the job ends.
+func (t *Trainer) totalSteps(step int64, pos shard.Position, n int) int64 {
+	if t.Spec.Steps > 0 {
+		return t.Spec.Steps
+	}
+	epochs := int(t.Spec.Epochs)
+	if pos.Epoch >= epochs {
+		return step
+	}
+	b := int(t.Spec.BatchSize)
+	left := shard.StepsLeftInEpoch(n, pos, t.World, b) + (epochs-pos.Epoch-1)*shard.StepsLeftInEpoch(n, shard.Position{}, t.World, b)
+	return step + int64(left)
+}
+
+func (t *Trainer) progress(ctx context.Context, p *pb.Progress) {
+	if err := t.Reporter.Progress(ctx, p); err != nil && ctx.Err() == nil {
+		t.Log.Warn("recording progress failed", zap.Error(err))
+	}
+}
+
+// agree checks that every rank holds the same value.
+func (t *Trainer) agree(ctx context.Context, what string, v float64) error {
+	if t.World == 1 {
+		return nil
+	}
+	buf := make([]float32, t.World)
+	buf[t.Rank] = float32(v)
+	if err := t.Comm.AllReduce(ctx, buf, allreduce.Sum); err != nil {
+		return fmt.Errorf("agreeing on the %s: %w", what, err)
+	}
+	for r, got := range buf {
+		if float64(got) != float64(float32(v)) {
+			return fmt.Errorf("ranks disagree on the %s: rank %d has %v, rank %d has %v", what, t.Rank, v, r, got)
+		}
+	}
+	return nil
+}
+
+// checkReplicas compares a CRC32C of the parameters and optimizer state
+// across ranks. The checksum travels as two 16-bit halves so float32 sums
+// carry it exactly.
+func (t *Trainer) checkReplicas(ctx context.Context, step int64, params, optState []float32) error {
+	if t.World == 1 {
+		return nil
+	}
+	tab := crc32.MakeTable(crc32.Castagnoli)
+	sum := crc32.Update(crc32.Checksum(floatBytes(params), tab), tab, floatBytes(optState))
+	buf := make([]float32, 2*t.World)
+	buf[2*t.Rank], buf[2*t.Rank+1] = float32(sum>>16), float32(sum&0xffff)
+	if err := t.Comm.AllReduce(ctx, buf, allreduce.Sum); err != nil {
+		return fmt.Errorf("replica check at step %d: %w", step, err)
+	}
+	for r := 0; r < t.World; r++ {
+		other := uint32(buf[2*r])<<16 | uint32(buf[2*r+1])
+		if other != sum {
+			return fmt.Errorf("%w at step %d: rank %d has parameter checksum %08x, rank %d has %08x", ErrReplicaMismatch, step, t.Rank, sum, r, other)
+		}
+	}
+	return nil
+}
+
+// evaluate measures test accuracy, each rank on its share of the test set.
+func (t *Trainer) evaluate(ctx context.Context, m model.Model) (float64, int64, error) {
+	test := t.Data.Test
+	lo, hi := shard.Range(test.N, t.World, t.Rank)
+	const chunk = 256
+	x := make([]float32, chunk*mnist.Pixels)
+	y := make([]int32, chunk)
+	pred := make([]int32, chunk)
+	idx := make([]int32, 0, chunk)
+	correct := 0
+	for i := lo; i < hi; i += chunk {
+		if err := ctx.Err(); err != nil {
+			return 0, 0, err
+		}
+		n := min(chunk, hi-i)
+		idx = idx[:0]
+		for j := range n {
+			idx = append(idx, int32(i+j))
+		}
+		test.Gather(idx, x[:n*mnist.Pixels], y[:n])
+		if err := m.Predict(x[:n*mnist.Pixels], n, pred[:n]); err != nil {
+			return 0, 0, err
+		}
+		for j := range n {
+			if pred[j] == y[j] {
+				correct++
+			}
+		}
+	}
+	counts := []float32{float32(correct), float32(hi - lo)}
+	if err := t.Comm.AllReduce(ctx, counts, allreduce.Sum); err != nil {
+		return 0, 0, fmt.Errorf("evaluation: %w", err)
+	}
+	if counts[1] == 0 {
+		return 0, 0, nil
+	}
+	return float64(counts[0]) / float64(counts[1]), int64(counts[1]), nil
+}
+
+// save writes a checkpoint of the committed state after step.
+func (t *Trainer) save(ctx context.Context, m model.Model, opt *model.SGD, step int64, pos shard.Position, global int64) error {
+	if t.Checkpoints == nil {
+		return nil
+	}
+	st := &checkpoint.State{
+		Step: step, Epoch: pos.Epoch, EpochSamples: int64(pos.Pos), GlobalSamples: global, World: t.World, Seed: t.Spec.Seed,
+		Meta: map[string]string{"job": t.JobID, "model": t.Spec.Model, "optimizer": "sgd", "optimizer_steps": strconv.FormatInt(opt.Steps(), 10)},
+	}
+	params := m.Params()
+	mom := opt.State()
+	for _, ti := range m.Tensors() {
+		n := numel(ti.Shape)
+		st.Tensors = append(st.Tensors, checkpoint.Tensor{Name: "model." + ti.Name, Shape: ti.Shape, Data: params[ti.Offset : ti.Offset+n]})
+		if mom != nil {
+			st.Tensors = append(st.Tensors, checkpoint.Tensor{Name: "optim.momentum." + ti.Name, Shape: ti.Shape, Data: mom[ti.Offset : ti.Offset+n]})
+		}
+	}
+	start := time.Now()
+	info, err := t.Checkpoints.Save(ctx, st)
+	if err != nil {
+		return err
+	}
+	t.Log.Info("checkpoint saved", zap.Int64("step", step), zap.String("url", info.URL), zap.Duration("took", time.Since(start)))
+	if err := t.Reporter.Checkpoint(ctx, &pb.CheckpointRecord{Step: step, Url: info.URL, SizeBytes: info.Size, TimeMs: time.Now().UnixMilli()}); err != nil {
+		t.Log.Warn("recording the checkpoint failed", zap.Error(err))
+	}
+	return nil
+}
+
+// restore loads a checkpoint's tensors into the model and optimizer. A
+// checkpoint of another model, or with tensors of other shapes, is refused.
+func restore(st *checkpoint.State, m model.Model, opt *model.SGD) error {
+	params := m.Params()
+	var mom []float32
+	for _, ti := range m.Tensors() {
+		n := numel(ti.Shape)
+		ct := st.Tensor("model." + ti.Name)
+		if ct == nil {
+			return fmt.Errorf("checkpoint at step %d has no tensor model.%s; it was not written by a %s model", st.Step, ti.Name, m.Name())
+		}
+		if !sameShape(ct.Shape, ti.Shape) {
+			return fmt.Errorf("checkpoint tensor model.%s has shape %v, the model needs %v", ti.Name, ct.Shape, ti.Shape)
+		}
+		copy(params[ti.Offset:ti.Offset+n], ct.Data)
+		if mt := st.Tensor("optim.momentum." + ti.Name); mt != nil {
+			if mom == nil {
+				mom = make([]float32, len(params))
+			}
+			if !sameShape(mt.Shape, ti.Shape) {
+				return fmt.Errorf("checkpoint tensor optim.momentum.%s has shape %v, the model needs %v", ti.Name, mt.Shape, ti.Shape)
+			}
+			copy(mom[ti.Offset:ti.Offset+n], mt.Data)
+		}
+	}
+	steps, _ := strconv.ParseInt(st.Meta["optimizer_steps"], 10, 64)
+	return opt.SetState(steps, mom)
+}
+
+func numel(shape []int) int {
+	n := 1
+	for _, d := range shape {
+		n *= d
+	}
+	return n
+}
+
+func sameShape(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func floatBytes(f []float32) []byte {
+	if len(f) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), len(f)*4)
+}
+
+// rateMeter measures samples per second over a sliding window of steps.
+type rateMeter struct {
+	times   [32]time.Time
+	samples [32]int
+	i, n    int
+}
+
+func newRateMeter() *rateMeter { return &rateMeter{} }
+
+func (r *rateMeter) add(samples int) float64 {
+	now := time.Now()
+	r.times[r.i%len(r.times)] = now
+	r.samples[r.i%len(r.samples)] = samples
+	r.i++
+	r.n = min(r.n+1, len(r.times))
+	if r.n < 2 {
+		return 0
+	}
+	oldest := (r.i - r.n) % len(r.times)
+	total := 0
+	for k := 1; k < r.n; k++ {
+		total += r.samples[(oldest+k)%len(r.samples)]
+	}
+	dt := now.Sub(r.times[oldest]).Seconds()
+	if dt <= 0 {
+		return 0
+	}
+	return float64(total) / dt
+}

@@ -1,0 +1,318 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/internal/events"
+	"github.com/ringmaster/ringmaster/internal/state"
+	"github.com/ringmaster/ringmaster/internal/version"
+	"github.com/ringmaster/ringmaster/pkg/allreduce"
+	"github.com/ringmaster/ringmaster/pkg/mnist"
+	"github.com/ringmaster/ringmaster/pkg/model"
+)
+
+// Config configures a worker.
+type Config struct {
+	// Coordinator is the coordinator's API address.
+	Coordinator string
+	// ID names the worker in etcd; empty means hostname-pid.
+	ID string
+	// Listen is the ring (all-reduce) address; port 0 picks one.
+	Listen string
+	// Advertise is the ring address peers dial; empty means the bound
+	// address (with 127.0.0.1 for an unspecified host).
+	Advertise string
+	// Device is the compute device: "cpu".
+	Device string
+	// Threads is how many goroutines a compute kernel may use (0: all CPUs).
+	Threads int
+	// LeaseTTL is how long the worker's registration outlives its last
+	// keep-alive; a dead worker is noticed within it.
+	LeaseTTL time.Duration
+	// RequestTimeout bounds each call to etcd and the coordinator.
+	RequestTimeout time.Duration
+}
+
+// Worker registers itself in etcd under a lease, waits for the coordinator
+// to claim it for a job, and runs its rank of that job.
+type Worker struct {
+	cfg  Config
+	log  *zap.Logger
+	keys state.Keys
+
+	lis  net.Listener
+	srv  *grpc.Server
+	hub  *allreduce.Hub
+	addr string
+
+	etcd *clientv3.Client
+	nc   *nats.Conn
+	pub  *events.Publisher
+	be   model.Backend
+
+	dataMu sync.Mutex
+	data   map[string]*mnist.Dataset
+}
+
+// New validates the configuration and binds the ring listener; Run does
+// the rest.
+func New(cfg Config, log *zap.Logger) (*Worker, error) {
+	if cfg.Coordinator == "" {
+		return nil, errors.New("worker: --coordinator is required (the coordinator's API address, e.g. 127.0.0.1:7070)")
+	}
+	if cfg.Device == "" {
+		cfg.Device = "cpu"
+	}
+	if cfg.Device != "cpu" {
+		return nil, fmt.Errorf("worker: --device %q is not available in this build; use --device cpu", cfg.Device)
+	}
+	if cfg.ID == "" {
+		host, _ := os.Hostname()
+		cfg.ID = fmt.Sprintf("%s-%d", host, os.Getpid())
+	}
+	if !validID(cfg.ID) {
+		return nil, fmt.Errorf("worker: --id %q: use letters, digits, '-', '_' and '.'", cfg.ID)
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 5 * time.Second
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 10 * time.Second
+	}
+	lis, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("worker: ring listen %s: %w", cfg.Listen, err)
+	}
+	addr := cfg.Advertise
+	if addr == "" {
+		tcp := lis.Addr().(*net.TCPAddr)
+		host := tcp.IP.String()
+		if tcp.IP.IsUnspecified() {
+			host = "127.0.0.1"
+			log.Warn("ring listener has no specific host and no --advertise was given; advertising loopback, which only works on one machine")
+		}
+		addr = net.JoinHostPort(host, fmt.Sprint(tcp.Port))
+	}
+	w := &Worker{cfg: cfg, log: log.With(zap.String("worker", cfg.ID)), lis: lis, addr: addr,
+		hub: allreduce.NewHub(log), be: model.NewCPU(cfg.Threads), data: map[string]*mnist.Dataset{}}
+	w.srv = grpc.NewServer(allreduce.ServerOptions()...)
+	w.hub.Register(w.srv)
+	return w, nil
+}
+
+// ID returns the worker's id.
+func (w *Worker) ID() string { return w.cfg.ID }
+
+// Addr returns the advertised ring address.
+func (w *Worker) Addr() string { return w.addr }
+
+// Run serves until ctx is cancelled or a fatal error occurs. The worker's
+// registration disappears with it: at once on a clean stop (the lease is
+// revoked), within the lease TTL if the process dies.
+func (w *Worker) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	serveErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		serveErr <- w.srv.Serve(w.lis)
+	}()
+	defer w.srv.Stop()
+
+	info, err := w.coordinatorInfo(ctx)
+	if err != nil {
+		return err
+	}
+	w.keys = state.Keys{Prefix: info.EtcdPrefix}
+	w.etcd, err = clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: w.cfg.RequestTimeout,
+		Logger: w.log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.ErrorLevel))})
+	if err != nil {
+		return fmt.Errorf("worker: connecting to etcd %v: %w", info.EtcdEndpoints, err)
+	}
+	defer w.etcd.Close()
+	if w.nc, err = events.Connect(info.NatsUrl, "ringmaster-worker-"+w.cfg.ID); err != nil {
+		return err
+	}
+	defer w.nc.Close()
+	w.pub = events.NewPublisher(w.nc)
+
+	// Each pass registers under a fresh lease and serves claims until the
+	// lease is lost (for example etcd was unreachable for longer than the
+	// TTL); then whatever job was running is abandoned, as the coordinator
+	// has declared this worker lost, and the worker registers anew.
+	for {
+		err := w.serveLease(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		select {
+		case err := <-serveErr:
+			return fmt.Errorf("worker: ring server: %w", err)
+		default:
+		}
+		w.log.Warn("registration lost; registering again", zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (w *Worker) coordinatorInfo(ctx context.Context) (*pb.InfoResponse, error) {
+	conn, err := grpc.NewClient(w.cfg.Coordinator, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("worker: coordinator address %q: %w", w.cfg.Coordinator, err)
+	}
+	defer conn.Close()
+	cli := pb.NewCoordinatorClient(conn)
+	backoff := 200 * time.Millisecond
+	for {
+		cctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
+		info, err := cli.Info(cctx, &pb.InfoRequest{}, grpc.WaitForReady(true))
+		cancel()
+		if err == nil {
+			return info, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		w.log.Warn("coordinator not reachable yet; retrying", zap.String("coordinator", w.cfg.Coordinator), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// serveLease registers the worker under a new lease and runs jobs for the
+// claims the coordinator writes, until the lease is lost or ctx ends.
+func (w *Worker) serveLease(ctx context.Context) error {
+	ttl := max(int64(w.cfg.LeaseTTL/time.Second), 1)
+	rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
+	lease, err := w.etcd.Grant(rctx, ttl)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("granting a lease: %w", err)
+	}
+	defer func() {
+		// A clean stop deregisters at once rather than after the TTL.
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, _ = w.etcd.Revoke(rctx, lease.ID)
+		cancel()
+	}()
+	host, _ := os.Hostname()
+	reg := &pb.Worker{Id: w.cfg.ID, Addr: w.addr, Devices: []string{w.cfg.Device}, Version: version.Version,
+		RegisteredMs: time.Now().UnixMilli(), Hostname: host, LeaseTtlS: ttl}
+	key := w.keys.Worker(w.cfg.ID)
+	rctx, cancel = context.WithTimeout(ctx, w.cfg.RequestTimeout)
+	// Delete first so that this incarnation gets a new create revision:
+	// the coordinator tells a restarted worker from a live one by it.
+	_, err = w.etcd.Delete(rctx, key)
+	var put *clientv3.PutResponse
+	if err == nil {
+		put, err = w.etcd.Put(rctx, key, state.Marshal(reg), clientv3.WithLease(lease.ID))
+	}
+	cancel()
+	if err != nil {
+		return fmt.Errorf("registering: %w", err)
+	}
+	regRev := put.Header.Revision
+	kctx, stopKeepAlive := context.WithCancel(ctx)
+	defer stopKeepAlive()
+	ka, err := w.etcd.KeepAlive(kctx, lease.ID)
+	if err != nil {
+		return fmt.Errorf("keeping the lease alive: %w", err)
+	}
+	w.log.Info("registered", zap.String("ring_addr", w.addr), zap.Int64("lease_ttl_s", ttl), zap.Int64("revision", regRev))
+
+	claimKey := w.keys.Claim(w.cfg.ID)
+	rctx, cancel = context.WithTimeout(ctx, w.cfg.RequestTimeout)
+	cur, err := w.etcd.Get(rctx, claimKey)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("reading my claim: %w", err)
+	}
+	wch := w.etcd.Watch(kctx, claimKey, clientv3.WithRev(cur.Header.Revision+1))
+
+	var run *jobRun
+	defer func() { run.stop() }()
+	handle := func(kv []byte, modRev int64, deleted bool) {
+		if deleted || modRev < regRev {
+			// Deleted, or left over from an earlier incarnation (the
+			// coordinator releases those).
+			if run != nil {
+				w.log.Info("claim released; stopping the job", zap.String("job", run.claim.JobId))
+			}
+			run.stop()
+			run = nil
+			return
+		}
+		c := &pb.Claim{}
+		if err := state.Unmarshal(kv, c); err != nil {
+			w.log.Error("undecodable claim", zap.Error(err))
+			return
+		}
+		if run != nil && run.claim.JobId == c.JobId && run.claim.Generation == c.Generation {
+			return
+		}
+		run.stop()
+		run = w.startJob(ctx, c, string(kv))
+	}
+	if len(cur.Kvs) > 0 {
+		handle(cur.Kvs[0].Value, cur.Kvs[0].ModRevision, false)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case _, ok := <-ka:
+			if !ok {
+				return errors.New("lease keep-alive stopped: the lease expired or etcd is unreachable")
+			}
+		case wr, ok := <-wch:
+			if !ok {
+				return errors.New("claim watch closed")
+			}
+			if err := wr.Err(); err != nil {
+				return fmt.Errorf("claim watch: %w", err)
+			}
+			for _, ev := range wr.Events {
+				handle(ev.Kv.Value, ev.Kv.ModRevision, ev.Type == clientv3.EventTypeDelete)
+			}
+		}
+	}
+}
+
+func validID(s string) bool {
+	if s == "" || len(s) > 128 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.') {
+			return false
+		}
+	}
+	return true
+}
