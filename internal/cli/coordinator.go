@@ -1,0 +1,374 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/internal/coordinator"
+	"github.com/ringmaster/ringmaster/internal/state"
+)
+
+// EnvAddr names the environment variable that says which coordinator the
+// CLI talks to.
+const EnvAddr = "RINGMASTER_ADDR"
+
+// DefaultAddr is the coordinator API address used when neither --addr nor
+// $RINGMASTER_ADDR is given.
+const DefaultAddr = "127.0.0.1:7070"
+
+// NewCoordinatorCommand returns the coordinator command tree.
+func NewCoordinatorCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "coordinator",
+		Short:         "Ringmaster coordinator: the control plane of distributed training, and its CLI",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	var addr string
+	root.PersistentFlags().StringVar(&addr, "addr", "", "coordinator API address (default $"+EnvAddr+" or "+DefaultAddr+")")
+	client := func() (pb.CoordinatorClient, func(), error) {
+		a := addr
+		if a == "" {
+			a = os.Getenv(EnvAddr)
+		}
+		if a == "" {
+			a = DefaultAddr
+		}
+		conn, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, nil, fmt.Errorf("coordinator address %q: %w", a, err)
+		}
+		return pb.NewCoordinatorClient(conn), func() { conn.Close() }, nil
+	}
+	root.AddCommand(newServeCommand(), newRunCommand(),
+		newSubmitCommand(client), newListCommand(client), newStatusCommand(client), newCancelCommand(client),
+		newWatchCommand(client), newWorkersCommand(client), newResumeCommand(client))
+	// The all-in-one run command starts workers as processes of this same
+	// binary, so `go run ./cmd/coordinator run` needs no second build.
+	w := NewWorkerCommand()
+	w.Hidden = true
+	root.AddCommand(w)
+	return root
+}
+
+type clientFunc func() (pb.CoordinatorClient, func(), error)
+
+// rpcTimeout bounds every unary call of the CLI.
+const rpcTimeout = 15 * time.Second
+
+// rpcError turns a gRPC status into the plain message the coordinator sent.
+func rpcError(err error) error {
+	if s, ok := status.FromError(err); ok {
+		return errors.New(s.Message())
+	}
+	return err
+}
+
+func newServeCommand() *cobra.Command {
+	var cfg coordinator.Config
+	var lf logFlags
+	cmd := &cobra.Command{
+		Use:   "serve [--listen ADDR] [--etcd-endpoints A,B] [--nats-url URL] [--data-dir DIR]",
+		Short: "Run the control plane: the API, the scheduler, and embedded etcd and NATS unless external ones are given",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := lf.build()
+			if err != nil {
+				return err
+			}
+			defer log.Sync()
+			c, err := coordinator.Start(cfg, log)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			ctx, stop := runContext(cmd.Context())
+			defer stop()
+			select {
+			case <-ctx.Done():
+				return nil
+			case err := <-c.Err():
+				return err
+			}
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Listen, "listen", DefaultAddr, "API listen address")
+	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "external etcd endpoints (default: run an embedded etcd)")
+	f.StringVar(&cfg.NATSURL, "nats-url", "", "external NATS URL (default: run an embedded NATS server)")
+	f.StringVar(&cfg.DataDir, "data-dir", "ringmaster-data", "directory for the embedded etcd and default checkpoints")
+	f.StringVar(&cfg.EmbeddedEtcdListen, "embedded-etcd-listen", "127.0.0.1:2379", "client address of the embedded etcd")
+	f.StringVar(&cfg.EmbeddedNATSListen, "embedded-nats-listen", "127.0.0.1:4222", "address of the embedded NATS server")
+	f.StringVar(&cfg.AdvertiseHost, "advertise-host", "", "host workers use to reach the embedded etcd and NATS (for listening on 0.0.0.0)")
+	f.StringVar(&cfg.DefaultStore, "default-store", "", "checkpoint store of jobs that name none (default file://DATA_DIR/checkpoints)")
+	addLogFlags(cmd, &lf)
+	return cmd
+}
+
+func newSubmitCommand(client clientFunc) *cobra.Command {
+	return &cobra.Command{
+		Use:   "submit JOB.yaml",
+		Short: "Submit a job spec; prints the job id",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			spec, err := os.ReadFile(args[0])
+			if err != nil {
+				return err
+			}
+			cli, done, err := client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, cancel := context.WithTimeout(cmd.Context(), rpcTimeout)
+			defer cancel()
+			resp, err := cli.SubmitJob(ctx, &pb.SubmitJobRequest{SpecYaml: spec})
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], rpcError(err))
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), resp.JobId)
+			return nil
+		},
+	}
+}
+
+func newListCommand(client clientFunc) *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List jobs",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cli, done, err := client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, cancel := context.WithTimeout(cmd.Context(), rpcTimeout)
+			defer cancel()
+			resp, err := cli.ListJobs(ctx, &pb.ListJobsRequest{})
+			if err != nil {
+				return rpcError(err)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "JOB\tSTATE\tMODEL\tWORKERS\tSTEP\tLOSS\tAGE\tMESSAGE")
+			for _, j := range resp.Jobs {
+				step, loss := "-", "-"
+				if p := j.Progress; p != nil {
+					step = fmt.Sprintf("%d/%d", p.Step, p.TotalSteps)
+					loss = fmt.Sprintf("%.4f", p.Loss)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", j.Id, state.StateName(j.Status.State), j.Spec.Model,
+					j.Spec.Workers, step, loss, age(j.Status.CreatedMs), oneLine(j.Status.Message, 80))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func newStatusCommand(client clientFunc) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status JOB",
+		Short: "Show a job's spec, state, assignment, progress and checkpoints",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cli, done, err := client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, cancel := context.WithTimeout(cmd.Context(), rpcTimeout)
+			defer cancel()
+			j, err := cli.GetJob(ctx, &pb.GetJobRequest{JobId: args[0]})
+			if err != nil {
+				return rpcError(err)
+			}
+			if asJSON {
+				b, _ := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(j)
+				fmt.Fprintln(cmd.OutOrStdout(), string(b))
+				return nil
+			}
+			printJob(cmd.OutOrStdout(), j)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the job as JSON")
+	return cmd
+}
+
+func printJob(w io.Writer, j *pb.Job) {
+	s := j.Status
+	fmt.Fprintf(w, "Job:        %s\n", j.Id)
+	fmt.Fprintf(w, "State:      %s (attempt %d)\n", state.StateName(s.State), s.Attempt)
+	fmt.Fprintf(w, "Message:    %s\n", s.Message)
+	fmt.Fprintf(w, "Submitted:  %s (%s ago)\n", time.UnixMilli(s.CreatedMs).Format(time.RFC3339), age(s.CreatedMs))
+	sp := j.Spec
+	length := fmt.Sprintf("%d epochs", sp.Epochs)
+	if sp.Steps > 0 {
+		length = fmt.Sprintf("%d steps", sp.Steps)
+	}
+	fmt.Fprintf(w, "Spec:       model %s, dataset %s, %d workers x batch %d, %s lr %g momentum %g, %s, seed %d\n",
+		sp.Model, sp.Dataset.Name, sp.Workers, sp.BatchSize, sp.Optimizer.Name, sp.Optimizer.Lr, sp.Optimizer.Momentum, length, sp.Seed)
+	fmt.Fprintf(w, "Checkpoint: every %d steps to %s, keep %d\n", sp.Checkpoint.EverySteps, sp.Checkpoint.Store, sp.Checkpoint.Keep)
+	if a := j.Assignment; a != nil {
+		fmt.Fprintf(w, "Assignment: generation %d\n", a.Generation)
+		for _, r := range a.Ranks {
+			fmt.Fprintf(w, "  rank %d  %s  %s\n", r.Rank, r.WorkerId, r.Addr)
+		}
+	}
+	if p := j.Progress; p != nil {
+		fmt.Fprintf(w, "Progress:   step %d/%d, epoch %d, %d samples, loss %.4f, %.0f samples/s (updated %s ago)\n",
+			p.Step, p.TotalSteps, p.Epoch, p.GlobalSamples, p.Loss, p.SamplesPerSec, age(p.UpdatedMs))
+	}
+	if r := s.Result; r != nil {
+		fmt.Fprintf(w, "Result:     test accuracy %.2f%% on %d samples, final loss %.4f after %d steps\n", 100*r.TestAccuracy, r.TestSamples, r.FinalLoss, r.Steps)
+		if r.LastCheckpoint != "" {
+			fmt.Fprintf(w, "            last checkpoint %s\n", r.LastCheckpoint)
+		}
+	}
+	if len(j.Checkpoints) > 0 {
+		fmt.Fprintf(w, "Checkpoints recorded:\n")
+		for _, c := range j.Checkpoints {
+			fmt.Fprintf(w, "  step %d  %s  %d bytes  %s\n", c.Step, time.UnixMilli(c.TimeMs).Format(time.RFC3339), c.SizeBytes, c.Url)
+		}
+	}
+}
+
+func newCancelCommand(client clientFunc) *cobra.Command {
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "cancel JOB",
+		Short: "Cancel a pending or running job",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cli, done, err := client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, cancel := context.WithTimeout(cmd.Context(), rpcTimeout)
+			defer cancel()
+			if _, err := cli.CancelJob(ctx, &pb.CancelJobRequest{JobId: args[0]}); err != nil {
+				return rpcError(err)
+			}
+			deadline := time.Now().Add(wait)
+			for {
+				ctx, cancel := context.WithTimeout(cmd.Context(), rpcTimeout)
+				j, err := cli.GetJob(ctx, &pb.GetJobRequest{JobId: args[0]})
+				cancel()
+				if err != nil {
+					return rpcError(err)
+				}
+				if state.IsTerminal(j.Status.State) {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s %s\n", args[0], state.StateName(j.Status.State))
+					return nil
+				}
+				if time.Now().After(deadline) {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: cancel requested; the coordinator has not acted on it yet\n", args[0])
+					return nil
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		},
+	}
+	cmd.Flags().DurationVar(&wait, "wait", 30*time.Second, "how long to wait for the job to stop")
+	return cmd
+}
+
+func newResumeCommand(client clientFunc) *cobra.Command {
+	return &cobra.Command{
+		Use:   "resume JOB",
+		Short: "Restart a failed or cancelled job from its latest complete checkpoint",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cli, done, err := client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, cancel := context.WithTimeout(cmd.Context(), rpcTimeout)
+			defer cancel()
+			j, err := cli.ResumeJob(ctx, &pb.ResumeJobRequest{JobId: args[0]})
+			if err != nil {
+				return rpcError(err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s: %s\n", j.Id, state.StateName(j.Status.State), j.Status.Message)
+			return nil
+		},
+	}
+}
+
+func newWorkersCommand(client clientFunc) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "workers",
+		Short: "List registered workers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cli, done, err := client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, cancel := context.WithTimeout(cmd.Context(), rpcTimeout)
+			defer cancel()
+			resp, err := cli.ListWorkers(ctx, &pb.ListWorkersRequest{})
+			if err != nil {
+				return rpcError(err)
+			}
+			if asJSON {
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(resp.Workers)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "WORKER\tADDR\tDEVICES\tJOB\tVERSION\tHOST\tREGISTERED")
+			for _, w := range resp.Workers {
+				job := w.JobId
+				if job == "" {
+					job = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\n", w.Id, w.Addr, strings.Join(w.Devices, ","), job, w.Version, w.Hostname, age(w.RegisteredMs))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")
+	return cmd
+}
+
+func age(ms int64) string {
+	if ms == 0 {
+		return "-"
+	}
+	d := time.Since(time.UnixMilli(ms))
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh", int(d.Hours()))
+	}
+	return fmt.Sprintf("%dd", int(d.Hours()/24))
+}
+
+func oneLine(s string, n int) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > n {
+		return s[:n-3] + "..."
+	}
+	return s
+}
