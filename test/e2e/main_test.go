@@ -1,0 +1,262 @@
+// Package e2e runs the whole system: an in-process coordinator with
+// embedded etcd and NATS, and workers as real processes talking gRPC over
+// loopback. The worker processes are this test binary re-executed with the
+// "worker" command, so no separate build is needed.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/internal/cli"
+	"github.com/ringmaster/ringmaster/internal/coordinator"
+	"github.com/ringmaster/ringmaster/internal/events"
+)
+
+func TestMain(m *testing.M) {
+	// Re-executed as a worker (by startWorker, or by `coordinator run`).
+	if len(os.Args) > 1 && os.Args[1] == "worker" {
+		cmd := cli.NewCoordinatorCommand()
+		cmd.SetArgs(os.Args[1:])
+		if err := cmd.Execute(); err != nil {
+			fmt.Fprintln(os.Stderr, "worker:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// cluster is a coordinator and its worker processes.
+type cluster struct {
+	t       *testing.T
+	coord   *coordinator.Coordinator
+	client  pb.CoordinatorClient
+	dir     string
+	mu      sync.Mutex
+	workers map[string]*exec.Cmd
+}
+
+func startCluster(t *testing.T) *cluster {
+	t.Helper()
+	dir := t.TempDir()
+	c, err := coordinator.Start(coordinator.Config{Listen: "127.0.0.1:0", DataDir: filepath.Join(dir, "coord")}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(c.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &cluster{t: t, coord: c, client: pb.NewCoordinatorClient(conn), dir: dir, workers: map[string]*exec.Cmd{}}
+	t.Cleanup(func() {
+		cl.mu.Lock()
+		for _, w := range cl.workers {
+			_ = w.Process.Kill()
+			_ = w.Wait()
+		}
+		cl.mu.Unlock()
+		conn.Close()
+		c.Close()
+		if t.Failed() {
+			cl.dumpLogs()
+		}
+	})
+	return cl
+}
+
+// startWorker starts a worker process with a short lease.
+func (c *cluster) startWorker(id string, ttl time.Duration) *exec.Cmd {
+	c.t.Helper()
+	logf := filepath.Join(c.dir, id+".log")
+	cmd := exec.Command(os.Args[0], "worker", "--coordinator", c.coord.Addr(), "--id", id, "--listen", "127.0.0.1:0",
+		"--lease-ttl", ttl.String(), "--threads", "1", "--log-file", logf)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.mu.Lock()
+	c.workers[id] = cmd
+	c.mu.Unlock()
+	return cmd
+}
+
+// kill ends a worker process abruptly (SIGKILL: no deregistration).
+func (c *cluster) kill(id string) {
+	c.mu.Lock()
+	cmd := c.workers[id]
+	delete(c.workers, id)
+	c.mu.Unlock()
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		c.t.Fatal(err)
+	}
+	_ = cmd.Wait()
+}
+
+func (c *cluster) dumpLogs() {
+	files, _ := filepath.Glob(filepath.Join(c.dir, "*.log"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		if len(lines) > 40 {
+			lines = lines[len(lines)-40:]
+		}
+		c.t.Logf("--- %s (tail)\n%s", filepath.Base(f), strings.Join(lines, "\n"))
+	}
+}
+
+// cli runs a coordinator CLI command in-process against this cluster.
+func (c *cluster) cli(args ...string) (string, error) {
+	cmd := cli.NewCoordinatorCommand()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(append(args, "--addr", c.coord.Addr()))
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+func (c *cluster) job(id string) *pb.Job {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	j, err := c.client.GetJob(ctx, &pb.GetJobRequest{JobId: id})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return j
+}
+
+func (c *cluster) workerIDs() []string {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := c.client.ListWorkers(ctx, &pb.ListWorkersRequest{})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	var ids []string
+	for _, w := range resp.Workers {
+		ids = append(ids, w.Id)
+	}
+	return ids
+}
+
+// waitFor polls cond until it returns nil or the timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s: %v", timeout, what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (c *cluster) waitState(id string, want pb.JobState, timeout time.Duration) *pb.Job {
+	c.t.Helper()
+	var j *pb.Job
+	waitFor(c.t, timeout, fmt.Sprintf("job %s to be %v", id, want), func() error {
+		j = c.job(id)
+		if j.Status.State == want {
+			return nil
+		}
+		if j.Status.State == pb.JobState_JOB_STATE_FAILED && want != pb.JobState_JOB_STATE_FAILED {
+			c.t.Fatalf("job %s failed: %s", id, j.Status.Message)
+		}
+		return fmt.Errorf("state %v: %s", j.Status.State, j.Status.Message)
+	})
+	return j
+}
+
+// waitWorkers waits until exactly these workers are registered (a killed
+// worker stays registered until its lease expires).
+func (c *cluster) waitWorkers(ids ...string) {
+	c.t.Helper()
+	sort.Strings(ids)
+	waitFor(c.t, 60*time.Second, fmt.Sprintf("workers %v to be registered", ids), func() error {
+		if got := c.workerIDs(); !slices.Equal(got, ids) {
+			return fmt.Errorf("registered: %v", got)
+		}
+		return nil
+	})
+}
+
+// lossLog records every step loss published on NATS, per job.
+type lossLog struct {
+	mu     sync.Mutex
+	losses map[string][]stepLoss
+}
+
+type stepLoss struct {
+	step int64
+	loss float64
+	gen  uint64
+}
+
+func (c *cluster) recordLosses() *lossLog {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	info, err := c.client.Info(ctx, &pb.InfoRequest{})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	nc, err := events.Connect(info.NatsUrl, "e2e-test")
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(nc.Close)
+	l := &lossLog{losses: map[string][]stepLoss{}}
+	sub, err := events.Subscribe(nc, "*", func(ev *pb.JobEvent) {
+		if s := ev.GetStep(); s != nil {
+			l.mu.Lock()
+			l.losses[ev.JobId] = append(l.losses[ev.JobId], stepLoss{s.Step, s.Loss, s.Generation})
+			l.mu.Unlock()
+		}
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { sub.Unsubscribe() })
+	return l
+}
+
+func (l *lossLog) of(job string) []stepLoss {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]stepLoss(nil), l.losses[job]...)
+}
+
+func writeSpec(t *testing.T, dir, body string) string {
+	t.Helper()
+	p := filepath.Join(dir, fmt.Sprintf("spec-%d.yaml", time.Now().UnixNano()))
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
