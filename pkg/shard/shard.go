@@ -18,6 +18,30 @@ func Order(seed uint64, epoch, n int) []int32 {
 	return out
 }
 
+// BlockOrder returns an epoch's order over samples grouped in blocks (for
+// example the shards of a token dataset, block b holding the sizes[b]
+// samples that follow those of blocks 0..b-1): the blocks in a permuted
+// order, and within each block its samples permuted. It is a permutation of
+// all samples and a pure function of (seed, epoch, sizes), like Order, but a
+// reader walking it touches one block at a time, so blocks can be streamed
+// from object storage with read-ahead.
+func BlockOrder(seed uint64, epoch int, sizes []int) []int32 {
+	starts := make([]int, len(sizes)+1)
+	for b, n := range sizes {
+		starts[b+1] = starts[b] + n
+	}
+	out := make([]int32, 0, starts[len(sizes)])
+	for _, b := range Order(seed, epoch, len(sizes)) {
+		// Each block's inner order has its own stream: derived from the
+		// seed and the block so that it does not depend on block order.
+		inner := Order(seed^(uint64(b)+1)*0xd1b54a32d192ed03, epoch, sizes[b])
+		for _, i := range inner {
+			out = append(out, int32(starts[b])+i)
+		}
+	}
+	return out
+}
+
 // splitmix is SplitMix64 (Steele, Lea, Flood 2014): tiny, fast, and fixed
 // here so the data order is reproducible forever.
 type splitmix struct{ state uint64 }
@@ -107,14 +131,28 @@ func (p Position) Advance(n, g int) Position {
 type Sampler struct {
 	n          int
 	seed       uint64
+	blocks     []int
 	orderEpoch int
 	order      []int32
 }
 
-// NewSampler returns a sampler over a dataset of n samples.
+// NewSampler returns a sampler over a dataset of n samples in Order.
 func NewSampler(n int, seed uint64) *Sampler {
 	return &Sampler{n: n, seed: seed, orderEpoch: -1}
 }
+
+// NewBlockSampler returns a sampler over samples grouped in blocks, in
+// BlockOrder.
+func NewBlockSampler(sizes []int, seed uint64) *Sampler {
+	n := 0
+	for _, s := range sizes {
+		n += s
+	}
+	return &Sampler{n: n, seed: seed, blocks: append([]int(nil), sizes...), orderEpoch: -1}
+}
+
+// Len is the number of samples in an epoch.
+func (s *Sampler) Len() int { return s.n }
 
 // Step returns the indices that rank trains on in the step at p, the global
 // batch size of that step, and the position after it. The returned slice
@@ -127,10 +165,26 @@ func (s *Sampler) Step(p Position, world, rank, batch int) (idx []int32, global 
 		return nil, 0, p, fmt.Errorf("shard: position %d is outside the epoch of %d samples", p.Pos, s.n)
 	}
 	if s.orderEpoch != p.Epoch {
-		s.order = Order(s.seed, p.Epoch, s.n)
+		if s.blocks != nil {
+			s.order = BlockOrder(s.seed, p.Epoch, s.blocks)
+		} else {
+			s.order = Order(s.seed, p.Epoch, s.n)
+		}
 		s.orderEpoch = p.Epoch
 	}
 	g := GlobalBatch(s.n, p.Pos, world, batch)
 	start, end := Split(p.Pos, g, world, rank)
 	return s.order[start:end], g, p.Advance(s.n, g), nil
+}
+
+// Upcoming returns the samples of the epoch at p from position p.Pos on,
+// for read-ahead; the slice aliases the cached order.
+func (s *Sampler) Upcoming(p Position) []int32 {
+	if s.orderEpoch != p.Epoch {
+		s.Step(p, 1, 0, 1) //nolint:errcheck // only fills the cache
+	}
+	if p.Pos >= len(s.order) {
+		return nil
+	}
+	return s.order[p.Pos:]
 }

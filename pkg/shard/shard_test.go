@@ -153,3 +153,46 @@ func TestStepRejectsBadArguments(t *testing.T) {
 		t.Error("position at end of epoch accepted")
 	}
 }
+
+func TestBlockOrder(t *testing.T) {
+	sizes := []int{5, 0, 7, 3}
+	a := BlockOrder(4, 1, sizes)
+	if !slices.Equal(a, BlockOrder(4, 1, sizes)) {
+		t.Fatal("BlockOrder is not pure")
+	}
+	if slices.Equal(a, BlockOrder(4, 2, sizes)) {
+		t.Error("epochs 1 and 2 have the same block order")
+	}
+	seen := make([]bool, 15)
+	block := func(i int32) int {
+		switch {
+		case i < 5:
+			return 0
+		case i < 12:
+			return 2
+		}
+		return 3
+	}
+	// A permutation in which each block's samples are contiguous.
+	runs := 0
+	for k, v := range a {
+		if seen[v] {
+			t.Fatalf("sample %d twice in %v", v, a)
+		}
+		seen[v] = true
+		if k == 0 || block(a[k-1]) != block(v) {
+			runs++
+		}
+	}
+	if runs != 3 {
+		t.Errorf("order %v visits blocks in %d runs, want 3 (one per non-empty block)", a, runs)
+	}
+	s := NewBlockSampler(sizes, 4)
+	idx, g, _, err := s.Step(Position{Epoch: 1}, 2, 1, 3)
+	if err != nil || g != 6 || !slices.Equal(idx, a[3:6]) {
+		t.Errorf("Step = %v %d %v, want %v", idx, g, err, a[3:6])
+	}
+	if up := s.Upcoming(Position{Epoch: 1, Pos: 10}); !slices.Equal(up, a[10:]) {
+		t.Errorf("Upcoming = %v", up)
+	}
+}

@@ -1,0 +1,129 @@
+package tokens
+
+import (
+	"fmt"
+	"path/filepath"
+	"sort"
+)
+
+// Dataset cuts each shard into samples of T+1 tokens starting every T
+// tokens. Samples do not cross shards, so that each shard is a block of
+// samples that can be read (or fetched) on its own; at most T tokens per
+// shard go unused.
+type Dataset struct {
+	T      int
+	shards []*Shard
+	// starts[i] is the index of shard i's first sample; starts[len] = Len.
+	starts []int
+}
+
+// Open maps the shards matching pattern (a glob), in name order.
+func Open(pattern string, t int) (*Dataset, error) {
+	paths, err := filepath.Glob(pattern)
+	if err != nil {
+		return nil, fmt.Errorf("tokens: pattern %q: %w", pattern, err)
+	}
+	if len(paths) == 0 {
+		return nil, fmt.Errorf("tokens: no shard files match %q; create them with `coordinator prepare`", pattern)
+	}
+	sort.Strings(paths)
+	var shards []*Shard
+	for _, p := range paths {
+		s, err := OpenShard(p)
+		if err != nil {
+			for _, o := range shards {
+				o.Close()
+			}
+			return nil, err
+		}
+		shards = append(shards, s)
+	}
+	d, err := New(shards, t)
+	if err != nil {
+		for _, o := range shards {
+			o.Close()
+		}
+	}
+	return d, err
+}
+
+// SamplesIn is the number of samples of length t+1 a shard of n tokens
+// holds.
+func SamplesIn(n, t int) int {
+	if n < t+1 {
+		return 0
+	}
+	return (n - 1) / t
+}
+
+// New builds a dataset over open shards; it takes ownership of them.
+func New(shards []*Shard, t int) (*Dataset, error) {
+	if len(shards) == 0 {
+		return nil, errNoShards
+	}
+	if t < 1 {
+		return nil, fmt.Errorf("tokens: sequence length %d must be at least 1", t)
+	}
+	d := &Dataset{T: t, shards: shards, starts: make([]int, len(shards)+1)}
+	for i, s := range shards {
+		d.starts[i+1] = d.starts[i] + SamplesIn(s.Len(), t)
+	}
+	if d.Len() == 0 {
+		return nil, fmt.Errorf("tokens: no shard holds a whole sample of %d tokens", t+1)
+	}
+	return d, nil
+}
+
+// Len is the number of samples.
+func (d *Dataset) Len() int { return d.starts[len(d.shards)] }
+
+// BlockSizes is the number of samples in each shard, for shard.NewBlockSampler.
+func (d *Dataset) BlockSizes() []int {
+	out := make([]int, len(d.shards))
+	for i := range out {
+		out[i] = d.starts[i+1] - d.starts[i]
+	}
+	return out
+}
+
+// Tokens is the number of tokens in all shards.
+func (d *Dataset) Tokens() int {
+	n := 0
+	for _, s := range d.shards {
+		n += s.Len()
+	}
+	return n
+}
+
+// Sample copies sample i (T+1 tokens) into dst.
+func (d *Dataset) Sample(i int, dst []int32) {
+	if i < 0 || i >= d.Len() {
+		panic(fmt.Sprintf("tokens: sample %d of %d", i, d.Len()))
+	}
+	s := sort.SearchInts(d.starts, i+1) - 1
+	off := (i - d.starts[s]) * d.T
+	for k, t := range d.shards[s].Tokens()[off : off+d.T+1] {
+		dst[k] = int32(t)
+	}
+}
+
+// Batch gathers samples idx into x (inputs, len(idx)*T) and y (targets,
+// the inputs shifted by one).
+func (d *Dataset) Batch(idx []int32, x, y []int32, scratch []int32) {
+	for j, i := range idx {
+		d.Sample(int(i), scratch[:d.T+1])
+		copy(x[j*d.T:(j+1)*d.T], scratch[:d.T])
+		copy(y[j*d.T:(j+1)*d.T], scratch[1:d.T+1])
+	}
+}
+
+// Close unmaps every shard.
+func (d *Dataset) Close() error {
+	var first error
+	for _, s := range d.shards {
+		if err := s.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
