@@ -73,11 +73,11 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 // "returns" each piece when it has written it, and the last return
 // releases the frame.
 type outFrame struct {
-	kind      uint8
-	f         Frame
-	ctl       []byte
-	hdr       []byte
-	ptrs      [][]byte
+	kind uint8
+	f    Frame
+	ctl  []byte
+	hdr  []byte
+	ptrs [][]byte
 	// refs counts the pieces gRPC holds plus one for a sender that has
 	// not yet seen SendMsg return (see send); the frame is released when
 	// it drops to zero.
