@@ -94,7 +94,9 @@ set up a ring through real gRPC connections and time AllReduce for each size.
 Each iteration is a barrier then one timed all-reduce; sec is the median over
 iterations, the maximum over ranks; algbw = bytes/sec/1e9 and busbw = algbw *
 2(n-1)/n, as nccl-tests and the peer scripts in shared/bench print them.`,
-		RunE: func(cmd *cobra.Command, _ []string) error { return runAllReduceParent(cmd.Context(), o, cmd.OutOrStdout()) },
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runAllReduceParent(cmd.Context(), o, cmd.OutOrStdout())
+		},
 	}
 	o.flags(cmd)
 	return cmd

@@ -58,6 +58,8 @@ type Comm struct {
 	pending []Notice // notices taken off the transport but not yet used
 
 	waitingOn atomic.Int32 // the peer the collective is blocked on, for blame
+	notified  bool         // this collective's failure was already told to the peers
+	hard      context.Context // the collective's deadline only: for sends, whose cancellation breaks streams
 	sent      []tracker    // per peer: frames the transport has released
 	relFns    []func()
 
@@ -160,16 +162,20 @@ func (p *progress) advance() {
 	}
 }
 
-func (p *progress) wait(ctx context.Context, target int64) error {
+func (p *progress) wait(ctx context.Context, stop <-chan struct{}, target int64) error {
 	for p.n.Load() < target {
 		select {
 		case <-p.ch:
+		case <-stop:
+			return errStopped
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 	return nil
 }
+
+var errStopped = errors.New("allreduce: stopped")
 
 // waitSent waits until the transport has released target frames sent to
 // peer (counted since the Comm was made).
@@ -225,7 +231,10 @@ func (c *Comm) run(ctx context.Context, d Desc, body func(ctx context.Context) e
 		deadline = dl
 	}
 	grace := min(max(deadline.Sub(start)/10, 20*time.Millisecond), time.Second)
-	cctx, cancel := context.WithCancelCause(ctx)
+	hard, hardCancel := context.WithDeadline(ctx, deadline)
+	defer hardCancel()
+	c.hard = hard
+	cctx, cancel := context.WithCancelCause(hard)
 	defer cancel(nil)
 	timer := time.AfterFunc(deadline.Sub(start)-grace, func() { cancel(errSuspect) })
 	defer timer.Stop()
@@ -242,6 +251,7 @@ func (c *Comm) run(ctx context.Context, d Desc, body func(ctx context.Context) e
 		}
 	}()
 	c.waitingOn.Store(-1)
+	c.notified = false
 	err := body(cctx)
 	cause := context.Cause(cctx)
 	cancel(nil)
@@ -288,6 +298,9 @@ func (c *Comm) peerName(p int) string {
 // diagnose decides what went wrong, tells the peers, and returns the error.
 func (c *Comm) diagnose(parent context.Context, d Desc, err error, cause error, timeout, grace time.Duration) error {
 	notify := func(n Notice) {
+		if c.notified {
+			return
+		}
 		n.From, n.Seq = c.cfg.Rank, c.seq
 		ctx, cancel := context.WithTimeout(context.Background(), max(grace, 200*time.Millisecond))
 		defer cancel()
@@ -295,6 +308,38 @@ func (c *Comm) diagnose(parent context.Context, d Desc, err error, cause error, 
 	}
 	var le *localError
 	var nc *noticeCause
+	if !errors.As(cause, &nc) {
+		// A peer that gives up tells everyone before it closes its
+		// streams, so its notice is here before the broken stream it
+		// leaves behind: prefer what it said.
+		for _, n := range c.takeNotices() {
+			if n.Kind != NoticeTimeout {
+				cause = &noticeCause{n}
+				break
+			}
+			if nc == nil {
+				nc = &noticeCause{n}
+			}
+		}
+		if nc != nil && cause == nil {
+			cause = nc
+		}
+		if cause == nil && errors.As(err, &le) && le.kind == NoticeGone {
+			// A peer that gives up cancels its streams while it tells
+			// everyone why; give its notice a moment to arrive.
+			t := time.NewTimer(min(grace, 250*time.Millisecond))
+			select {
+			case n := <-c.t.Notices():
+				c.keepNotice(n)
+				if n.Kind == NoticeTimeout {
+					nc = &noticeCause{n}
+				}
+				cause = &noticeCause{n}
+			case <-t.C:
+			}
+			t.Stop()
+		}
+	}
 	switch {
 	case errors.As(cause, &nc) && nc.n.Kind != NoticeTimeout:
 		return fmt.Errorf("allreduce: %s failed: rank %d gave up: %s", c.what(d), nc.n.From, nc.n.Reason)
@@ -310,6 +355,20 @@ func (c *Comm) diagnose(parent context.Context, d Desc, err error, cause error, 
 	}
 	notify(Notice{Kind: NoticeFailed, Culprit: -1, WaitingOn: -1, Reason: err.Error()})
 	return fmt.Errorf("allreduce: %s: %w", c.what(d), err)
+}
+
+// notifyLocal tells the peers about a failure this rank saw first hand,
+// at once: before the rank cancels its own streams, so that the peers hear
+// the cause before they see those streams break.
+func (c *Comm) notifyLocal(err error) {
+	var le *localError
+	if c.notified || !errors.As(err, &le) || le.kind == NoticeGone {
+		return // a broken stream may be a peer that is telling why: diagnose waits for it
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	c.t.Notify(ctx, Notice{From: c.cfg.Rank, Seq: c.seq, Kind: le.kind, Culprit: le.culprit, WaitingOn: -1, Reason: le.Error()})
+	c.notified = true
 }
 
 // blame runs when this rank reached its deadline or a peer reported that

@@ -259,12 +259,19 @@ func (c *Comm) ring(ctx context.Context, buf []float32, d Desc, rs, ag bool, op 
 	for _, st := range steps {
 		totalSent += nslices(st.send)
 	}
+	// The sender is stopped by a channel, not by cancelling its context:
+	// cancelling a send in progress breaks the stream, and a peer that
+	// sees it break before it hears why would blame this rank.
+	stop := make(chan struct{})
 	go func() {
-		sendErr <- c.ringSend(bctx, buf, d, steps, right, progBase, nslices)
+		sendErr <- c.ringSend(c.hard, stop, buf, d, steps, right, progBase, nslices)
 	}()
 	err := c.ringRecv(bctx, buf, d, steps, left, right, rs && ag, op, relBase, progBase, nslices)
 	if err != nil {
-		bcancel()
+		if len(c.takeNotices()) == 0 {
+			c.notifyLocal(err)
+		}
+		close(stop)
 	}
 	if serr := <-sendErr; err == nil {
 		err = serr
@@ -275,7 +282,7 @@ func (c *Comm) ring(ctx context.Context, buf []float32, d Desc, rs, ag bool, op 
 	return c.waitSent(ctx, right, relBase+int64(totalSent))
 }
 
-func (c *Comm) ringSend(ctx context.Context, buf []float32, d Desc, steps []ringStep, right int, progBase int64, nslices func(int) int) error {
+func (c *Comm) ringSend(ctx context.Context, stop <-chan struct{}, buf []float32, d Desc, steps []ringStep, right int, progBase int64, nslices func(int) int) error {
 	part := 0
 	recvBefore := 0 // frames received in the steps before t-1
 	var subs []span
@@ -283,7 +290,7 @@ func (c *Comm) ringSend(ctx context.Context, buf []float32, d Desc, steps []ring
 		region, b := c.regions[st.send], c.bounds[st.send]
 		for j := 0; j < nslices(st.send); j++ {
 			if t > 0 {
-				if err := c.progress.wait(ctx, progBase+int64(recvBefore+j+1)); err != nil {
+				if err := c.progress.wait(ctx, stop, progBase+int64(recvBefore+j+1)); err != nil {
 					return err
 				}
 			}
@@ -292,6 +299,11 @@ func (c *Comm) ringSend(ctx context.Context, buf []float32, d Desc, steps []ring
 			c.pieces = c.payload(c.pieces, buf, subs)
 			f := Frame{Seq: c.seq, Part: uint32(part), Desc: d, Wire: c.cfg.Wire,
 				Data: c.pieces[start:len(c.pieces):len(c.pieces)], Release: c.relFns[right]}
+			select {
+			case <-stop:
+				return errStopped
+			default:
+			}
 			if err := c.t.Send(ctx, right, f); err != nil {
 				return c.transportError("sending to", right, err)
 			}
