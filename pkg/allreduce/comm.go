@@ -57,10 +57,10 @@ type Comm struct {
 	broken  error
 	pending []Notice // notices taken off the transport but not yet used
 
-	waitingOn atomic.Int32 // the peer the collective is blocked on, for blame
-	notified  bool         // this collective's failure was already told to the peers
+	waitingOn atomic.Int32    // the peer the collective is blocked on, for blame
+	notified  bool            // this collective's failure was already told to the peers
 	hard      context.Context // the collective's deadline only: for sends, whose cancellation breaks streams
-	sent      []tracker    // per peer: frames the transport has released
+	sent      []tracker       // per peer: frames the transport has released
 	relFns    []func()
 
 	// Scratch reused across collectives.

@@ -51,3 +51,21 @@ func divF32(dst []float32, d float32) {
 		divF32Generic(dst, d)
 	}
 }
+
+// addAsmVariants adds the assembly kernels this CPU can run, for tests.
+func addAsmVariants(v map[string]func([]float32, []byte)) {
+	if hasAVX2 {
+		v["avx2"] = func(d []float32, s []byte) {
+			if len(d) > 0 {
+				addF32AVX2(&d[0], &s[0], len(d))
+			}
+		}
+	}
+	if hasAVX512 {
+		v["avx512"] = func(d []float32, s []byte) {
+			if len(d) > 0 {
+				addF32AVX512(&d[0], &s[0], len(d))
+			}
+		}
+	}
+}
