@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 )
 
 // DefaultBucketBytes is the bucket size when NewBucketer is given zero.
@@ -49,7 +50,12 @@ type Bucketer struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	err    error // set by the reducer before done closes
+
+	reduced atomic.Int64 // elements reduced so far
 }
+
+// Reduced returns how many elements have been reduced so far on this rank.
+func (b *Bucketer) Reduced() int { return int(b.reduced.Load()) }
 
 // NewBucketer starts a Bucketer over buf; ctx bounds its background work.
 // bucketBytes <= 0 means DefaultBucketBytes.
@@ -72,7 +78,9 @@ func (b *Bucketer) reduce() {
 		}
 		if err := b.c.allReduceSpans(b.ctx, b.buf, spans, b.op); err != nil {
 			b.err = err
+			continue
 		}
+		b.reduced.Add(int64(spansLen(spans)))
 	}
 }
 
