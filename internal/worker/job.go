@@ -122,9 +122,12 @@ func (w *Worker) runJob(ctx context.Context, c *pb.Claim, claimValue string, log
 	}
 
 	dctx, cancel := context.WithTimeout(ctx, max(timeout, 30*time.Second))
+	addrs := make([]string, world)
+	for i, rk := range asg.Ranks {
+		addrs[i] = rk.Addr
+	}
 	tr, err := w.hub.Dial(dctx, allreduce.Peering{
-		Job: c.JobId, Generation: c.Generation, Rank: rank, World: world,
-		Left: asg.Ranks[(rank-1+world)%world].Addr, Right: asg.Ranks[(rank+1)%world].Addr,
+		Job: c.JobId, Generation: c.Generation, Rank: rank, World: world, Addrs: addrs,
 	})
 	cancel()
 	if err != nil {
@@ -132,7 +135,9 @@ func (w *Worker) runJob(ctx context.Context, c *pb.Claim, claimValue string, log
 	}
 	comm, err := allreduce.New(allreduce.Config{Rank: rank, World: world, Generation: c.Generation, Timeout: timeout}, tr)
 	if err != nil {
-		tr.Close()
+		cctx, ccancel := context.WithCancel(ctx)
+		ccancel()
+		tr.Close(cctx)
 		return err
 	}
 	defer comm.Close()

@@ -101,8 +101,7 @@ func ringOverGRPC(t *testing.T, world int, gen uint64) []*allreduce.Comm {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			tr, err := hubs[r].Dial(ctx, allreduce.Peering{Job: "t", Generation: gen, Rank: r, World: world,
-				Left: addrs[(r-1+world)%world], Right: addrs[(r+1)%world]})
+			tr, err := hubs[r].Dial(ctx, allreduce.Peering{Job: "t", Generation: gen, Rank: r, World: world, Addrs: addrs})
 			if err == nil {
 				comms[r], err = allreduce.New(allreduce.Config{Rank: r, World: world, Generation: gen, Timeout: time.Minute}, tr)
 			}

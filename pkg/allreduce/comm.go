@@ -4,78 +4,78 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
-// Op is the reduction applied by AllReduce.
-type Op int
-
-const (
-	// Sum adds the buffers of all ranks.
-	Sum Op = iota
-	// Avg adds the buffers and divides by the world size.
-	Avg
-)
-
-func (o Op) String() string {
-	switch o {
-	case Sum:
-		return "sum"
-	case Avg:
-		return "avg"
-	}
-	return fmt.Sprintf("op(%d)", int(o))
-}
-
-// Frame is one message between ring neighbours.
-type Frame struct {
-	Seq  uint64    // collective sequence number on the communicator
-	Part uint32    // index of the frame within the collective
-	Data []float32 // payload
-}
-
-// Transport moves frames around the ring for one generation.
-type Transport interface {
-	// Send delivers f to the right-hand neighbour. It may return before the
-	// neighbour has read it; f.Data must not be modified until Send returns.
-	Send(ctx context.Context, f Frame) error
-	// Recv returns the next frame from the left-hand neighbour, its payload
-	// copied into dst (which must be large enough); the returned Frame's
-	// Data is dst[:n].
-	Recv(ctx context.Context, dst []float32) (Frame, error)
-	// Peers names the left and right neighbours for error messages.
-	Peers() (left, right string)
-	Close() error
-}
-
-// Config describes one rank of one ring generation.
+// Config describes one rank of one ring generation. Every rank of a ring
+// must use the same values (except Rank).
 type Config struct {
 	Rank, World int
 	Generation  uint64
 	// Timeout bounds each collective; zero means DefaultTimeout.
 	Timeout time.Duration
+	// SliceBytes is the largest frame the ring sends: each hop forwards a
+	// slice as soon as it has it. Zero means DefaultSliceBytes.
+	SliceBytes int
+	// DirectMaxBytes: collectives of at most this many bytes exchange with
+	// every peer in one round instead of running the ring. Zero means
+	// DefaultDirectMaxBytes; negative disables the direct path.
+	DirectMaxBytes int
+	// Wire is the encoding of frames; WireBF16 halves the bytes sent at
+	// the cost of precision (see doc.go). Default WireF32.
+	Wire Wire
 }
 
-// DefaultTimeout bounds a collective when Config.Timeout is zero.
-const DefaultTimeout = 30 * time.Second
+const (
+	// DefaultTimeout bounds a collective when Config.Timeout is zero.
+	DefaultTimeout = 5 * time.Second
+	// DefaultSliceBytes is the ring's frame size when Config.SliceBytes is zero.
+	DefaultSliceBytes = 256 << 10
+	// DefaultDirectMaxBytes is Config.DirectMaxBytes when zero.
+	DefaultDirectMaxBytes = 64 << 10
+)
 
 // ErrBroken is wrapped by every error from a Comm that an earlier error has
 // broken.
 var ErrBroken = errors.New("allreduce: communicator is broken by an earlier error; rebuild the ring")
 
-// Comm runs collectives for one rank. Its methods must not be called
-// concurrently.
+// ErrBusy is returned when a Comm is used by two goroutines at once.
+var ErrBusy = errors.New("allreduce: communicator is already running a collective (calls must not overlap; a Bucketer owns it until Wait returns)")
+
+// Comm runs collectives for one rank of one ring generation. Its methods
+// must not be called concurrently (ErrBusy).
 type Comm struct {
-	cfg     Config
-	t       Transport
+	cfg Config
+	t   Transport
+
+	busy    atomic.Bool
 	seq     uint64
-	scratch []float32
 	mu      sync.Mutex
 	broken  error
+	pending []Notice // notices taken off the transport but not yet used
+
+	waitingOn atomic.Int32    // the peer the collective is blocked on, for blame
+	notified  bool            // this collective's failure was already told to the peers
+	hard      context.Context // the collective's deadline only: for sends, whose cancellation breaks streams
+	sent      []tracker       // per peer: frames the transport has released
+	relFns    []func()
+
+	// Scratch reused across collectives.
+	regions [][]span
+	bounds  [][]int
+	steps   []ringStep
+	pieces  [][]byte
+	subs    []span
+	wireBuf []byte
+	rx      []Frame
+	tmp     []float32
+	progress
 }
 
-// New returns a communicator over t.
+// New returns the communicator of rank cfg.Rank over t; it owns t.
 func New(cfg Config, t Transport) (*Comm, error) {
 	if cfg.World < 1 || cfg.Rank < 0 || cfg.Rank >= cfg.World {
 		return nil, fmt.Errorf("allreduce: rank %d is outside a world of %d", cfg.Rank, cfg.World)
@@ -83,7 +83,25 @@ func New(cfg Config, t Transport) (*Comm, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
-	return &Comm{cfg: cfg, t: t}, nil
+	if cfg.SliceBytes <= 0 {
+		cfg.SliceBytes = DefaultSliceBytes
+	}
+	cfg.SliceBytes = max(cfg.SliceBytes&^7, 8)
+	if cfg.DirectMaxBytes == 0 {
+		cfg.DirectMaxBytes = DefaultDirectMaxBytes
+	}
+	if cfg.Wire > WireBF16 {
+		return nil, fmt.Errorf("allreduce: unknown wire encoding %d", cfg.Wire)
+	}
+	c := &Comm{cfg: cfg, t: t, sent: make([]tracker, cfg.World), relFns: make([]func(), cfg.World)}
+	for p := range c.sent {
+		tr := &c.sent[p]
+		tr.ch = make(chan struct{}, 1)
+		c.relFns[p] = tr.done
+	}
+	c.progress.ch = make(chan struct{}, 1)
+	c.waitingOn.Store(-1)
+	return c, nil
 }
 
 // Rank returns this communicator's rank.
@@ -95,183 +113,382 @@ func (c *Comm) World() int { return c.cfg.World }
 // Generation returns the ring generation.
 func (c *Comm) Generation() uint64 { return c.cfg.Generation }
 
-// Close releases the transport.
+// Shard returns the part [lo, hi) of a buffer of n elements that rank r
+// holds after ReduceScatter, and contributes to AllGather.
+func (c *Comm) Shard(n, r int) (lo, hi int) { return shard(n, c.cfg.World, r) }
+
+// Close releases the transport: after a clean run it first waits (a
+// bounded time) until what this rank sent has been delivered.
 func (c *Comm) Close() error {
 	if c.t == nil {
 		return nil
 	}
-	return c.t.Close()
+	c.mu.Lock()
+	broken := c.broken != nil
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	if broken {
+		cancel()
+	}
+	defer cancel()
+	return c.t.Close(ctx)
 }
 
-// chunk returns the bounds of chunk i of n elements split into w parts.
-func chunk(n, w, i int) (int, int) {
-	return i * n / w, (i + 1) * n / w
+// tracker counts frames released by the transport.
+type tracker struct {
+	n  atomic.Int64
+	ch chan struct{}
 }
 
-func mod(a, w int) int { return ((a % w) + w) % w }
+func (t *tracker) done() {
+	t.n.Add(1)
+	select {
+	case t.ch <- struct{}{}:
+	default:
+	}
+}
 
-// AllReduce replaces buf on every rank with the reduction over all ranks.
-// Every rank must call it with a buffer of the same length.
-func (c *Comm) AllReduce(ctx context.Context, buf []float32, op Op) error {
+// progress counts frames the receiving side has finished, for the sender.
+type progress struct {
+	n  atomic.Int64
+	ch chan struct{}
+}
+
+func (p *progress) advance() {
+	p.n.Add(1)
+	select {
+	case p.ch <- struct{}{}:
+	default:
+	}
+}
+
+func (p *progress) wait(ctx context.Context, stop <-chan struct{}, target int64) error {
+	for p.n.Load() < target {
+		select {
+		case <-p.ch:
+		case <-stop:
+			return errStopped
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+var errStopped = errors.New("allreduce: stopped")
+
+// waitSent waits until the transport has released target frames sent to
+// peer (counted since the Comm was made).
+func (c *Comm) waitSent(ctx context.Context, peer int, target int64) error {
+	t := &c.sent[peer]
+	if t.n.Load() >= target {
+		return nil
+	}
+	prev := c.waitingOn.Swap(int32(peer))
+	defer c.waitingOn.Store(prev)
+	for t.n.Load() < target {
+		select {
+		case <-t.ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// localError is a failure this rank saw first hand.
+type localError struct {
+	kind    NoticeKind
+	culprit int
+	err     error
+}
+
+func (e *localError) Error() string { return e.err.Error() }
+func (e *localError) Unwrap() error { return e.err }
+
+// noticeCause cancels a collective when a peer gives up.
+type noticeCause struct{ n Notice }
+
+func (e *noticeCause) Error() string { return "a peer gave up the collective" }
+
+var errSuspect = errors.New("allreduce: deadline reached")
+
+// run executes one collective: it takes the next sequence number, bounds
+// body by the deadline and by peers' notices, and turns a failure into an
+// error that names who is to blame, after telling the peers.
+func (c *Comm) run(ctx context.Context, d Desc, body func(ctx context.Context) error) error {
 	if err := c.begin(); err != nil {
 		return err
 	}
+	defer c.busy.Store(false)
 	c.seq++
-	w := c.cfg.World
-	if w > 1 {
-		ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
-		defer cancel()
-		if err := c.ring(ctx, buf); err != nil {
-			return c.fail(err)
-		}
+	if c.cfg.World == 1 {
+		return ctx.Err()
 	}
-	if op == Avg && w > 1 {
-		inv := 1 / float32(w)
-		for i := range buf {
-			buf[i] *= inv
-		}
+	start := time.Now()
+	deadline := start.Add(c.cfg.Timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
 	}
-	return nil
-}
+	grace := min(max(deadline.Sub(start)/10, 20*time.Millisecond), time.Second)
+	hard, hardCancel := context.WithDeadline(ctx, deadline)
+	defer hardCancel()
+	c.hard = hard
+	cctx, cancel := context.WithCancelCause(hard)
+	defer cancel(nil)
+	timer := time.AfterFunc(deadline.Sub(start)-grace, func() { cancel(errSuspect) })
+	defer timer.Stop()
 
-// ring runs reduce-scatter then all-gather.
-func (c *Comm) ring(ctx context.Context, buf []float32) error {
-	w, r, n := c.cfg.World, c.cfg.Rank, len(buf)
-	maxChunk := (n + w - 1) / w
-	if cap(c.scratch) < maxChunk {
-		c.scratch = make([]float32, maxChunk)
-	}
-	scratch := c.scratch[:maxChunk]
-	part := uint32(0)
-	// Each step sends one chunk right while receiving one from the left.
-	step := func(sendIdx, recvIdx int, reduce bool) error {
-		ss, se := chunk(n, w, sendIdx)
-		rs, re := chunk(n, w, recvIdx)
-		// A failed send cancels the receive, so a peer that refuses our
-		// stream (or is gone) is reported at once, not at the deadline.
-		sctx, scancel := context.WithCancel(ctx)
-		defer scancel()
-		sendErr := make(chan error, 1)
-		go func(p uint32) {
-			err := c.t.Send(sctx, Frame{Seq: c.seq, Part: p, Data: buf[ss:se]})
-			if err != nil {
-				scancel()
-			}
-			sendErr <- err
-		}(part)
-		f, err := c.t.Recv(sctx, scratch)
-		if err != nil {
-			scancel()
-			if serr := <-sendErr; serr != nil && ctx.Err() == nil && !errors.Is(serr, context.Canceled) {
-				return c.peerError("sending to", mod(r+1, w), serr)
-			}
-			if ctx.Err() != nil {
-				err = ctx.Err()
-			}
-			var big *FrameTooLargeError
-			if errors.As(err, &big) {
-				return c.lengthMismatch(big.Got, re-rs)
-			}
-			return c.peerError("receiving from", mod(r-1, w), err)
+	// The watcher turns a peer's notice into a cancellation.
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		select {
+		case n := <-c.t.Notices():
+			c.keepNotice(n)
+			cancel(&noticeCause{n})
+		case <-cctx.Done():
 		}
-		if err := c.check(f, part, re-rs); err != nil {
-			scancel()
-			<-sendErr
-			return err
-		}
-		if err := <-sendErr; err != nil {
-			return c.peerError("sending to", mod(r+1, w), err)
-		}
-		dst := buf[rs:re]
-		if reduce {
-			addTo(dst, f.Data)
-		} else {
-			copy(dst, f.Data)
-		}
-		part++
+	}()
+	c.waitingOn.Store(-1)
+	c.notified = false
+	err := body(cctx)
+	cause := context.Cause(cctx)
+	cancel(nil)
+	<-watchDone
+	if err == nil {
 		return nil
 	}
-	for s := 0; s < w-1; s++ {
-		if err := step(mod(r-s, w), mod(r-s-1, w), true); err != nil {
-			return err
+	return c.fail(c.diagnose(ctx, d, err, cause, deadline.Sub(start), grace))
+}
+
+func (c *Comm) keepNotice(n Notice) {
+	c.mu.Lock()
+	c.pending = append(c.pending, n)
+	c.mu.Unlock()
+}
+
+// takeNotices returns the notices received so far.
+func (c *Comm) takeNotices() []Notice {
+	for {
+		select {
+		case n := <-c.t.Notices():
+			c.keepNotice(n)
+			continue
+		default:
+		}
+		break
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]Notice(nil), c.pending...)
+}
+
+func (c *Comm) what(d Desc) string {
+	return fmt.Sprintf("rank %d: collective %d, %s (generation %d)", c.cfg.Rank, c.seq, d, c.cfg.Generation)
+}
+
+func (c *Comm) peerName(p int) string {
+	if p < 0 {
+		return "no rank"
+	}
+	return fmt.Sprintf("rank %d (%s)", p, c.t.Addr(p))
+}
+
+// diagnose decides what went wrong, tells the peers, and returns the error.
+func (c *Comm) diagnose(parent context.Context, d Desc, err error, cause error, timeout, grace time.Duration) error {
+	notify := func(n Notice) {
+		if c.notified {
+			return
+		}
+		n.From, n.Seq = c.cfg.Rank, c.seq
+		ctx, cancel := context.WithTimeout(context.Background(), max(grace, 200*time.Millisecond))
+		defer cancel()
+		c.t.Notify(ctx, n)
+	}
+	var le *localError
+	var nc *noticeCause
+	if !errors.As(cause, &nc) {
+		// A peer that gives up tells everyone before it closes its
+		// streams, so its notice is here before the broken stream it
+		// leaves behind: prefer what it said.
+		for _, n := range c.takeNotices() {
+			if n.Kind != NoticeTimeout {
+				cause = &noticeCause{n}
+				break
+			}
+			if nc == nil {
+				nc = &noticeCause{n}
+			}
+		}
+		if nc != nil && cause == nil {
+			cause = nc
+		}
+		if cause == nil && errors.As(err, &le) && le.kind == NoticeGone {
+			// A peer that gives up cancels its streams while it tells
+			// everyone why; give its notice a moment to arrive.
+			t := time.NewTimer(min(grace, 250*time.Millisecond))
+			select {
+			case n := <-c.t.Notices():
+				c.keepNotice(n)
+				if n.Kind == NoticeTimeout {
+					nc = &noticeCause{n}
+				}
+				cause = &noticeCause{n}
+			case <-t.C:
+			}
+			t.Stop()
 		}
 	}
-	for s := 0; s < w-1; s++ {
-		if err := step(mod(r-s+1, w), mod(r-s, w), false); err != nil {
-			return err
+	switch {
+	case errors.As(cause, &nc) && nc.n.Kind != NoticeTimeout:
+		return fmt.Errorf("allreduce: %s failed: rank %d gave up: %s", c.what(d), nc.n.From, nc.n.Reason)
+	case errors.As(err, &le) && cause == nil:
+		notify(Notice{Kind: le.kind, Culprit: le.culprit, WaitingOn: -1, Reason: le.Error()})
+		return le
+	case cause == errSuspect || nc != nil:
+		return c.blame(d, timeout, grace, notify)
+	case parent.Err() != nil:
+		reason := fmt.Sprintf("rank %d's caller ended collective %d: %v", c.cfg.Rank, c.seq, context.Cause(parent))
+		notify(Notice{Kind: NoticeCancelled, Culprit: -1, WaitingOn: -1, Reason: reason})
+		return fmt.Errorf("allreduce: %s: %w", c.what(d), parent.Err())
+	}
+	notify(Notice{Kind: NoticeFailed, Culprit: -1, WaitingOn: -1, Reason: err.Error()})
+	return fmt.Errorf("allreduce: %s: %w", c.what(d), err)
+}
+
+// notifyLocal tells the peers about a failure this rank saw first hand,
+// at once: before the rank cancels its own streams, so that the peers hear
+// the cause before they see those streams break.
+func (c *Comm) notifyLocal(err error) {
+	var le *localError
+	if c.notified || !errors.As(err, &le) || le.kind == NoticeGone {
+		return // a broken stream may be a peer that is telling why: diagnose waits for it
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	c.t.Notify(ctx, Notice{From: c.cfg.Rank, Seq: c.seq, Kind: le.kind, Culprit: le.culprit, WaitingOn: -1, Reason: le.Error()})
+	c.notified = true
+}
+
+// blame runs when this rank reached its deadline or a peer reported that
+// it did: each rank tells every other which peer it is waiting on, then
+// follows the chain of waits to the rank that did not report. That rank
+// is stopped, hung, partitioned or dead in a way TCP did not notice.
+func (c *Comm) blame(d Desc, timeout, grace time.Duration, notify func(Notice)) error {
+	me := c.cfg.Rank
+	waiting := int(c.waitingOn.Load())
+	notify(Notice{Kind: NoticeTimeout, Culprit: -1, WaitingOn: waiting,
+		Reason: fmt.Sprintf("rank %d timed out waiting on %s", me, c.peerName(waiting))})
+	end := time.NewTimer(grace)
+	defer end.Stop()
+	waits := map[int]int{me: waiting}
+	var first *Notice
+	collect := func(n Notice) {
+		if n.Kind == NoticeTimeout {
+			waits[n.From] = n.WaitingOn
+		} else if first == nil {
+			first = &n
 		}
 	}
-	return nil
-}
-
-// peerError names the peer and the deadline in an error.
-func (c *Comm) peerError(what string, peer int, err error) error {
-	left, right := c.t.Peers()
-	addr := left
-	if peer == mod(c.cfg.Rank+1, c.cfg.World) && what == "sending to" {
-		addr = right
+	for _, n := range c.takeNotices() {
+		collect(n)
 	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("allreduce: rank %d: %s rank %d (%s) timed out after %s in collective %d (generation %d): %w",
-			c.cfg.Rank, what, peer, addr, c.cfg.Timeout, c.seq, c.cfg.Generation, err)
+loop:
+	for first == nil {
+		select {
+		case n := <-c.t.Notices():
+			c.keepNotice(n)
+			collect(n)
+		case <-end.C:
+			break loop
+		}
 	}
-	return fmt.Errorf("allreduce: rank %d: %s rank %d (%s) failed in collective %d (generation %d): %w",
-		c.cfg.Rank, what, peer, addr, c.seq, c.cfg.Generation, err)
-}
-
-func (c *Comm) check(f Frame, part uint32, want int) error {
-	left, _ := c.t.Peers()
-	if f.Seq != c.seq || f.Part != part {
-		return fmt.Errorf("allreduce: rank %d got collective %d part %d from rank %d (%s), expected collective %d part %d: the ranks are out of step",
-			c.cfg.Rank, f.Seq, f.Part, mod(c.cfg.Rank-1, c.cfg.World), left, c.seq, part)
+	if first != nil {
+		return fmt.Errorf("allreduce: %s failed: rank %d gave up: %s", c.what(d), first.From, first.Reason)
 	}
-	if len(f.Data) != want {
-		return c.lengthMismatch(len(f.Data), want)
+	chain := []string{itoa(me)}
+	x := waiting
+	seen := map[int]bool{me: true}
+	for x >= 0 && !seen[x] {
+		seen[x] = true
+		chain = append(chain, itoa(x))
+		next, ok := waits[x]
+		if !ok {
+			break
+		}
+		x = next
 	}
-	return nil
-}
-
-func (c *Comm) lengthMismatch(got, want int) error {
-	left, _ := c.t.Peers()
-	return fmt.Errorf("allreduce: rank %d got a chunk of %d elements from rank %d (%s) in collective %d, expected %d: the ranks passed buffers of different lengths",
-		c.cfg.Rank, got, mod(c.cfg.Rank-1, c.cfg.World), left, c.seq, want)
-}
-
-// FrameTooLargeError is returned by a transport's Recv when a frame does not
-// fit the buffer the caller expected to fill.
-type FrameTooLargeError struct{ Got, Room int }
-
-func (e *FrameTooLargeError) Error() string {
-	return fmt.Sprintf("allreduce: frame of %d elements exceeds the %d expected", e.Got, e.Room)
-}
-
-func addTo(dst, src []float32) {
-	src = src[:len(dst)]
-	for i := range dst {
-		dst[i] += src[i]
-	}
-}
-
-// Barrier returns once every rank has entered it.
-func (c *Comm) Barrier(ctx context.Context) error {
-	var one [1]float32
-	return c.AllReduce(ctx, one[:], Sum)
+	return fmt.Errorf("allreduce: %s timed out after %s: %s did not answer (waits: %s)",
+		c.what(d), timeout, c.peerName(x), strings.Join(chain, " -> "))
 }
 
 func (c *Comm) begin() error {
+	if !c.busy.CompareAndSwap(false, true) {
+		return ErrBusy
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.broken != nil {
+		c.busy.Store(false)
 		return fmt.Errorf("%w (first error: %v)", ErrBroken, c.broken)
 	}
 	return nil
 }
 
+// fail breaks the communicator: the state of the streams between ranks is
+// unknown, so the transport is torn down at once (which also stops it
+// reading the caller's buffer) and the caller builds a new ring.
 func (c *Comm) fail(err error) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.broken == nil {
 		c.broken = err
 	}
+	c.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = c.t.Close(ctx)
 	return err
+}
+
+// recvError wraps a transport error from peer p.
+func (c *Comm) transportError(what string, p int, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	var pg *PeerGoneError
+	reason := err
+	if !errors.As(err, &pg) {
+		reason = fmt.Errorf("%s %s: %w", what, c.peerName(p), err)
+	}
+	return &localError{kind: NoticeGone, culprit: p,
+		err: fmt.Errorf("allreduce: rank %d: collective %d (generation %d): %w", c.cfg.Rank, c.seq, c.cfg.Generation, reason)}
+}
+
+// checkFrame verifies that f belongs to the collective this rank runs.
+func (c *Comm) checkFrame(f *Frame, from int, d Desc, part int, wantBytes int) error {
+	mismatch := func(format string, args ...any) error {
+		return &localError{kind: NoticeMismatch, culprit: from, err: fmt.Errorf(format, args...)}
+	}
+	if f.Seq == c.seq && f.Desc == d && f.Wire == c.cfg.Wire && int(f.Part) == part && f.Bytes() == wantBytes {
+		return nil
+	}
+	me, them := c.peerName(c.cfg.Rank), c.peerName(from)
+	if f.Seq != c.seq {
+		return mismatch("allreduce: %s and %s are out of step (generation %d): %s is at collective %d (%s), %s at collective %d (%s)",
+			them, me, c.cfg.Generation, them, f.Seq, f.Desc, me, c.seq, d)
+	}
+	if f.Desc != d {
+		return mismatch("allreduce: %s and %s disagree on collective %d (generation %d): %s runs %s, %s runs %s",
+			them, me, c.seq, c.cfg.Generation, them, f.Desc, me, d)
+	}
+	if f.Wire != c.cfg.Wire {
+		return mismatch("allreduce: %s and %s disagree on the wire encoding: %s sends %s, %s expects %s",
+			them, me, them, f.Wire, me, c.cfg.Wire)
+	}
+	if int(f.Part) != part || f.Bytes() != wantBytes {
+		return mismatch("allreduce: %s sent %s frame %d of %d bytes in collective %d; it expected frame %d of %d bytes",
+			them, me, f.Part, f.Bytes(), c.seq, part, wantBytes)
+	}
+	return nil
 }

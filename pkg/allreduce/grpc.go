@@ -7,24 +7,65 @@ import (
 	"io"
 	"sync"
 	"time"
-	"unsafe"
 
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ringmaster/ringmaster/pkg/allreduce/ringpb"
 )
 
-// Hub is the gRPC side of the ring on one worker: it serves the Ring service
-// and routes each inbound stream to the transport of the ring generation it
-// belongs to. One Hub serves every generation and job the worker takes part
-// in; a stream for a generation older than the newest one the hub has seen
-// for that job is refused.
+// Tuning of the gRPC transport for bulk transfer on one connection per
+// ordered pair of ranks. Static windows larger than a ring chunk mean a
+// sender never waits for a window update in the middle of a step; large
+// read and write buffers mean few system calls per megabyte.
+const (
+	streamWindow = 32 << 20
+	connWindow   = 64 << 20 // above the stream window: aborts never wait behind data
+	ioBufferSize = 512 << 10
+	inboundDepth = 64 // frames queued per peer before gRPC's flow control applies
+)
+
+const (
+	methodStream = "/ringmaster.ring.v2.Ring/Stream"
+	methodAbort  = "/ringmaster.ring.v2.Ring/Abort"
+)
+
+type ringServer interface {
+	serveStream(grpc.ServerStream) error
+	serveAbort(context.Context, func(any) error) (any, error)
+}
+
+var ringServiceDesc = grpc.ServiceDesc{
+	ServiceName: "ringmaster.ring.v2.Ring",
+	HandlerType: (*ringServer)(nil),
+	Streams: []grpc.StreamDesc{{
+		StreamName:    "Stream",
+		ServerStreams: true,
+		ClientStreams: true,
+		Handler:       func(srv any, ss grpc.ServerStream) error { return srv.(ringServer).serveStream(ss) },
+	}},
+	Methods: []grpc.MethodDesc{{
+		MethodName: "Abort",
+		Handler: func(srv any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			return srv.(ringServer).serveAbort(ctx, dec)
+		},
+	}},
+	Metadata: "ring.proto",
+}
+
+var streamDesc = grpc.StreamDesc{StreamName: "Stream", ServerStreams: true, ClientStreams: true}
+
+// Hub is the gRPC side of the ring on one worker: it serves the Ring
+// service and routes each inbound stream to the transport of the ring
+// generation it belongs to. One Hub serves every generation and job the
+// worker takes part in; a stream or abort for a generation older than the
+// newest one the hub has set up for that job is refused.
 type Hub struct {
-	ringpb.UnimplementedRingServer
 	log *zap.Logger
 
 	mu        sync.Mutex
@@ -53,16 +94,36 @@ func NewHub(log *zap.Logger) *Hub {
 	}
 }
 
-// Register adds the Ring service to s.
-func (h *Hub) Register(s *grpc.Server) { ringpb.RegisterRingServer(s, h) }
+// Register adds the Ring service to s, which must have been made with
+// ServerOptions.
+func (h *Hub) Register(s *grpc.Server) { s.RegisterService(&ringServiceDesc, h) }
 
-// ServerOptions are the gRPC server options the ring needs: messages as
-// large as a chunk, and flow-control windows sized for bulk transfer.
+// ServerOptions are the gRPC server options the ring needs: the raw codec
+// (which passes protobuf messages of other services through), large
+// messages, static flow-control windows and buffers sized for bulk data.
 func ServerOptions() []grpc.ServerOption {
 	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(rawCodec{}),
 		grpc.MaxRecvMsgSize(1 << 30),
-		grpc.InitialWindowSize(8 << 20),
-		grpc.InitialConnWindowSize(16 << 20),
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(connWindow),
+		grpc.ReadBufferSize(ioBufferSize),
+		grpc.WriteBufferSize(ioBufferSize),
+	}
+}
+
+func dialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(streamWindow),
+		grpc.WithInitialConnWindowSize(connWindow),
+		grpc.WithReadBufferSize(ioBufferSize),
+		grpc.WithWriteBufferSize(ioBufferSize),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(1<<30), grpc.MaxCallRecvMsgSize(1<<30), grpc.ForceCodecV2(rawCodec{})),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
 	}
 }
 
@@ -72,24 +133,25 @@ type Peering struct {
 	Generation uint64
 	Rank       int
 	World      int
-	// Left and Right are the ring addresses of the neighbours; Left is
-	// used in messages only.
-	Left, Right string
+	// Addrs are the ring addresses of all ranks, by rank.
+	Addrs []string
 }
 
-// Dial sets up rank's transport: it registers to accept the left
-// neighbour's stream and opens a stream to the right neighbour, waiting for
-// it (bounded by ctx) if the neighbour is not up yet.
+// Dial sets up rank's transport: it registers to accept the peers'
+// streams and opens a stream to every peer, waiting (bounded by ctx) until
+// each has accepted it for this generation.
 func (h *Hub) Dial(ctx context.Context, p Peering) (Transport, error) {
 	if p.World < 1 || p.Rank < 0 || p.Rank >= p.World {
 		return nil, fmt.Errorf("allreduce: rank %d is outside a world of %d", p.Rank, p.World)
 	}
-	t := &grpcTransport{
-		hub: h, p: p,
-		inbox:  make(chan *ringpb.Frame, 2),
-		inErr:  make(chan error, 1),
-		outErr: make(chan error, 1),
-		closed: make(chan struct{}),
+	if len(p.Addrs) != p.World {
+		return nil, fmt.Errorf("allreduce: %d addresses for a world of %d", len(p.Addrs), p.World)
+	}
+	t := &grpcTransport{hub: h, p: p, closed: make(chan struct{}),
+		notices: make(chan Notice, 4*p.World),
+		in:      make([]*inLink, p.World), out: make([]*outLink, p.World)}
+	for i := range p.World {
+		t.in[i] = &inLink{q: make(chan Frame, inboundDepth), done: make(chan struct{})}
 	}
 	if p.World == 1 {
 		return t, nil
@@ -110,55 +172,125 @@ func (h *Hub) Dial(ctx context.Context, p Peering) (Transport, error) {
 	h.changed = make(chan struct{})
 	h.mu.Unlock()
 
-	if err := t.connect(ctx); err != nil {
-		t.Close()
+	errs := make([]error, p.World)
+	var wg sync.WaitGroup
+	for peer := range p.World {
+		if peer == p.Rank {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[peer] = t.connect(ctx, peer)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		cctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		t.Close(cctx)
 		return nil, err
 	}
 	return t, nil
 }
 
-// Stream implements ringpb.RingServer: it receives a left neighbour's frames
-// and hands them to the matching transport.
-func (h *Hub) Stream(stream ringpb.Ring_StreamServer) error {
-	first, err := stream.Recv()
-	if err != nil {
+// serveStream receives one peer's frames for one rank.
+func (h *Hub) serveStream(ss grpc.ServerStream) error {
+	first := getInFrame()
+	if err := ss.RecvMsg(first); err != nil {
 		return err
 	}
-	hello := first.GetHello()
-	if hello == nil || hello.World < 1 {
+	hello := &ringpb.Hello{}
+	err := proto.Unmarshal(first.ctl, hello)
+	kind := first.kind
+	first.release()
+	if err != nil || kind != kindHello || hello.World < 1 {
 		return status.Error(codes.InvalidArgument, "ring stream must start with a hello")
 	}
-	rank := int(hello.FromRank+1) % int(hello.World)
-	key := endpointKey{hello.Job, hello.Generation, rank}
-	t, err := h.await(stream.Context(), key)
+	from, to := int(hello.FromRank), int(hello.ToRank)
+	t, err := h.await(ss.Context(), endpointKey{hello.Job, hello.Generation, to})
 	if err != nil {
 		return err
 	}
-	if int(hello.World) != t.p.World {
-		return status.Errorf(codes.FailedPrecondition, "rank %d of job %s generation %d has a world of %d, the stream's sender says %d",
-			rank, key.job, key.gen, t.p.World, hello.World)
+	if int(hello.World) != t.p.World || from < 0 || from >= t.p.World || from == to {
+		return status.Errorf(codes.FailedPrecondition, "rank %d of job %s generation %d has a world of %d; the stream from rank %d says %d",
+			to, hello.Job, hello.Generation, t.p.World, from, hello.World)
 	}
-	if !t.attach() {
-		return status.Errorf(codes.AlreadyExists, "rank %d of job %s generation %d already has a left neighbour", rank, key.job, key.gen)
+	l := t.in[from]
+	l.mu.Lock()
+	attached := l.attached
+	l.attached = true
+	l.mu.Unlock()
+	if attached {
+		return status.Errorf(codes.AlreadyExists, "rank %d of job %s generation %d already has a stream from rank %d", to, hello.Job, hello.Generation, from)
 	}
-	for {
-		f, err := stream.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				err = fmt.Errorf("rank %d (%s) closed its stream", mod(rank-1, t.p.World), t.p.Left)
+	ctl, _ := proto.Marshal(&ringpb.Welcome{Generation: hello.Generation})
+	o := getOutFrame()
+	o.kind, o.ctl = kindWelcome, ctl
+	if err := o.send(ss.SendMsg); err != nil {
+		l.end(&PeerGoneError{Rank: from, Addr: t.p.Addrs[from], Err: err})
+		return err
+	}
+	// Receive in a goroutine so that closing the transport ends the
+	// stream (returning from the handler cancels it) even while RecvMsg
+	// waits.
+	recvDone := make(chan struct{})
+	go func() {
+		defer close(recvDone)
+		for {
+			in := getInFrame()
+			if err := ss.RecvMsg(in); err != nil {
+				in.release()
+				if errors.Is(err, io.EOF) {
+					err = errors.New("it closed its side of the ring")
+				}
+				l.end(&PeerGoneError{Rank: from, Addr: t.p.Addrs[from], Err: err})
+				return
 			}
-			t.inboundFailed(err)
-			return nil
+			if in.kind != kindData {
+				in.release()
+				continue
+			}
+			select {
+			case l.q <- in.f:
+			case <-t.closed:
+				in.release()
+				return
+			}
 		}
+	}()
+	select {
+	case <-recvDone:
+		return nil
+	case <-t.closed:
+		return status.Error(codes.Unavailable, "the ring transport closed")
+	}
+}
+
+// serveAbort delivers a peer's notice.
+func (h *Hub) serveAbort(ctx context.Context, dec func(any) error) (any, error) {
+	in := getInFrame()
+	defer in.release()
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	a := &ringpb.Abort{}
+	if err := proto.Unmarshal(in.ctl, a); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "bad abort: %v", err)
+	}
+	h.mu.Lock()
+	t := h.endpoints[endpointKey{a.Job, a.Generation, int(a.ToRank)}]
+	h.mu.Unlock()
+	if t != nil {
 		select {
-		case t.inbox <- f:
-		case <-t.closed:
-			return status.Error(codes.Canceled, "ring transport closed")
-		case <-stream.Context().Done():
-			t.inboundFailed(stream.Context().Err())
-			return stream.Context().Err()
+		case t.notices <- Notice{From: int(a.FromRank), Seq: a.Seq, Kind: NoticeKind(a.Kind), Culprit: int(a.Culprit), WaitingOn: int(a.WaitingOn), Reason: a.Reason}:
+		default:
 		}
 	}
+	o := getOutFrame()
+	o.kind = kindAck
+	o.refs.Store(0) // gRPC marshals it once and frees it
+	return o, nil
 }
 
 // await waits until the transport for key is registered, refusing streams
@@ -197,124 +329,147 @@ func (h *Hub) remove(t *grpcTransport) {
 	}
 }
 
-type grpcTransport struct {
-	hub *Hub
-	p   Peering
-
-	conn     *grpc.ClientConn
-	stream   ringpb.Ring_StreamClient
-	cancel   context.CancelFunc
-	inbox    chan *ringpb.Frame
-	inErr    chan error
-	outErr   chan error // the outbound stream ended
-	attached bool
+type inLink struct {
+	q        chan Frame
 	mu       sync.Mutex
-	closed   chan struct{}
+	attached bool
 	once     sync.Once
+	done     chan struct{} // closed when the stream ended; err says why
+	err      error
 }
 
-func (t *grpcTransport) connect(ctx context.Context) error {
-	conn, err := grpc.NewClient(t.p.Right,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithInitialWindowSize(8<<20),
-		grpc.WithInitialConnWindowSize(16<<20),
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(1<<30)),
-	)
-	if err != nil {
-		return fmt.Errorf("allreduce: rank %d: connecting to rank %d at %s: %w", t.p.Rank, mod(t.p.Rank+1, t.p.World), t.p.Right, err)
+func (l *inLink) end(err error) {
+	l.once.Do(func() {
+		l.err = err
+		close(l.done)
+	})
+}
+
+type outLink struct {
+	conn   *grpc.ClientConn
+	stream grpc.ClientStream
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the receiver ended the stream
+	err    error
+}
+
+type grpcTransport struct {
+	hub     *Hub
+	p       Peering
+	in      []*inLink
+	out     []*outLink
+	notices chan Notice
+	closed  chan struct{}
+	once    sync.Once
+	wg      sync.WaitGroup // stream watchers
+}
+
+func (t *grpcTransport) connect(ctx context.Context, peer int) error {
+	addr := t.p.Addrs[peer]
+	fail := func(err error) error {
+		return fmt.Errorf("allreduce: rank %d: connecting to rank %d (%s) for job %s generation %d: %w",
+			t.p.Rank, peer, addr, t.p.Job, t.p.Generation, err)
 	}
-	t.conn = conn
-	// The stream lives as long as the transport; ctx only bounds setup.
+	conn, err := grpc.NewClient(addr, dialOptions()...)
+	if err != nil {
+		return fail(err)
+	}
+	// The stream lives as long as the transport; ctx bounds setup only.
 	sctx, cancel := context.WithCancel(context.Background())
-	t.cancel = cancel
+	l := &outLink{conn: conn, cancel: cancel, done: make(chan struct{})}
+	t.out[peer] = l
 	stop := context.AfterFunc(ctx, cancel)
 	defer stop()
-	stream, err := ringpb.NewRingClient(conn).Stream(sctx, grpc.WaitForReady(true))
+	stream, err := conn.NewStream(sctx, &streamDesc, methodStream, grpc.WaitForReady(true))
 	if err == nil {
-		err = stream.Send(&ringpb.Frame{Hello: &ringpb.Hello{
-			Job: t.p.Job, Generation: t.p.Generation, FromRank: int32(t.p.Rank), World: int32(t.p.World),
-		}})
+		ctl, _ := proto.Marshal(&ringpb.Hello{Job: t.p.Job, Generation: t.p.Generation,
+			FromRank: int32(t.p.Rank), ToRank: int32(peer), World: int32(t.p.World)})
+		o := getOutFrame()
+		o.kind, o.ctl = kindHello, ctl
+		err = o.send(stream.SendMsg)
+	}
+	if err == nil {
+		w := getInFrame()
+		err = stream.RecvMsg(w)
+		if err == nil && w.kind != kindWelcome {
+			err = errors.New("the peer did not answer with a welcome")
+		}
+		w.release()
 	}
 	if err != nil {
 		if ctx.Err() != nil {
-			err = ctx.Err()
+			err = fmt.Errorf("%w (%v)", ctx.Err(), err)
 		}
-		return fmt.Errorf("allreduce: rank %d: opening the ring stream to rank %d at %s: %w", t.p.Rank, mod(t.p.Rank+1, t.p.World), t.p.Right, err)
+		close(l.done)
+		return fail(err)
 	}
-	t.stream = stream
-	// The receiver ends the stream only to refuse it (stale generation,
-	// wrong world) or when it goes away. Watch for that so that our side
-	// fails at once instead of at the collective's deadline. The goroutine
-	// ends with the stream, which Close cancels.
+	l.stream = stream
+	// The receiver ends the stream only when its side closes or breaks;
+	// the watcher records why, for Send's errors.
+	t.wg.Add(1)
 	go func() {
-		err := stream.RecvMsg(new(ringpb.StreamClosed))
+		defer t.wg.Done()
+		w := getInFrame()
+		err := stream.RecvMsg(w)
+		w.release()
 		if err == nil || errors.Is(err, io.EOF) {
-			err = fmt.Errorf("rank %d (%s) ended the ring stream", mod(t.p.Rank+1, t.p.World), t.p.Right)
+			err = errors.New("it ended the ring stream")
 		}
-		select {
-		case t.outErr <- err:
-		default:
-		}
+		l.err = &PeerGoneError{Rank: peer, Addr: addr, Err: err}
+		close(l.done)
 	}()
 	return nil
 }
 
-func (t *grpcTransport) attach() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.attached {
-		return false
-	}
-	t.attached = true
-	return true
-}
-
-func (t *grpcTransport) inboundFailed(err error) {
-	select {
-	case t.inErr <- err:
-	default:
-	}
-}
-
-func (t *grpcTransport) Send(ctx context.Context, f Frame) error {
-	if t.stream == nil {
+func (t *grpcTransport) Send(ctx context.Context, to int, f Frame) error {
+	l := t.out[to]
+	if l == nil || l.stream == nil {
+		if f.Release != nil {
+			f.Release()
+		}
 		return ErrClosed
 	}
-	// stream.Send blocks on flow control without looking at ctx; cancelling
-	// the stream is the only way to unblock it, and it breaks the
-	// transport, which a failed collective does anyway.
-	stop := context.AfterFunc(ctx, t.cancel)
-	defer stop()
-	err := t.stream.Send(&ringpb.Frame{Seq: f.Seq, Part: f.Part, Data: floatBytes(f.Data)})
+	o := getOutFrame()
+	o.kind, o.f = kindData, f
+	// SendMsg does not watch ctx; cancelling the stream is the only way to
+	// unblock it, and it breaks the transport, which a failed collective
+	// does anyway.
+	stop := context.AfterFunc(ctx, l.cancel)
+	err := o.send(l.stream.SendMsg)
+	stop()
 	if err == nil {
 		return nil
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if errors.Is(err, io.EOF) {
-		// The receiver ended the stream; the watcher started in connect
-		// holds its status, which says why.
-		select {
-		case oerr := <-t.outErr:
-			t.outErr <- oerr
-			err = oerr
-		case <-ctx.Done():
-		}
+	select {
+	case <-l.done:
+		return l.err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.closed:
+		return ErrClosed
 	}
-	return err
 }
 
-func (t *grpcTransport) Recv(ctx context.Context, dst []float32) (Frame, error) {
+func (t *grpcTransport) Recv(ctx context.Context, from int) (Frame, error) {
+	l := t.in[from]
 	select {
-	case f := <-t.inbox:
-		return decodeFrame(f, dst)
-	case err := <-t.inErr:
-		t.inboundFailed(err) // keep it for later calls
-		return Frame{}, err
-	case err := <-t.outErr:
-		t.outErr <- err
-		return Frame{}, fmt.Errorf("outbound stream failed: %w", err)
+	case f := <-l.q:
+		return f, nil
+	default:
+	}
+	select {
+	case f := <-l.q:
+		return f, nil
+	case <-l.done:
+		select {
+		case f := <-l.q:
+			return f, nil
+		default:
+		}
+		return Frame{}, l.err
 	case <-t.closed:
 		return Frame{}, ErrClosed
 	case <-ctx.Done():
@@ -322,42 +477,69 @@ func (t *grpcTransport) Recv(ctx context.Context, dst []float32) (Frame, error) 
 	}
 }
 
-func decodeFrame(f *ringpb.Frame, dst []float32) (Frame, error) {
-	if len(f.Data)%4 != 0 {
-		return Frame{}, fmt.Errorf("allreduce: frame payload of %d bytes is not a whole number of float32s", len(f.Data))
+func (t *grpcTransport) Notify(ctx context.Context, n Notice) {
+	var wg sync.WaitGroup
+	for peer, l := range t.out {
+		if l == nil || peer == t.p.Rank {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctl, _ := proto.Marshal(&ringpb.Abort{Job: t.p.Job, Generation: t.p.Generation,
+				FromRank: int32(t.p.Rank), ToRank: int32(peer), Seq: n.Seq, Kind: int32(n.Kind),
+				Culprit: int32(n.Culprit), WaitingOn: int32(n.WaitingOn), Reason: n.Reason})
+			o := getOutFrame()
+			o.kind, o.ctl = kindAbort, ctl
+			ack := getInFrame()
+			_ = o.send(func(m any) error { return l.conn.Invoke(ctx, methodAbort, m, ack) })
+			ack.release()
+		}()
 	}
-	n := len(f.Data) / 4
-	if n > len(dst) {
-		return Frame{}, &FrameTooLargeError{Got: n, Room: len(dst)}
-	}
-	copy(floatBytes(dst[:n]), f.Data)
-	return Frame{Seq: f.Seq, Part: f.Part, Data: dst[:n]}, nil
+	wg.Wait()
 }
 
-func (t *grpcTransport) Peers() (string, string) { return t.p.Left, t.p.Right }
+func (t *grpcTransport) Notices() <-chan Notice { return t.notices }
 
-func (t *grpcTransport) Close() error {
+func (t *grpcTransport) Addr(rank int) string {
+	if rank < 0 || rank >= len(t.p.Addrs) {
+		return "?"
+	}
+	return t.p.Addrs[rank]
+}
+
+func (t *grpcTransport) Close(ctx context.Context) error {
 	t.once.Do(func() {
+		if ctx.Err() == nil {
+			// Half-close every stream and wait until the receivers have
+			// read everything up to the end.
+			for _, l := range t.out {
+				if l != nil && l.stream != nil {
+					_ = l.stream.CloseSend()
+				}
+			}
+			for _, l := range t.out {
+				if l == nil {
+					continue
+				}
+				select {
+				case <-l.done:
+				case <-ctx.Done():
+				}
+			}
+		}
 		close(t.closed)
 		t.hub.remove(t)
-		if t.stream != nil {
-			_ = t.stream.CloseSend()
+		for _, l := range t.out {
+			if l != nil {
+				l.cancel()
+				_ = l.conn.Close()
+			}
 		}
-		if t.cancel != nil {
-			t.cancel()
-		}
-		if t.conn != nil {
-			_ = t.conn.Close()
+		t.wg.Wait()
+		for _, l := range t.in {
+			drain(l.q)
 		}
 	})
 	return nil
-}
-
-// floatBytes views a float32 slice as its little-endian bytes (every
-// platform Go supports for this project is little-endian).
-func floatBytes(f []float32) []byte {
-	if len(f) == 0 {
-		return nil
-	}
-	return unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), len(f)*4)
 }

@@ -4,7 +4,19 @@
 // 	protoc        v3.21.12
 // source: ring.proto
 
-// Package ringmaster.ring.v1 is the wire protocol between ring neighbours.
+// Package ringmaster.ring.v2 holds the control messages of the ring wire
+// protocol. The data path does not use protobuf: see pkg/allreduce/doc.go.
+//
+// Service /ringmaster.ring.v2.Ring (hand-written descriptor in
+// pkg/allreduce/grpc.go, raw codec):
+//   Stream (bidi): opened once per ordered pair of ranks per generation by
+//     the sender. Its first frame carries a Hello; the receiver answers with
+//     a Welcome frame or ends the stream with a status saying why it refuses
+//     (a stale generation, a wrong world, a rank nobody set up). Every later
+//     frame is a data frame: a fixed little-endian header (kind, wire type,
+//     collective, op, part, sequence number, element count, root, type,
+//     shape hash) followed by the raw element bytes.
+//   Abort (unary): a rank tells a peer why it gives up a collective.
 
 package ringpb
 
@@ -23,12 +35,14 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Hello opens a stream: who sends, to whom, in which ring.
 type Hello struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
 	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
 	FromRank      int32                  `protobuf:"varint,3,opt,name=from_rank,json=fromRank,proto3" json:"from_rank,omitempty"`
 	World         int32                  `protobuf:"varint,4,opt,name=world,proto3" json:"world,omitempty"`
+	ToRank        int32                  `protobuf:"varint,5,opt,name=to_rank,json=toRank,proto3" json:"to_rank,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -91,33 +105,35 @@ func (x *Hello) GetWorld() int32 {
 	return 0
 }
 
-type Frame struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	Hello *Hello                 `protobuf:"bytes,1,opt,name=hello,proto3" json:"hello,omitempty"`
-	// Sequence number of the collective on this communicator.
-	Seq uint64 `protobuf:"varint,2,opt,name=seq,proto3" json:"seq,omitempty"`
-	// Index of the frame within the collective.
-	Part uint32 `protobuf:"varint,3,opt,name=part,proto3" json:"part,omitempty"`
-	// Little-endian float32 payload.
-	Data          []byte `protobuf:"bytes,4,opt,name=data,proto3" json:"data,omitempty"`
+func (x *Hello) GetToRank() int32 {
+	if x != nil {
+		return x.ToRank
+	}
+	return 0
+}
+
+// Welcome accepts a stream.
+type Welcome struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Generation    uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *Frame) Reset() {
-	*x = Frame{}
+func (x *Welcome) Reset() {
+	*x = Welcome{}
 	mi := &file_ring_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *Frame) String() string {
+func (x *Welcome) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*Frame) ProtoMessage() {}
+func (*Welcome) ProtoMessage() {}
 
-func (x *Frame) ProtoReflect() protoreflect.Message {
+func (x *Welcome) ProtoReflect() protoreflect.Message {
 	mi := &file_ring_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -129,73 +145,129 @@ func (x *Frame) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use Frame.ProtoReflect.Descriptor instead.
-func (*Frame) Descriptor() ([]byte, []int) {
+// Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
+func (*Welcome) Descriptor() ([]byte, []int) {
 	return file_ring_proto_rawDescGZIP(), []int{1}
 }
 
-func (x *Frame) GetHello() *Hello {
+func (x *Welcome) GetGeneration() uint64 {
 	if x != nil {
-		return x.Hello
+		return x.Generation
 	}
-	return nil
+	return 0
 }
 
-func (x *Frame) GetSeq() uint64 {
+// Abort tells a peer that the sender gave up a collective, and why.
+type Abort struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Job        string                 `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Generation uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	FromRank   int32                  `protobuf:"varint,3,opt,name=from_rank,json=fromRank,proto3" json:"from_rank,omitempty"`
+	ToRank     int32                  `protobuf:"varint,4,opt,name=to_rank,json=toRank,proto3" json:"to_rank,omitempty"`
+	Seq        uint64                 `protobuf:"varint,5,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Kind: 1 a peer is gone, 2 the ranks disagree on the collective,
+	// 3 the sender timed out, 4 the sender's caller cancelled, 5 other.
+	Kind int32 `protobuf:"varint,6,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The rank the sender blames, or -1.
+	Culprit int32 `protobuf:"varint,7,opt,name=culprit,proto3" json:"culprit,omitempty"`
+	// For a timeout: the rank the sender was waiting on.
+	WaitingOn     int32  `protobuf:"varint,8,opt,name=waiting_on,json=waitingOn,proto3" json:"waiting_on,omitempty"`
+	Reason        string `protobuf:"bytes,9,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Abort) Reset() {
+	*x = Abort{}
+	mi := &file_ring_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Abort) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Abort) ProtoMessage() {}
+
+func (x *Abort) ProtoReflect() protoreflect.Message {
+	mi := &file_ring_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Abort.ProtoReflect.Descriptor instead.
+func (*Abort) Descriptor() ([]byte, []int) {
+	return file_ring_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Abort) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *Abort) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *Abort) GetFromRank() int32 {
+	if x != nil {
+		return x.FromRank
+	}
+	return 0
+}
+
+func (x *Abort) GetToRank() int32 {
+	if x != nil {
+		return x.ToRank
+	}
+	return 0
+}
+
+func (x *Abort) GetSeq() uint64 {
 	if x != nil {
 		return x.Seq
 	}
 	return 0
 }
 
-func (x *Frame) GetPart() uint32 {
+func (x *Abort) GetKind() int32 {
 	if x != nil {
-		return x.Part
+		return x.Kind
 	}
 	return 0
 }
 
-func (x *Frame) GetData() []byte {
+func (x *Abort) GetCulprit() int32 {
 	if x != nil {
-		return x.Data
+		return x.Culprit
 	}
-	return nil
+	return 0
 }
 
-type StreamClosed struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *StreamClosed) Reset() {
-	*x = StreamClosed{}
-	mi := &file_ring_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *StreamClosed) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*StreamClosed) ProtoMessage() {}
-
-func (x *StreamClosed) ProtoReflect() protoreflect.Message {
-	mi := &file_ring_proto_msgTypes[2]
+func (x *Abort) GetWaitingOn() int32 {
 	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
+		return x.WaitingOn
 	}
-	return mi.MessageOf(x)
+	return 0
 }
 
-// Deprecated: Use StreamClosed.ProtoReflect.Descriptor instead.
-func (*StreamClosed) Descriptor() ([]byte, []int) {
-	return file_ring_proto_rawDescGZIP(), []int{2}
+func (x *Abort) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 var File_ring_proto protoreflect.FileDescriptor
@@ -203,22 +275,32 @@ var File_ring_proto protoreflect.FileDescriptor
 const file_ring_proto_rawDesc = "" +
 	"\n" +
 	"\n" +
-	"ring.proto\x12\x12ringmaster.ring.v1\"l\n" +
+	"ring.proto\x12\x12ringmaster.ring.v2\"\x85\x01\n" +
 	"\x05Hello\x12\x10\n" +
 	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generation\x12\x1b\n" +
 	"\tfrom_rank\x18\x03 \x01(\x05R\bfromRank\x12\x14\n" +
-	"\x05world\x18\x04 \x01(\x05R\x05world\"r\n" +
-	"\x05Frame\x12/\n" +
-	"\x05hello\x18\x01 \x01(\v2\x19.ringmaster.ring.v1.HelloR\x05hello\x12\x10\n" +
-	"\x03seq\x18\x02 \x01(\x04R\x03seq\x12\x12\n" +
-	"\x04part\x18\x03 \x01(\rR\x04part\x12\x12\n" +
-	"\x04data\x18\x04 \x01(\fR\x04data\"\x0e\n" +
-	"\fStreamClosed2O\n" +
-	"\x04Ring\x12G\n" +
-	"\x06Stream\x12\x19.ringmaster.ring.v1.Frame\x1a .ringmaster.ring.v1.StreamClosed(\x01B7Z5github.com/ringmaster/ringmaster/pkg/allreduce/ringpbb\x06proto3"
+	"\x05world\x18\x04 \x01(\x05R\x05world\x12\x17\n" +
+	"\ato_rank\x18\x05 \x01(\x05R\x06toRank\")\n" +
+	"\aWelcome\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\"\xe6\x01\n" +
+	"\x05Abort\x12\x10\n" +
+	"\x03job\x18\x01 \x01(\tR\x03job\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\x12\x1b\n" +
+	"\tfrom_rank\x18\x03 \x01(\x05R\bfromRank\x12\x17\n" +
+	"\ato_rank\x18\x04 \x01(\x05R\x06toRank\x12\x10\n" +
+	"\x03seq\x18\x05 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04kind\x18\x06 \x01(\x05R\x04kind\x12\x18\n" +
+	"\aculprit\x18\a \x01(\x05R\aculprit\x12\x1d\n" +
+	"\n" +
+	"waiting_on\x18\b \x01(\x05R\twaitingOn\x12\x16\n" +
+	"\x06reason\x18\t \x01(\tR\x06reasonB7Z5github.com/ringmaster/ringmaster/pkg/allreduce/ringpbb\x06proto3"
 
 var (
 	file_ring_proto_rawDescOnce sync.Once
@@ -234,19 +316,16 @@ func file_ring_proto_rawDescGZIP() []byte {
 
 var file_ring_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
 var file_ring_proto_goTypes = []any{
-	(*Hello)(nil),        // 0: ringmaster.ring.v1.Hello
-	(*Frame)(nil),        // 1: ringmaster.ring.v1.Frame
-	(*StreamClosed)(nil), // 2: ringmaster.ring.v1.StreamClosed
+	(*Hello)(nil),   // 0: ringmaster.ring.v2.Hello
+	(*Welcome)(nil), // 1: ringmaster.ring.v2.Welcome
+	(*Abort)(nil),   // 2: ringmaster.ring.v2.Abort
 }
 var file_ring_proto_depIdxs = []int32{
-	0, // 0: ringmaster.ring.v1.Frame.hello:type_name -> ringmaster.ring.v1.Hello
-	1, // 1: ringmaster.ring.v1.Ring.Stream:input_type -> ringmaster.ring.v1.Frame
-	2, // 2: ringmaster.ring.v1.Ring.Stream:output_type -> ringmaster.ring.v1.StreamClosed
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	0, // [0:0] is the sub-list for method output_type
+	0, // [0:0] is the sub-list for method input_type
+	0, // [0:0] is the sub-list for extension type_name
+	0, // [0:0] is the sub-list for extension extendee
+	0, // [0:0] is the sub-list for field type_name
 }
 
 func init() { file_ring_proto_init() }
@@ -262,7 +341,7 @@ func file_ring_proto_init() {
 			NumEnums:      0,
 			NumMessages:   3,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   0,
 		},
 		GoTypes:           file_ring_proto_goTypes,
 		DependencyIndexes: file_ring_proto_depIdxs,

@@ -1,0 +1,153 @@
+#include "textflag.h"
+
+// func addF32AVX512(dst *float32, src *byte, n int)
+TEXT ·addF32AVX512(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+loop64:
+	CMPQ CX, $64
+	JLT  loop16
+	VMOVUPS (DI), Z0
+	VMOVUPS 64(DI), Z1
+	VMOVUPS 128(DI), Z2
+	VMOVUPS 192(DI), Z3
+	VADDPS  (SI), Z0, Z0
+	VADDPS  64(SI), Z1, Z1
+	VADDPS  128(SI), Z2, Z2
+	VADDPS  192(SI), Z3, Z3
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	VMOVUPS Z2, 128(DI)
+	VMOVUPS Z3, 192(DI)
+	ADDQ $256, DI
+	ADDQ $256, SI
+	SUBQ $64, CX
+	JMP  loop64
+loop16:
+	CMPQ CX, $16
+	JLT  tail
+	VMOVUPS (DI), Z0
+	VADDPS  (SI), Z0, Z0
+	VMOVUPS Z0, (DI)
+	ADDQ $64, DI
+	ADDQ $64, SI
+	SUBQ $16, CX
+	JMP  loop16
+tail:
+	TESTQ CX, CX
+	JEQ   done
+	MOVQ  $1, AX
+	SHLQ  CX, AX
+	DECQ  AX
+	KMOVW AX, K1
+	VMOVUPS.Z (DI), K1, Z0
+	VMOVUPS.Z (SI), K1, Z1
+	VADDPS    Z1, Z0, Z0
+	VMOVUPS   Z0, K1, (DI)
+done:
+	VZEROUPPER
+	RET
+
+// func addF32AVX2(dst *float32, src *byte, n int)
+TEXT ·addF32AVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ n+16(FP), CX
+loop32:
+	CMPQ CX, $32
+	JLT  loop8
+	VMOVUPS (DI), Y0
+	VMOVUPS 32(DI), Y1
+	VMOVUPS 64(DI), Y2
+	VMOVUPS 96(DI), Y3
+	VADDPS  (SI), Y0, Y0
+	VADDPS  32(SI), Y1, Y1
+	VADDPS  64(SI), Y2, Y2
+	VADDPS  96(SI), Y3, Y3
+	VMOVUPS Y0, (DI)
+	VMOVUPS Y1, 32(DI)
+	VMOVUPS Y2, 64(DI)
+	VMOVUPS Y3, 96(DI)
+	ADDQ $128, DI
+	ADDQ $128, SI
+	SUBQ $32, CX
+	JMP  loop32
+loop8:
+	CMPQ CX, $8
+	JLT  tail1
+	VMOVUPS (DI), Y0
+	VADDPS  (SI), Y0, Y0
+	VMOVUPS Y0, (DI)
+	ADDQ $32, DI
+	ADDQ $32, SI
+	SUBQ $8, CX
+	JMP  loop8
+tail1:
+	TESTQ CX, CX
+	JEQ   done2
+	VMOVSS (DI), X0
+	VADDSS (SI), X0, X0
+	VMOVSS X0, (DI)
+	ADDQ $4, DI
+	ADDQ $4, SI
+	DECQ CX
+	JMP  tail1
+done2:
+	VZEROUPPER
+	RET
+
+// func divF32AVX512(dst *float32, d float32, n int)
+TEXT ·divF32AVX512(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	VBROADCASTSS d+8(FP), Z4
+	MOVQ n+16(FP), CX
+dloop16:
+	CMPQ CX, $16
+	JLT  dtail
+	VMOVUPS (DI), Z0
+	VDIVPS  Z4, Z0, Z0
+	VMOVUPS Z0, (DI)
+	ADDQ $64, DI
+	SUBQ $16, CX
+	JMP  dloop16
+dtail:
+	TESTQ CX, CX
+	JEQ   ddone
+	MOVQ  $1, AX
+	SHLQ  CX, AX
+	DECQ  AX
+	KMOVW AX, K1
+	VMOVUPS.Z (DI), K1, Z0
+	VDIVPS    Z4, Z0, Z0
+	VMOVUPS   Z0, K1, (DI)
+ddone:
+	VZEROUPPER
+	RET
+
+// func divF32AVX2(dst *float32, d float32, n int)
+TEXT ·divF32AVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), DI
+	VBROADCASTSS d+8(FP), Y4
+	MOVQ n+16(FP), CX
+d2loop8:
+	CMPQ CX, $8
+	JLT  d2tail
+	VMOVUPS (DI), Y0
+	VDIVPS  Y4, Y0, Y0
+	VMOVUPS Y0, (DI)
+	ADDQ $32, DI
+	SUBQ $8, CX
+	JMP  d2loop8
+d2tail:
+	TESTQ CX, CX
+	JEQ   d2done
+	VMOVSS (DI), X0
+	VDIVSS X4, X0, X0
+	VMOVSS X0, (DI)
+	ADDQ $4, DI
+	DECQ CX
+	JMP  d2tail
+d2done:
+	VZEROUPPER
+	RET
