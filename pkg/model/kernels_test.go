@@ -110,7 +110,7 @@ func TestConvGradients(t *testing.T) {
 	for _, g := range convGeoms {
 		t.Run(fmt.Sprintf("%+v", g), func(t *testing.T) {
 			const n, outC = 2, 4
-			m := &CNN{be: NewCPU(2)}
+			m := &CNN{flatModel: flatModel{be: NewCPU(2)}}
 			rows, cols := g.ColRows(), g.ColCols()
 			x := uniform32(r, n*g.C*g.H*g.W, -1, 1)
 			w := uniform32(r, outC*rows, -1, 1)
@@ -149,7 +149,7 @@ func TestConvGradients(t *testing.T) {
 func TestLinearGradients(t *testing.T) {
 	r := newRand(12)
 	const n, in, out = 3, 7, 5
-	m := &CNN{be: NewCPU(2)}
+	m := &CNN{flatModel: flatModel{be: NewCPU(2)}}
 	x, w, b := uniform32(r, n*in, -1, 1), uniform32(r, out*in, -1, 1), uniform32(r, out, -1, 1)
 	proj := uniform32(r, n*out, -1, 1)
 	y := make([]float32, n*out)
