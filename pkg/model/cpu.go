@@ -27,6 +27,7 @@ import (
 // model its own CPU.
 type CPU struct {
 	kern    microKernel
+	vec     vecKernels
 	workers int
 
 	mu   sync.Mutex // guards team, the task descriptors and the scratch below
@@ -66,20 +67,24 @@ type CPU struct {
 // number of workers changes speed, never results. The GEMM uses the fastest
 // micro-kernel the CPU supports.
 func NewCPU(workers int) *CPU {
-	return newCPU(workers, bestKernel())
+	return newCPU(workers, bestKernel(), bestVec())
 }
 
-// NewCPUPureGo is NewCPU with the pure-Go GEMM micro-kernel, whatever the
-// CPU: the path other architectures take, here for tests and comparisons.
+// NewCPUPureGo is NewCPU without any assembly, whatever the CPU: the pure-Go
+// GEMM micro-kernel and scalar elementwise kernels, the path other
+// architectures take; here for tests and comparisons.
 func NewCPUPureGo(workers int) *CPU {
-	return newCPU(workers, goKernel)
+	return newCPU(workers, goKernel, vecKernels{})
 }
 
-func newCPU(workers int, kern microKernel) *CPU {
+func newCPU(workers int, kern microKernel, vec vecKernels) *CPU {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
-	return &CPU{kern: kern, workers: workers, team: newTeam(workers), scratch: make([]gemmScratch, workers)}
+	if kern.name == "go" {
+		vec = vecKernels{}
+	}
+	return &CPU{kern: kern, vec: vec, workers: workers, team: newTeam(workers), scratch: make([]gemmScratch, workers)}
 }
 
 var _ Backend = (*CPU)(nil)

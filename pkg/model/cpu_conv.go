@@ -307,6 +307,18 @@ type biasFwdTask struct {
 }
 
 func (t *biasFwdTask) do(img, _ int) {
+	if t.inner == 1 {
+		// Rows of a linear layer's output; items are blocks of rows.
+		c := len(t.bias)
+		rows := len(t.x) / c
+		for r := img * rowsPerItem; r < min((img+1)*rowsPerItem, rows); r++ {
+			row := t.x[r*c : (r+1)*c]
+			for i, b := range t.bias[:len(row)] {
+				row[i] += b
+			}
+		}
+		return
+	}
 	x := t.x[img*len(t.bias)*t.inner:][:len(t.bias)*t.inner]
 	for ch, b := range t.bias {
 		row := x[ch*t.inner : (ch+1)*t.inner]
@@ -316,13 +328,18 @@ func (t *biasFwdTask) do(img, _ int) {
 	}
 }
 
-// BiasForward implements Backend. Items are images.
+// BiasForward implements Backend. Items are images, or blocks of rows when
+// inner is 1.
 func (c *CPU) BiasForward(x, bias []float32, n, inner int) {
 	checkLen("BiasForward", "x", x, n*len(bias)*inner)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.biasFwd = biasFwdTask{x: x, bias: bias, inner: inner}
-	c.run(&c.biasFwd, n, len(x))
+	items := n
+	if inner == 1 {
+		items = ceilDiv(n, rowsPerItem)
+	}
+	c.run(&c.biasFwd, items, len(x))
 	c.biasFwd = biasFwdTask{}
 }
 
@@ -331,11 +348,32 @@ type biasBwdTask struct {
 	n, inner  int
 }
 
+// biasBwdBlock is the number of channels one item of a linear layer's
+// BiasBackward sums.
+const biasBwdBlock = 64
+
 // do reduces one channel. The sum runs in float64 in the fixed order (image,
 // position), so it is exact enough for tens of thousands of terms and the
 // same for any split of channels among workers.
 func (t *biasBwdTask) do(ch, _ int) {
 	channels := len(t.dbias)
+	if t.inner == 1 {
+		// A block of channels, summed row by row (the same order per
+		// channel as below, but reading rows contiguously).
+		c0 := ch * biasBwdBlock
+		c1 := min(c0+biasBwdBlock, channels)
+		var acc [biasBwdBlock]float64
+		sums := acc[:c1-c0]
+		for r := 0; r < t.n; r++ {
+			for i, v := range t.dy[r*channels+c0 : r*channels+c1] {
+				sums[i] += float64(v)
+			}
+		}
+		for i, s := range sums {
+			t.dbias[c0+i] += float32(s)
+		}
+		return
+	}
 	var sum float64
 	for img := 0; img < t.n; img++ {
 		for _, v := range t.dy[(img*channels+ch)*t.inner:][:t.inner] {
@@ -345,12 +383,17 @@ func (t *biasBwdTask) do(ch, _ int) {
 	t.dbias[ch] += float32(sum)
 }
 
-// BiasBackward implements Backend. Items are channels.
+// BiasBackward implements Backend. Items are channels, or blocks of
+// biasBwdBlock channels when inner is 1.
 func (c *CPU) BiasBackward(dbias, dy []float32, n, inner int) {
 	checkLen("BiasBackward", "dy", dy, n*len(dbias)*inner)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.biasBwd = biasBwdTask{dbias: dbias, dy: dy, n: n, inner: inner}
-	c.run(&c.biasBwd, len(dbias), len(dy))
+	items := len(dbias)
+	if inner == 1 {
+		items = ceilDiv(len(dbias), biasBwdBlock)
+	}
+	c.run(&c.biasBwd, items, len(dy))
 	c.biasBwd = biasBwdTask{}
 }

@@ -260,6 +260,7 @@ const (
 
 // eltTask runs an elementwise kernel over fixed chunks of eltChunk elements.
 type eltTask struct {
+	vec      *vecKernels
 	op       eltOp
 	x, y, z  []float32
 	s        float32
@@ -272,12 +273,20 @@ func (t *eltTask) do(item, _ int) {
 	switch t.op {
 	case eltGELUFwd: // y = gelu(x)
 		y := t.y[lo:hi]
+		if f := t.vec.geluFwd; f != nil {
+			f(y, t.x[lo:hi])
+			break
+		}
 		for i, v := range t.x[lo:hi] {
 			cdf, _ := geluCDF(v)
 			y[i] = v * cdf
 		}
 	case eltGELUBwd: // y = z·gelu'(x), z = dout
 		y, z := t.y[lo:hi], t.z[lo:hi]
+		if f := t.vec.geluBwd; f != nil {
+			f(y, z, t.x[lo:hi])
+			break
+		}
 		for i, v := range t.x[lo:hi] {
 			cdf, pdf := geluCDF(v)
 			y[i] = z[i] * (cdf + v*pdf)
@@ -306,7 +315,7 @@ func (t *eltTask) do(item, _ int) {
 }
 
 func (c *CPU) elementwise(op eltOp, x, y, z []float32, s float32, cost int) {
-	c.elt = eltTask{op: op, x: x, y: y, z: z, s: s, partials: c.partials}
+	c.elt = eltTask{vec: &c.vec, op: op, x: x, y: y, z: z, s: s, partials: c.partials}
 	c.run(&c.elt, ceilDiv(len(x), eltChunk), cost*len(x))
 	c.elt = eltTask{}
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"testing"
-
 )
 
 // naiveProduct is the triple loop, in float64, of op(A)·op(B) (m×n). It also
@@ -81,7 +80,7 @@ func TestGemmMatchesNaive(t *testing.T) {
 									c[i*ldc] = float32(math.NaN())
 								}
 							}
-							newCPU(workers, kern).Gemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+							newCPU(workers, kern, bestVec()).Gemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 							for i := 0; i < m; i++ {
 								for j := 0; j < ldc; j++ {
 									got := c[i*ldc+j]
@@ -147,7 +146,7 @@ func TestGemmDeterministic(t *testing.T) {
 			var want []float32
 			for _, workers := range []int{1, 2, 3, 8} {
 				c := append([]float32(nil), c0...)
-				newCPU(workers, kern).Gemm(tc.tA, tc.tB, tc.m, tc.n, tc.k, 0.75, a, ac, b, bc, 0.5, c, tc.n)
+				newCPU(workers, kern, bestVec()).Gemm(tc.tA, tc.tB, tc.m, tc.n, tc.k, 0.75, a, ac, b, bc, 0.5, c, tc.n)
 				if want == nil {
 					want = c
 					continue
@@ -212,7 +211,7 @@ func TestGemmStridedBatched(t *testing.T) {
 		for _, batch := range []int{2, 5} {
 			for _, shared := range []string{"none", "A", "B"} {
 				for _, workers := range []int{1, 2, 3} {
-					be := newCPU(workers, kern)
+					be := newCPU(workers, kern, bestVec())
 					sa, sb := m*k, k*n
 					switch shared {
 					case "A":
