@@ -691,7 +691,7 @@ func TestConfig(t *testing.T) {
 		{func() Config { c := gpt; c.Hidden = -1; return c }, "model: gpt: hidden: must not be negative"},
 		{func() Config { c := gpt; c.BPTT = 2; return c }, "model: gpt: bptt: 2 is set"},
 		{func() Config { c := gpt; c.Layers = 0; return c }, "model: gpt: layers"},
-		{func() Config { c := gpt; c.Dim, c.Vocab = 1 << 16, 1 << 16; c.Heads = 1; return c }, "parameters, more than"},
+		{func() Config { c := gpt; c.Dim, c.Vocab = 1<<16, 1<<16; c.Heads = 1; return c }, "parameters, more than"},
 		{func() Config { c := lstm; c.Heads = 2; return c }, "model: lstm: heads: 2 is set"},
 		{func() Config { c := lstm; c.BPTT = 5; return c }, "model: lstm: bptt: must be in [0, ctx=4], got 5"},
 		{func() Config { c := lstm; c.TieEmbeddings = true; return c }, "model: lstm: tie_embeddings"},
