@@ -82,9 +82,10 @@ type Backend interface {
 	BiasBackward(dbias, dy []float32, n, inner int)
 
 	// SoftmaxCrossEntropyForward writes probs = softmax(logits) row by row
-	// ([n][classes]) and returns Σᵢ −log probs[i][labels[i]], computed in
-	// float64 from the float32 logits. A label of −1 marks a row without a
-	// loss term (PyTorch's ignore_index); its probs are still written.
+	// ([n][classes]) and returns Σᵢ −log probs[i][labels[i]]: exponentials in
+	// float32 (as PyTorch's), each row's log-sum-exp and the total in
+	// float64. A label of −1 marks a row without a loss term (PyTorch's
+	// ignore_index); its probs are still written.
 	SoftmaxCrossEntropyForward(probs, logits []float32, labels []int32, n, classes int) float64
 	// SoftmaxCrossEntropyBackward overwrites dlogits with the gradient of
 	// scale·(the loss sum) with respect to the logits: scale·(probs − onehot),

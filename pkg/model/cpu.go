@@ -138,32 +138,48 @@ func (c *CPU) growPartials(n int) {
 // ---- softmax cross-entropy: items are rows ----
 
 type softmaxTask struct {
+	vec           *vecKernels
 	probs, logits []float32
 	labels        []int32
 	classes       int
 	loss          []float64
 }
 
+// do computes one row: e = exp(z − max) in float32 (expSub), probs = e/Σe,
+// and the loss −log softmax = log Σe − (z_label − max) in float64, free of
+// overflow.
 func (t *softmaxTask) do(row, _ int) {
 	logits := t.logits[row*t.classes:][:t.classes]
 	probs := t.probs[row*t.classes:][:t.classes]
-	mx := math.Inf(-1)
-	for _, v := range logits {
-		mx = math.Max(mx, float64(v))
+	mx := logits[0]
+	for _, v := range logits[1:] {
+		mx = max(mx, v)
 	}
-	var sum float64
-	for _, v := range logits {
-		sum += math.Exp(float64(v) - mx)
+	sum := expSub(t.vec, probs, logits, mx)
+	inv := 1 / sum
+	for j := range probs {
+		probs[j] *= inv
 	}
-	for j, v := range logits {
-		probs[j] = float32(math.Exp(float64(v)-mx) / sum)
-	}
-	// −log softmax = log Σ exp(z − max) − (z_label − max), free of overflow.
 	if l := t.labels[row]; l >= 0 {
-		t.loss[row] = math.Log(sum) - (float64(logits[l]) - mx)
+		t.loss[row] = math.Log(float64(sum)) - (float64(logits[l]) - float64(mx))
 	} else {
 		t.loss[row] = 0
 	}
+}
+
+// expSub sets dst = exp(src − shift) and returns its sum, with the vector
+// kernel if there is one.
+func expSub(vec *vecKernels, dst, src []float32, shift float32) float32 {
+	if f := vec.expSub; f != nil {
+		return f(dst, src, shift)
+	}
+	var sum float32
+	for j, v := range src {
+		e := expf(v - shift)
+		dst[j] = e
+		sum += e
+	}
+	return sum
 }
 
 // SoftmaxCrossEntropyForward implements Backend. Rows are computed in
@@ -176,7 +192,7 @@ func (c *CPU) SoftmaxCrossEntropyForward(probs, logits []float32, labels []int32
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.growPartials(n)
-	c.smaxFwd = softmaxTask{probs: probs, logits: logits, labels: labels, classes: classes, loss: c.partials}
+	c.smaxFwd = softmaxTask{vec: &c.vec, probs: probs, logits: logits, labels: labels, classes: classes, loss: c.partials}
 	// exp is some tens of times the cost of an add.
 	c.run(&c.smaxFwd, n, 32*n*classes)
 	c.smaxFwd = softmaxTask{}

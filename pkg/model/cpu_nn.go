@@ -404,12 +404,7 @@ func (t *attnTask) forward(item, worker int) {
 		for _, x := range row[1 : i+1] {
 			mx = max(mx, x)
 		}
-		var sum float32
-		for j := 0; j <= i; j++ {
-			e := expf(row[j] - mx)
-			row[j] = e
-			sum += e
-		}
+		sum := expSub(&cpu.vec, row[:i+1], row[:i+1], mx)
 		inv := 1 / sum
 		for j := 0; j <= i; j++ {
 			row[j] *= inv

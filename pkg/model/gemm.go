@@ -21,13 +21,14 @@ import (
 // by all. (They do depend on the micro-kernel: the AVX-512, AVX2 and Go
 // kernels give different roundings.)
 
-// microKernel multiplies one packed MR×kc panel of op(A) by one packed kc×NR
-// panel of op(B) into an MR×NR block of C with leading dimension ldc:
-// C = alpha·acc if betaZero != 0 (C is not read), else C = beta·C + alpha·acc.
+// microKernel multiplies an MR×kc panel of op(A), element (r, l) at
+// a[r·aRow + l·aK], by one packed kc×NR panel of op(B) into an MR×NR block of
+// C with leading dimension ldc: C = alpha·acc if betaZero != 0 (C is not
+// read), else C = beta·C + alpha·acc.
 type microKernel struct {
 	name   string
 	mr, nr int
-	fn     func(kc int, a, b, c *float32, ldc int, alpha, beta float32, betaZero int)
+	fn     func(kc int, a *float32, aRow, aK int, b, c *float32, ldc int, alpha, beta float32, betaZero int)
 	// transpose8, if set, transposes 8×8 blocks for the packing routines
 	// (see transpose8x8 in gemm_amd64.s); packing is exact copying, so it
 	// changes no result.
@@ -70,12 +71,21 @@ func (g *gemmOp) set(kern microKernel, transA, transB bool, m, n, k int, alpha f
 func (g *gemmOp) packedA() int { return g.mStrips * g.kern.mr * g.k }
 func (g *gemmOp) packedB() int { return g.nStrips * g.kern.nr * g.k }
 
-// packA writes strips [s0, s1) of op(A) into dst. Strip s occupies
-// dst[s·k·MR:][:k·MR] as k groups of MR values (row-major within the strip
-// transposed); rows past m are zero.
+// direct reports whether the kernel reads strip s of A in place rather than
+// packed: A not transposed (each of the MR rows is then a contiguous run of
+// k values) and the strip whole. The kernel's arithmetic is the same either
+// way.
+func (g *gemmOp) direct(s int) bool { return !g.transA && (s+1)*g.kern.mr <= g.m }
+
+// packA writes strips [s0, s1) of op(A) into dst, except those read in
+// place. Strip s occupies dst[s·k·MR:][:k·MR] as k groups of MR values (the
+// strip transposed); rows past m are zero.
 func (g *gemmOp) packA(dst []float32, s0, s1 int) {
 	mr, k := g.kern.mr, g.k
 	for s := s0; s < s1; s++ {
+		if g.direct(s) {
+			continue
+		}
 		strip := dst[s*k*mr : (s+1)*k*mr]
 		i0 := s * mr
 		rows := min(mr, g.m-i0)
@@ -93,23 +103,10 @@ func (g *gemmOp) packA(dst []float32, s0, s1 int) {
 			}
 			continue
 		}
-		r0, l0 := 0, 0
-		if tr := g.kern.transpose8; tr != nil && k >= 8 {
-			// Whole groups of 8 rows, 8 columns at a time.
-			l0 = k &^ 7
-			for ; r0+8 <= rows; r0 += 8 {
-				_ = g.a[(i0+r0+7)*g.lda+l0-1]
-				tr(&strip[r0], mr, &g.a[(i0+r0)*g.lda], g.lda, k/8)
-			}
-		}
 		for r := 0; r < rows; r++ {
-			lo := l0
-			if r >= r0 {
-				lo = 0
-			}
 			src := g.a[(i0+r)*g.lda:][:k]
-			for l := lo; l < k; l++ {
-				strip[l*mr+r] = src[l]
+			for l, v := range src {
+				strip[l*mr+r] = v
 			}
 		}
 		for r := rows; r < mr; r++ {
@@ -189,12 +186,19 @@ func (g *gemmOp) compute(ap, bp, tile []float32, s0, s1, t0, t1 int) {
 			j0 := t * nr
 			cols := min(nr, g.n-j0)
 			for s := s0; s < s1; s++ {
-				apan := ap[s*k*mr+k0*mr:][:kc*mr]
 				i0 := s * mr
 				rows := min(mr, g.m-i0)
+				var a *float32
+				aRow, aK := 1, mr
+				if g.direct(s) {
+					a = &g.a[i0*g.lda+k0 : (i0+mr-1)*g.lda+k0+kc][0]
+					aRow, aK = g.lda, 1
+				} else {
+					a = &ap[s*k*mr+k0*mr : s*k*mr+(k0+kc)*mr][0]
+				}
 				if rows == mr && cols == nr {
 					c := g.c[i0*ldc+j0:][:(mr-1)*ldc+nr]
-					g.kern.fn(kc, &apan[0], &bpan[0], &c[0], ldc, g.alpha, beta, betaZero)
+					g.kern.fn(kc, a, aRow, aK, &bpan[0], &c[0], ldc, g.alpha, beta, betaZero)
 					continue
 				}
 				if betaZero == 0 {
@@ -202,7 +206,7 @@ func (g *gemmOp) compute(ap, bp, tile []float32, s0, s1, t0, t1 int) {
 						copy(tile[i*nr:][:cols], g.c[(i0+i)*ldc+j0:][:cols])
 					}
 				}
-				g.kern.fn(kc, &apan[0], &bpan[0], &tile[0], nr, g.alpha, beta, betaZero)
+				g.kern.fn(kc, a, aRow, aK, &bpan[0], &tile[0], nr, g.alpha, beta, betaZero)
 				for i := 0; i < rows; i++ {
 					copy(g.c[(i0+i)*ldc+j0:][:cols], tile[i*nr:][:cols])
 				}
@@ -508,14 +512,14 @@ func scaleRows(c []float32, m, n, ldc int, beta float32) {
 
 // kernel4x4Go is the pure-Go micro-kernel (MR = NR = 4). Products are
 // rounded before they are added (no fused multiply-add), on every platform.
-func kernel4x4Go(kc int, a, b, c *float32, ldc int, alpha, beta float32, betaZero int) {
-	ap := unsafe.Slice(a, 4*kc)
+func kernel4x4Go(kc int, a *float32, aRow, aK int, b, c *float32, ldc int, alpha, beta float32, betaZero int) {
+	ap := unsafe.Slice(a, 3*aRow+(kc-1)*aK+1)
 	bp := unsafe.Slice(b, 4*kc)
 	var c00, c01, c02, c03, c10, c11, c12, c13, c20, c21, c22, c23, c30, c31, c32, c33 float32
 	for l := 0; l < kc; l++ {
-		av := ap[4*l : 4*l+4 : 4*l+4]
 		bv := bp[4*l : 4*l+4 : 4*l+4]
-		a0, a1, a2, a3 := av[0], av[1], av[2], av[3]
+		al := l * aK
+		a0, a1, a2, a3 := ap[al], ap[al+aRow], ap[al+2*aRow], ap[al+3*aRow]
 		b0, b1, b2, b3 := bv[0], bv[1], bv[2], bv[3]
 		c00, c01, c02, c03 = c00+float32(a0*b0), c01+float32(a0*b1), c02+float32(a0*b2), c03+float32(a0*b3)
 		c10, c11, c12, c13 = c10+float32(a1*b0), c11+float32(a1*b1), c12+float32(a1*b2), c13+float32(a1*b3)

@@ -5,7 +5,7 @@ package model
 import "golang.org/x/sys/cpu"
 
 //go:noescape
-func kernel8x32AVX512(kc int, a, b, c *float32, ldc int, alpha, beta float32, betaZero int)
+func kernel8x32AVX512(kc int, a *float32, aRow, aK int, b, c *float32, ldc int, alpha, beta float32, betaZero int)
 
 //go:noescape
 func transpose8x8(dst *float32, dstStride int, src *float32, srcStride int, blocks int)
@@ -14,7 +14,7 @@ func transpose8x8(dst *float32, dstStride int, src *float32, srcStride int, bloc
 func copyBlocks8(dst *float32, dstStride int, src *float32, srcStride int, rows, width int)
 
 //go:noescape
-func kernel6x16AVX2(kc int, a, b, c *float32, ldc int, alpha, beta float32, betaZero int)
+func kernel6x16AVX2(kc int, a *float32, aRow, aK int, b, c *float32, ldc int, alpha, beta float32, betaZero int)
 
 var (
 	avx512Kernel = microKernel{name: "avx512", mr: 8, nr: 32, fn: kernel8x32AVX512, transpose8: transpose8x8, copy8: copyBlocks8}

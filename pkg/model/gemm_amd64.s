@@ -2,24 +2,45 @@
 
 #include "textflag.h"
 
-// The GEMM micro-kernels (see gemm.go). Each multiplies a packed MR×kc panel
-// of op(A) (kc groups of MR values) by a packed kc×NR panel of op(B) (kc
-// rows of NR values), accumulating every element of the MR×NR product in a
-// register with one fused multiply-add per k, in k order. It then writes
+// The GEMM micro-kernels (see gemm.go). Each multiplies an MR×kc panel of
+// op(A) by a packed kc×NR panel of op(B) (kc rows of NR values),
+// accumulating every element of the MR×NR product in a register with one
+// fused multiply-add per k, in k order. Element (r, l) of the A panel is at
+// a + r·aRow + l·aK (in elements): a packed panel has aRow = 1, aK = MR; a
+// row-major A read in place has aRow = lda, aK = 1. The kernel then writes
 //
 //	C = alpha·acc                 if betaZero != 0 (C is not read)
 //	C = fma(beta, C, alpha·acc)   otherwise
 //
 // to the MR rows of NR values at c, ldc elements apart. The arithmetic of an
-// element never depends on where the tile lies or who computes it, which is
-// what keeps the GEMM deterministic.
+// element never depends on where the tile lies, who computes it, or how A is
+// laid out, which is what keeps the GEMM deterministic.
+//
+// Registers: AX and R12 walk rows 0 and 4 of A, R10 = aRow and R11 = 3·aRow
+// in bytes (rows r = 0..3 at (AX)(·), 4..7 at (R12)(·)), R13 = aK in bytes,
+// BX walks B, CX counts k, DX walks C, R8 = ldc in bytes, R9 = betaZero.
+
+#define SETUP_A \
+	MOVQ a+8(FP), AX; \
+	MOVQ aRow+16(FP), R10; \
+	SHLQ $2, R10; \
+	LEAQ (R10)(R10*2), R11; \
+	LEAQ (AX)(R10*4), R12; \
+	MOVQ aK+24(FP), R13; \
+	SHLQ $2, R13; \
+	MOVQ kc+0(FP), CX; \
+	MOVQ b+32(FP), BX; \
+	MOVQ c+40(FP), DX; \
+	MOVQ ldc+48(FP), R8; \
+	SHLQ $2, R8; \
+	MOVQ betaZero+64(FP), R9
 
 // ---- AVX-512: MR = 8, NR = 32; accumulators Z16..Z31 ----
 
-// ROW512 multiplies row r of the A panel (at byte offset off) into the
-// accumulators of that row.
-#define ROW512(off, bz, acc0, acc1) \
-	VBROADCASTSS off(AX), bz; \
+// ROW512 multiplies row r of the A panel (at addr) into the accumulators of
+// that row.
+#define ROW512(addr, bz, acc0, acc1) \
+	VBROADCASTSS addr, bz; \
 	VFMADD231PS  Z0, bz, acc0; \
 	VFMADD231PS  Z1, bz, acc1
 
@@ -34,15 +55,9 @@
 	VMOVUPS     acc1, 64(DX); \
 	ADDQ        R8, DX
 
-// func kernel8x32AVX512(kc int, a, b, c *float32, ldc int, alpha, beta float32, betaZero int)
-TEXT ·kernel8x32AVX512(SB), NOSPLIT, $0-56
-	MOVQ kc+0(FP), CX
-	MOVQ a+8(FP), AX
-	MOVQ b+16(FP), BX
-	MOVQ c+24(FP), DX
-	MOVQ ldc+32(FP), R8
-	SHLQ $2, R8
-	MOVQ betaZero+48(FP), R9
+// func kernel8x32AVX512(kc int, a *float32, aRow, aK int, b, c *float32, ldc int, alpha, beta float32, betaZero int)
+TEXT ·kernel8x32AVX512(SB), NOSPLIT, $0-72
+	SETUP_A
 
 	VPXORD Z16, Z16, Z16
 	VPXORD Z17, Z17, Z17
@@ -67,22 +82,23 @@ TEXT ·kernel8x32AVX512(SB), NOSPLIT, $0-56
 loop512:
 	VMOVUPS (BX), Z0
 	VMOVUPS 64(BX), Z1
-	ROW512(0, Z4, Z16, Z17)
-	ROW512(4, Z5, Z18, Z19)
-	ROW512(8, Z6, Z20, Z21)
-	ROW512(12, Z7, Z22, Z23)
-	ROW512(16, Z8, Z24, Z25)
-	ROW512(20, Z9, Z26, Z27)
-	ROW512(24, Z10, Z28, Z29)
-	ROW512(28, Z11, Z30, Z31)
-	ADDQ $32, AX
+	ROW512((AX), Z4, Z16, Z17)
+	ROW512((AX)(R10*1), Z5, Z18, Z19)
+	ROW512((AX)(R10*2), Z6, Z20, Z21)
+	ROW512((AX)(R11*1), Z7, Z22, Z23)
+	ROW512((R12), Z8, Z24, Z25)
+	ROW512((R12)(R10*1), Z9, Z26, Z27)
+	ROW512((R12)(R10*2), Z10, Z28, Z29)
+	ROW512((R12)(R11*1), Z11, Z30, Z31)
+	ADDQ R13, AX
+	ADDQ R13, R12
 	ADDQ $128, BX
 	DECQ CX
 	JNZ  loop512
 
 store512:
-	VBROADCASTSS alpha+40(FP), Z2
-	VBROADCASTSS beta+44(FP), Z3
+	VBROADCASTSS alpha+56(FP), Z2
+	VBROADCASTSS beta+60(FP), Z3
 	STORE512(Z16, Z17)
 	STORE512(Z18, Z19)
 	STORE512(Z20, Z21)
@@ -96,8 +112,8 @@ store512:
 
 // ---- AVX2 + FMA: MR = 6, NR = 16; accumulators Y4..Y15 ----
 
-#define ROW256(off, acc0, acc1) \
-	VBROADCASTSS off(AX), Y2; \
+#define ROW256(addr, acc0, acc1) \
+	VBROADCASTSS addr, Y2; \
 	VFMADD231PS  Y0, Y2, acc0; \
 	VFMADD231PS  Y1, Y2, acc1
 
@@ -112,15 +128,9 @@ store512:
 	VMOVUPS     acc1, 32(DX); \
 	ADDQ        R8, DX
 
-// func kernel6x16AVX2(kc int, a, b, c *float32, ldc int, alpha, beta float32, betaZero int)
-TEXT ·kernel6x16AVX2(SB), NOSPLIT, $0-56
-	MOVQ kc+0(FP), CX
-	MOVQ a+8(FP), AX
-	MOVQ b+16(FP), BX
-	MOVQ c+24(FP), DX
-	MOVQ ldc+32(FP), R8
-	SHLQ $2, R8
-	MOVQ betaZero+48(FP), R9
+// func kernel6x16AVX2(kc int, a *float32, aRow, aK int, b, c *float32, ldc int, alpha, beta float32, betaZero int)
+TEXT ·kernel6x16AVX2(SB), NOSPLIT, $0-72
+	SETUP_A
 
 	VXORPS Y4, Y4, Y4
 	VXORPS Y5, Y5, Y5
@@ -141,20 +151,21 @@ TEXT ·kernel6x16AVX2(SB), NOSPLIT, $0-56
 loop256:
 	VMOVUPS (BX), Y0
 	VMOVUPS 32(BX), Y1
-	ROW256(0, Y4, Y5)
-	ROW256(4, Y6, Y7)
-	ROW256(8, Y8, Y9)
-	ROW256(12, Y10, Y11)
-	ROW256(16, Y12, Y13)
-	ROW256(20, Y14, Y15)
-	ADDQ $24, AX
+	ROW256((AX), Y4, Y5)
+	ROW256((AX)(R10*1), Y6, Y7)
+	ROW256((AX)(R10*2), Y8, Y9)
+	ROW256((AX)(R11*1), Y10, Y11)
+	ROW256((R12), Y12, Y13)
+	ROW256((R12)(R10*1), Y14, Y15)
+	ADDQ R13, AX
+	ADDQ R13, R12
 	ADDQ $64, BX
 	DECQ CX
 	JNZ  loop256
 
 store256:
-	VBROADCASTSS alpha+40(FP), Y2
-	VBROADCASTSS beta+44(FP), Y3
+	VBROADCASTSS alpha+56(FP), Y2
+	VBROADCASTSS beta+60(FP), Y3
 	STORE256(Y4, Y5)
 	STORE256(Y6, Y7)
 	STORE256(Y8, Y9)

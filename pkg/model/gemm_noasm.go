@@ -12,6 +12,7 @@ func asmKernels() []microKernel { return nil }
 type vecKernels struct {
 	geluFwd func(dst, x []float32)
 	geluBwd func(dst, dout, x []float32)
+	expSub  func(dst, src []float32, shift float32) float32
 }
 
 func bestVec() vecKernels { return vecKernels{} }

@@ -455,3 +455,35 @@ func diff32(a, b []float32) []float32 {
 	}
 	return d
 }
+
+// TestExpSub checks the softmax's exponentials, vector and scalar, for every
+// length around the vector width (the AVX-512 kernel masks its tail).
+func TestExpSub(t *testing.T) {
+	r := newRand(28)
+	kernels := map[string]*vecKernels{"go": {}}
+	if v := bestVec(); v.expSub != nil {
+		kernels["vector"] = &v
+	}
+	for name, vec := range kernels {
+		for n := 0; n <= 50; n++ {
+			src := uniform32(r, n, -30, 0)
+			if n > 2 {
+				src[1] = -100 // below the clamp: ~0
+			}
+			dst := make([]float32, n+1)
+			dst[n] = 42 // past the end: must not be touched
+			sum := expSub(vec, dst[:n], src, -1)
+			var want float64
+			for i, v := range src {
+				e := math.Exp(float64(v) + 1)
+				want += e
+				if d := math.Abs(float64(dst[i]) - e); d > 3e-7*e+1e-37 {
+					t.Fatalf("%s n=%d: exp(%g + 1) = %.9g, want %.9g", name, n, v, dst[i], e)
+				}
+			}
+			if math.Abs(float64(sum)-want) > 1e-6*want || dst[n] != 42 {
+				t.Fatalf("%s n=%d: sum %.9g, want %.9g; dst[n] = %v", name, n, sum, want, dst[n])
+			}
+		}
+	}
+}

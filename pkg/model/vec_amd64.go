@@ -15,6 +15,9 @@ func geluFwdAVX512(dst, x *float32, n int, consts *float32)
 //go:noescape
 func geluBwdAVX512(dst, dout, x *float32, n int, consts *float32)
 
+//go:noescape
+func expSubAVX512(dst, src *float32, n int, shift float32, consts *float32) float32
+
 // geluConsts are the constants of the vectorised GELU, in the order of the
 // C_* offsets in vec_amd64.s: the same formulas as geluCDF and expf.
 var geluConsts = [...]float32{
@@ -36,13 +39,24 @@ var geluConsts = [...]float32{
 type vecKernels struct {
 	geluFwd func(dst, x []float32)
 	geluBwd func(dst, dout, x []float32)
+	// expSub sets dst = exp(src − shift), for src ≤ shift, and returns
+	// the sum of dst.
+	expSub func(dst, src []float32, shift float32) float32
 }
 
 func bestVec() vecKernels {
 	if !cpu.X86.HasAVX512F {
 		return vecKernels{}
 	}
-	return vecKernels{geluFwd: geluFwd512, geluBwd: geluBwd512}
+	return vecKernels{geluFwd: geluFwd512, geluBwd: geluBwd512, expSub: expSub512}
+}
+
+func expSub512(dst, src []float32, shift float32) float32 {
+	if len(src) == 0 {
+		return 0
+	}
+	_ = dst[len(src)-1]
+	return expSubAVX512(unsafe.SliceData(dst), unsafe.SliceData(src), len(src), shift, &geluConsts[0])
 }
 
 // The wrappers run whole vectors of 16 in place and the tail through a

@@ -123,3 +123,78 @@ gbloop:
 gbdone:
 	VZEROUPPER
 	RET
+
+// EXPZ4 sets Z6 = exp(Z4) for Z4 ≤ 0 (clamped below at −88), with the
+// constants' base in SI; it clobbers Z4, Z5 and Z7.
+#define EXPZ4 \
+	VMAXPS.BCST  C_MINARG(SI), Z4, Z4; \
+	VMULPS.BCST  C_LOG2E(SI), Z4, Z5; \
+	VRNDSCALEPS  $0, Z5, Z5; \
+	VFNMADD231PS.BCST C_LN2HI(SI), Z5, Z4; \
+	VFNMADD231PS.BCST C_LN2LO(SI), Z5, Z4; \
+	VBROADCASTSS C_E0(SI), Z6; \
+	VFMADD213PS.BCST C_E1(SI), Z4, Z6; \
+	VFMADD213PS.BCST C_E2(SI), Z4, Z6; \
+	VFMADD213PS.BCST C_E3(SI), Z4, Z6; \
+	VFMADD213PS.BCST C_E4(SI), Z4, Z6; \
+	VFMADD213PS.BCST C_E5(SI), Z4, Z6; \
+	VMULPS       Z4, Z4, Z7; \
+	VFMADD213PS  Z4, Z7, Z6; \
+	VADDPS.BCST  C_ONE(SI), Z6, Z6; \
+	VSCALEFPS    Z5, Z6, Z6
+
+// func expSubAVX512(dst, src *float32, n int, shift float32, consts *float32) float32
+//
+// dst[i] = exp(src[i] − shift) for i < n, and returns their sum: 16 lane
+// sums in index order, then the lanes added in a fixed order. Arguments
+// must be ≤ 0 (shift is the maximum), as in a softmax.
+TEXT ·expSubAVX512(SB), NOSPLIT, $0-44
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), AX
+	MOVQ n+16(FP), CX
+	MOVQ consts+32(FP), SI
+	VBROADCASTSS shift+24(FP), Z1
+	VPXORD Z8, Z8, Z8
+	MOVQ CX, DX
+	SHRQ $4, CX
+	JZ   estail
+
+esloop:
+	VMOVUPS (AX), Z4
+	VSUBPS  Z1, Z4, Z4
+	EXPZ4
+	VMOVUPS Z6, (DI)
+	VADDPS  Z6, Z8, Z8
+	ADDQ    $64, AX
+	ADDQ    $64, DI
+	DECQ    CX
+	JNZ     esloop
+
+estail:
+	ANDQ $15, DX
+	JZ   essum
+	// K1 = the low DX lanes.
+	MOVQ  $1, BX
+	MOVQ  DX, CX
+	SHLQ  CX, BX
+	DECQ  BX
+	KMOVW BX, K1
+	VMOVUPS.Z (AX), K1, Z4
+	VSUBPS  Z1, Z4, Z4
+	EXPZ4
+	VMOVUPS Z6, K1, (DI)
+	VADDPS  Z6, Z8, K1, Z8
+
+essum:
+	// Fold 16 lanes to 1: halves added pairwise, the same order every time.
+	VEXTRACTF32X8 $1, Z8, Y9
+	VADDPS        Y9, Y8, Y8
+	VEXTRACTF128  $1, Y8, X9
+	VADDPS        X9, X8, X8
+	VPERMILPS     $0x4E, X8, X9
+	VADDPS        X9, X8, X8
+	VPERMILPS     $0xB1, X8, X9
+	VADDSS        X9, X8, X8
+	MOVSS         X8, ret+40(FP)
+	VZEROUPPER
+	RET
