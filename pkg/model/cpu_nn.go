@@ -464,6 +464,14 @@ func checkAttention(op string, t, ch, heads int) {
 	}
 }
 
+// reserveAttention grows every worker's scratch for the products of one head
+// (t×t×hs, t×hs×t and their transposes) and the t×t attention gradient.
+func (c *CPU) reserveAttention(t, hs int) {
+	mr, nr := c.kern.mr, c.kern.nr
+	d := max(t, hs)
+	c.reserve(ceilDiv(t, mr)*mr*d, ceilDiv(d, nr)*nr*d, t*t)
+}
+
 // AttentionForward implements Backend.
 func (c *CPU) AttentionForward(out, att, qkv []float32, n, t, ch, heads int) {
 	checkAttention("AttentionForward", t, ch, heads)
@@ -476,6 +484,7 @@ func (c *CPU) AttentionForward(out, att, qkv []float32, n, t, ch, heads int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	hs := ch / heads
+	c.reserveAttention(t, hs)
 	c.attnFwd = attnTask{cpu: c, out: out, att: att, qkv: qkv, t: t, c: ch, heads: heads, scale: float32(1 / math.Sqrt(float64(hs)))}
 	c.run(&c.attnFwd, n*heads, 2*n*t*t*ch)
 	c.attnFwd = attnTask{}
@@ -494,6 +503,7 @@ func (c *CPU) AttentionBackward(dqkv, dout, qkv, att []float32, n, t, ch, heads 
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	hs := ch / heads
+	c.reserveAttention(t, hs)
 	c.attnBwd = attnTask{cpu: c, out: dout, att: att, qkv: qkv, dqkv: dqkv, t: t, c: ch, heads: heads, scale: float32(1 / math.Sqrt(float64(hs)))}
 	c.run(&c.attnBwd, n*heads, 4*n*t*t*ch)
 	c.attnBwd = attnTask{}

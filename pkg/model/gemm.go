@@ -309,6 +309,21 @@ func sliceFrom(s []float32, off, n int) []float32 {
 	return s[off:][:n]
 }
 
+// reserve grows every worker's scratch to hold packed operands of a and b
+// floats, a C tile, and att floats of attention scratch. Kernels call it,
+// holding c.mu, before they start workers: which worker runs which item is
+// decided at run time, so growing scratch inside an item would allocate in
+// whichever later call first gives that worker a larger item.
+func (c *CPU) reserve(a, b, att int) {
+	for i := range c.scratch {
+		sc := &c.scratch[i]
+		sc.a.get(a)
+		sc.b.get(b)
+		sc.tile.get(c.kern.mr * c.kern.nr)
+		sc.attn.get(att)
+	}
+}
+
 // gemmSerial computes op on the calling goroutine with worker's scratch.
 // Operands already packed are passed as ap or bp (nil: pack them here).
 func (c *CPU) gemmSerial(op *gemmOp, worker int, ap, bp []float32) {
@@ -354,6 +369,7 @@ func (c *CPU) gemmParallel(op *gemmOp, ap, bp []float32) {
 		c.run(t, items, op.packedA()+op.packedB())
 	}
 	t.phase = phaseCompute
+	c.reserve(0, 0, 0)
 	t.tileM, t.tileN = gemmTiles(op, c.workers)
 	t.tilesN = ceilDiv(op.nStrips, t.tileN)
 	c.run(t, ceilDiv(op.mStrips, t.tileM)*t.tilesN, op.m*op.n*op.k)
@@ -441,6 +457,7 @@ func (c *CPU) GemmStridedBatched(transA, transB bool, m, n, k int, alpha float32
 		op.packB(bp, 0, op.nStrips)
 	}
 	if batch >= c.workers || batch*work < minParallelWork {
+		c.reserve(op.packedA(), op.packedB(), 0)
 		t := &c.gemm
 		*t = gemmTask{phase: phaseMatrix, op: op, cpu: c, ap: ap, bp: bp,
 			a: a, b: b, c: cm, sa: strideA, sb: strideB, sc: strideC, lenA: lenA, lenB: lenB, lenC: lenC}

@@ -315,7 +315,8 @@ func TestLMDeterminism(t *testing.T) {
 }
 
 // TestLMAllocations requires that steps at a batch shape seen before (or a
-// smaller one) allocate nothing; see TestCNNAllocations for GOMAXPROCS.
+// smaller one) allocate nothing; see TestCNNAllocations for GOMAXPROCS and
+// the warm-up.
 func TestLMAllocations(t *testing.T) {
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	for _, cfg := range smallLMs {
@@ -335,7 +336,9 @@ func TestLMAllocations(t *testing.T) {
 				ClipGradNorm(be, m.Grads(), 1)
 				opt.Step(m.Params(), m.Grads())
 			}
-			step(full)
+			for range 3 {
+				step(full)
+			}
 			m.SetGradReadyHook(hook)
 			short := Batch{N: 3, T: cfg.Ctx - 2, Tokens: full.Tokens[:3*(cfg.Ctx-2)], Targets: full.Targets[:3*(cfg.Ctx-2)]}
 			for _, b := range []Batch{full, full, short} {
