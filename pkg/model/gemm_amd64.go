@@ -13,6 +13,12 @@ func transpose8x8(dst *float32, dstStride int, src *float32, srcStride int, bloc
 //go:noescape
 func copyBlocks8(dst *float32, dstStride int, src *float32, srcStride int, rows, width int)
 
+// fmaPeakAVX512 runs n iterations of 12 independent 16-lane FMAs (384
+// floating-point operations each); BenchmarkPeak times it.
+//
+//go:noescape
+func fmaPeakAVX512(n int)
+
 //go:noescape
 func kernel6x16AVX2(kc int, a *float32, aRow, aK int, b, c *float32, ldc int, alpha, beta float32, betaZero int)
 
