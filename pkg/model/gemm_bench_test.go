@@ -2,7 +2,11 @@ package model
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
+
+	"gonum.org/v1/gonum/blas"
+	"gorgonia.org/tensor"
 )
 
 // gemmShapes are the products the models spend their time in, plus square
@@ -23,18 +27,58 @@ var gemmShapes = []struct {
 	{"cnn_conv2_dw", false, true, 64, 288, 12544},
 }
 
+// BenchmarkGemm runs each shape with one worker (compare with BenchmarkPeak's
+// one core) and with GOMAXPROCS workers (all cores).
 func BenchmarkGemm(b *testing.B) {
 	for _, s := range gemmShapes {
-		b.Run(fmt.Sprintf("%s_%dx%dx%d", s.name, s.m, s.n, s.k), func(b *testing.B) {
-			be := NewCPU(0)
+		for _, workers := range []int{1, 0} {
+			name := fmt.Sprintf("%s_%dx%dx%d/%s", s.name, s.m, s.n, s.k, map[bool]string{true: "one_core", false: "all_cores"}[workers == 1])
+			b.Run(name, func(b *testing.B) { benchGemm(b, NewCPU(workers), s.transA, s.transB, s.m, s.n, s.k) })
+		}
+	}
+}
+
+func benchGemm(b *testing.B, be *CPU, transA, transB bool, m, n, k int) {
+	r := newRand(1)
+	ar, ac := stored(transA, m, k)
+	br, bc := stored(transB, k, n)
+	a, bb, c := uniform32(r, ar*ac, -1, 1), uniform32(r, br*bc, -1, 1), make([]float32, m*n)
+	be.Gemm(transA, transB, m, n, k, 1, a, ac, bb, bc, 0, c, n)
+	b.ReportAllocs()
+	for b.Loop() {
+		be.Gemm(transA, transB, m, n, k, 1, a, ac, bb, bc, 0, c, n)
+	}
+	b.ReportMetric(2*float64(m*n*k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+// BenchmarkGemmPeers runs a few shapes on one core through the pure-Go
+// micro-kernel (the path of CPUs without AVX2) and through gonum's Sgemm
+// (gorgonia.org/tensor's default BLAS, which the CPU backend used before),
+// for comparison with BenchmarkGemm's one_core results.
+func BenchmarkGemmPeers(b *testing.B) {
+	for _, s := range gemmShapes {
+		if s.name != "square512" && s.name != "gpt_fc_fwd" && s.name != "cnn_conv2_fwd" {
+			continue
+		}
+		shape := fmt.Sprintf("%s_%dx%dx%d", s.name, s.m, s.n, s.k)
+		b.Run(shape+"/pure_go", func(b *testing.B) { benchGemm(b, NewCPUPureGo(1), s.transA, s.transB, s.m, s.n, s.k) })
+		b.Run(shape+"/gonum", func(b *testing.B) {
 			r := newRand(1)
 			ar, ac := stored(s.transA, s.m, s.k)
 			br, bc := stored(s.transB, s.k, s.n)
 			a, bb, c := uniform32(r, ar*ac, -1, 1), uniform32(r, br*bc, -1, 1), make([]float32, s.m*s.n)
-			be.Gemm(s.transA, s.transB, s.m, s.n, s.k, 1, a, ac, bb, bc, 0, c, s.n)
-			b.ReportAllocs()
+			tA, tB := blas.NoTrans, blas.NoTrans
+			if s.transA {
+				tA = blas.Trans
+			}
+			if s.transB {
+				tB = blas.Trans
+			}
+			impl := tensor.WhichBLAS()
+			// gonum parallelises large products itself; one core here.
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 			for b.Loop() {
-				be.Gemm(s.transA, s.transB, s.m, s.n, s.k, 1, a, ac, bb, bc, 0, c, s.n)
+				impl.Sgemm(tA, tB, s.m, s.n, s.k, 1, a, ac, bb, bc, 0, c, s.n)
 			}
 			b.ReportMetric(2*float64(s.m*s.n*s.k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 		})
