@@ -75,6 +75,8 @@ type cnnBackwardActs struct {
 	dcol2   []float32
 	dp1     []float32
 	da1     []float32
+	dwPart  []float32 // [n][OC][C·KH·KW]: each image's share of a conv weight gradient
+	ones    []float32 // [n] ones
 }
 
 // NewCNN returns the CNN with PyTorch's default initialisation for Conv2d and
@@ -294,11 +296,18 @@ func (m *CNN) convForward(g ConvGeom, outC int, w, b, col, x, y []float32, n int
 // through dcol. The images' contributions to dw are added in image order.
 func (m *CNN) convBackward(g ConvGeom, outC int, dx, dcol, dw, db, dy, col, w []float32, n int) {
 	rows, cols := g.ColRows(), g.ColCols()
-	// dw += Σᵢ dyᵢ·colᵢᵀ: a sum over images, so not a batched GEMM (its outputs
-	// would overlap) but one accumulating GEMM per image, in image order.
-	for i := 0; i < n; i++ {
-		m.be.Gemm(false, true, outC, rows, cols, 1, dy[i*outC*cols:], cols, col[i*rows*cols:], cols, 1, dw, rows)
+	// dw += Σᵢ dyᵢ·colᵢᵀ: each image's product in one batched GEMM (one
+	// image per worker at a time), then their sum, in image order, as the
+	// product of a row of ones with the stacked shares.
+	d := &m.bwd
+	d.dwPart = m.grow(d.dwPart, n*outC*rows)
+	if len(d.ones) < n {
+		d.ones = m.be.Alloc(n)
+		fill(d.ones, 1)
 	}
+	part, ones := d.dwPart, d.ones[:n]
+	m.be.GemmStridedBatched(false, true, outC, rows, cols, 1, dy, cols, outC*cols, col, cols, rows*cols, 0, part, rows, outC*rows, n)
+	m.be.Gemm(false, false, 1, outC*rows, n, 1, ones, n, part, outC*rows, 1, dw, outC*rows)
 	m.be.BiasBackward(db, dy, n, cols)
 	if dx != nil {
 		m.be.GemmStridedBatched(true, false, rows, cols, outC, 1, w, rows, 0, dy, cols, outC*cols, 0, dcol, cols, rows*cols, n)

@@ -59,6 +59,7 @@ type CPU struct {
 	adamw   adamwTask
 
 	partials []float64 // per-item partial sums of a reduction, summed in item order
+	ones     []float32 // a row of ones (BiasBackward of linear layers)
 	lnParts  []float32 // LayerNormBackward's per-block partial dweight, dbias
 }
 

@@ -348,32 +348,20 @@ type biasBwdTask struct {
 	n, inner  int
 }
 
-// biasBwdBlock is the number of channels one item of a linear layer's
-// BiasBackward sums.
-const biasBwdBlock = 64
+// onesVec returns n ones, from a buffer grown on demand; c.mu must be held.
+func (c *CPU) onesVec(n int) []float32 {
+	if len(c.ones) < n {
+		c.ones = make([]float32, max(n, 2*len(c.ones)))
+		fill(c.ones, 1)
+	}
+	return c.ones[:n]
+}
 
 // do reduces one channel. The sum runs in float64 in the fixed order (image,
 // position), so it is exact enough for tens of thousands of terms and the
 // same for any split of channels among workers.
 func (t *biasBwdTask) do(ch, _ int) {
 	channels := len(t.dbias)
-	if t.inner == 1 {
-		// A block of channels, summed row by row (the same order per
-		// channel as below, but reading rows contiguously).
-		c0 := ch * biasBwdBlock
-		c1 := min(c0+biasBwdBlock, channels)
-		var acc [biasBwdBlock]float64
-		sums := acc[:c1-c0]
-		for r := 0; r < t.n; r++ {
-			for i, v := range t.dy[r*channels+c0 : r*channels+c1] {
-				sums[i] += float64(v)
-			}
-		}
-		for i, s := range sums {
-			t.dbias[c0+i] += float32(s)
-		}
-		return
-	}
 	var sum float64
 	for img := 0; img < t.n; img++ {
 		for _, v := range t.dy[(img*channels+ch)*t.inner:][:t.inner] {
@@ -383,17 +371,22 @@ func (t *biasBwdTask) do(ch, _ int) {
 	t.dbias[ch] += float32(sum)
 }
 
-// BiasBackward implements Backend. Items are channels, or blocks of
-// biasBwdBlock channels when inner is 1.
+// BiasBackward implements Backend. For a linear layer (inner = 1) the sums
+// over rows are a product with a row of ones, dbias += 1ᵀ·dy, which the GEMM
+// computes in float32 in its fixed order (as PyTorch sums in float32);
+// otherwise items are channels, each summed in float64 in (image, position)
+// order.
 func (c *CPU) BiasBackward(dbias, dy []float32, n, inner int) {
 	checkLen("BiasBackward", "dy", dy, n*len(dbias)*inner)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.biasBwd = biasBwdTask{dbias: dbias, dy: dy, n: n, inner: inner}
-	items := len(dbias)
 	if inner == 1 {
-		items = ceilDiv(len(dbias), biasBwdBlock)
+		if n > 0 && len(dbias) > 0 {
+			c.gemmLocked(false, false, 1, len(dbias), n, 1, c.onesVec(n), n, 0, dy, len(dbias), 0, 1, dbias, len(dbias), 0, 1)
+		}
+		return
 	}
-	c.run(&c.biasBwd, items, len(dy))
+	c.biasBwd = biasBwdTask{dbias: dbias, dy: dy, n: n, inner: inner}
+	c.run(&c.biasBwd, len(dbias), len(dy))
 	c.biasBwd = biasBwdTask{}
 }

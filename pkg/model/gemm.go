@@ -423,7 +423,12 @@ func (c *CPU) GemmStridedBatched(transA, transB bool, m, n, k int, alpha float32
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.gemmLocked(transA, transB, m, n, k, alpha, a, lda, strideA, b, ldb, strideB, beta, cm, ldc, strideC, batch)
+}
 
+// gemmLocked is GemmStridedBatched for checked arguments, m, n, k, batch and
+// alpha non-zero, with c.mu held.
+func (c *CPU) gemmLocked(transA, transB bool, m, n, k int, alpha float32, a []float32, lda, strideA int, b []float32, ldb, strideB int, beta float32, cm []float32, ldc, strideC int, batch int) {
 	ar, ac := m, k
 	if transA {
 		ar, ac = k, m

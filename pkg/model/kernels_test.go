@@ -374,9 +374,17 @@ func TestKernelsWorkerInvariant(t *testing.T) {
 		be.BiasForward(biased, bias, n, g.H*g.W)
 		db := make([]float32, g.C)
 		be.BiasBackward(db, dy, n, g.H*g.W)
+		// A linear layer's bias (inner 1): rows of 14·14·8 channels.
+		rowsBiased := append([]float32(nil), x...)
+		rowBias := uniform32(newRand(17), g.H*g.W*g.C, -1, 1)
+		be.BiasForward(rowsBiased, rowBias, n, 1)
+		dbRows := make([]float32, len(rowBias))
+		be.BiasBackward(dbRows, dy, n, 1)
 		probs := make([]float32, len(logits))
 		loss = be.SoftmaxCrossEntropyForward(probs, logits, labels, len(labels), classes)
-		return [][]float32{col, dx, pool, dpool, relu, drelu, biased, db, probs}, loss
+		dl := make([]float32, len(logits))
+		be.SoftmaxCrossEntropyBackward(dl, probs, labels, len(labels), classes, 0.5)
+		return [][]float32{col, dx, pool, dpool, relu, drelu, biased, db, rowsBiased, dbRows, probs, dl}, loss
 	}
 	want, wantLoss := run(1)
 	for _, workers := range []int{2, 3} {
