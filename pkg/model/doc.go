@@ -71,7 +71,8 @@
 // runs assembly micro-kernels (AVX-512 8×32 or AVX2+FMA 6×16, chosen with
 // golang.org/x/sys/cpu), parallel over tiles of C; other CPUs, and builds
 // with the noasm tag, use a pure-Go micro-kernel, which NewCPUPureGo selects
-// anywhere. GELU has an AVX-512 version; the other kernels are Go loops. See
+// anywhere. GELU and the softmax exponentials have AVX-512 versions; the
+// other kernels are Go loops. See
 // docs/benchmarks.md for speeds against the machine's peak and PyTorch.
 //
 // # Determinism

@@ -5,12 +5,19 @@ import (
 	"unsafe"
 )
 
-// The CPU backend's GEMM, in the manner of BLIS and GotoBLAS: op(A) is packed
-// into strips of MR rows and op(B) into strips of NR columns, each strip laid
-// out k-major so that a micro-kernel walks both panels sequentially and keeps
-// an MR×NR block of C in registers. Micro-kernels are written in assembly
-// for AVX-512 (8×32) and AVX2 with FMA (6×16); other CPUs, and builds with
-// the noasm tag, use a 4×4 kernel in Go.
+// The CPU backend's GEMM, in the manner of BLIS and GotoBLAS: op(B) is packed
+// into strips of NR columns laid out k-major, so that a micro-kernel walks
+// them sequentially and keeps an MR×NR block of C in registers; op(A) is read
+// in place in strips of MR rows when A is row-major (each row a contiguous run
+// of k values) and packed k-major like B otherwise, or where a strip is cut by
+// the edge. Micro-kernels are written in assembly for AVX-512 (8×32) and AVX2
+// with FMA (6×16); other CPUs, and builds with the noasm tag, use a 4×4
+// kernel in Go.
+//
+// Parallelism. A product runs either on one worker (small products, and each
+// matrix of a batch at least as large as the team) or on all: the operands
+// are packed by all workers (groups of strips per item), then tiles of C of
+// up to about 192×384 are computed, one per item, k-block by k-block.
 //
 // Determinism. Every element of C is computed by one micro-kernel call per
 // k-block: a chain of multiply-adds over the block, in k order, then one

@@ -3,7 +3,6 @@ package model
 import (
 	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -236,5 +235,3 @@ func testBackends() []*CPU {
 	}
 	return bes
 }
-
-var _ = fmt.Sprint
