@@ -68,7 +68,7 @@ var ErrReplicaMismatch = errors.New("replicas diverged")
 // Run trains to the end of the job and returns its result.
 func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 	spec := t.Spec
-	m, err := model.New(spec.Model, t.Backend, spec.Seed)
+	m, err := model.New(model.Config{Name: spec.Model}, t.Backend, spec.Seed)
 	if err != nil {
 		return nil, err
 	}
@@ -124,12 +124,12 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 		train.Gather(idx, x[:n*mnist.Pixels], y[:n])
 		opt.LR = learningRate(spec.Optimizer, step, total)
 		m.ZeroGrads()
-		lossSum, err := m.ForwardBackward(x[:n*mnist.Pixels], y[:n], n, 1/float32(g))
+		st, err := m.ForwardBackward(model.Batch{N: n, X: x[:n*mnist.Pixels], Targets: y[:n]}, 1/float32(g))
 		if err != nil {
 			return nil, err
 		}
 		copy(comm, grads)
-		comm[P] = float32(lossSum)
+		comm[P] = float32(st.Loss)
 		if err := t.Comm.AllReduce(ctx, comm, allreduce.Sum); err != nil {
 			return nil, fmt.Errorf("step %d: %w", step+1, err)
 		}
@@ -205,19 +205,10 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 
 // learningRate is the schedule's rate for the step after step (0-based)
 // of total: a linear warmup, then constant or a cosine decay to
-// min_lr_ratio of the base rate at the last step.
+// min_lr_ratio of the base rate at the last step (model.Schedule).
 func learningRate(o *pb.Optimizer, step, total int64) float32 {
-	base := float64(o.Lr)
-	if w := o.WarmupSteps; w > 0 && step < w {
-		return float32(base * float64(step+1) / float64(w))
-	}
-	if o.Schedule != "cosine" || total <= 1 {
-		return o.Lr
-	}
-	start := o.WarmupSteps
-	frac := float64(step-start) / float64(max(total-1-start, 1))
-	minLR := base * float64(o.MinLrRatio)
-	return float32(minLR + (base-minLR)*0.5*(1+math.Cos(math.Pi*min(frac, 1))))
+	s := model.Schedule{Base: float64(o.Lr), Warmup: o.WarmupSteps, Total: total, Cosine: o.Schedule == "cosine", MinRatio: float64(o.MinLrRatio)}
+	return float32(s.LR(step))
 }
 
 // totalSteps is the step count at which the job ends.
@@ -288,7 +279,6 @@ func (t *Trainer) evaluate(ctx context.Context, m model.Model) (float64, int64, 
 	const chunk = 256
 	x := make([]float32, chunk*mnist.Pixels)
 	y := make([]int32, chunk)
-	pred := make([]int32, chunk)
 	idx := make([]int32, 0, chunk)
 	correct := 0
 	for i := lo; i < hi; i += chunk {
@@ -301,14 +291,11 @@ func (t *Trainer) evaluate(ctx context.Context, m model.Model) (float64, int64, 
 			idx = append(idx, int32(i+j))
 		}
 		test.Gather(idx, x[:n*mnist.Pixels], y[:n])
-		if err := m.Predict(x[:n*mnist.Pixels], n, pred[:n]); err != nil {
+		st, err := m.Evaluate(model.Batch{N: n, X: x[:n*mnist.Pixels], Targets: y[:n]})
+		if err != nil {
 			return 0, 0, err
 		}
-		for j := range n {
-			if pred[j] == y[j] {
-				correct++
-			}
-		}
+		correct += st.Correct
 	}
 	counts := []float32{float32(correct), float32(hi - lo)}
 	if err := t.Comm.AllReduce(ctx, counts, allreduce.Sum); err != nil {

@@ -37,11 +37,8 @@ func conv2Geom() ConvGeom { return ConvGeom{C: c1Out, H: 14, W: 14, KH: 3, KW: 3
 // CNN is the reference convolutional network for 28×28 single-channel images.
 // It implements Model.
 type CNN struct {
-	be      Backend
-	tensors []TensorInfo
-	params  []float32
-	grads   []float32
-	p, g    cnnTensors // views into params and grads
+	flatModel
+	p, g cnnTensors // views into params and grads
 
 	fwd cnnForwardActs
 	bwd cnnBackwardActs
@@ -78,6 +75,8 @@ type cnnBackwardActs struct {
 	dcol2   []float32
 	dp1     []float32
 	da1     []float32
+	dwPart  []float32 // [n][OC][C·KH·KW]: each image's share of a conv weight gradient
+	ones    []float32 // [n] ones
 }
 
 // NewCNN returns the CNN with PyTorch's default initialisation for Conv2d and
@@ -100,9 +99,9 @@ func NewCNN(be Backend, seed uint64) *CNN {
 	for _, l := range layers {
 		specs = append(specs, tensorSpec{l.name + ".weight", l.weight}, tensorSpec{l.name + ".bias", l.weight[:1]})
 	}
-	table, size := layoutTensors(specs...)
-	m := &CNN{be: be, tensors: table, params: make([]float32, size), grads: make([]float32, size)}
+	m := &CNN{flatModel: newFlatModel(be, specs...)}
 	m.p, m.g = m.views(m.params), m.views(m.grads)
+	table := m.tensors
 
 	src := newInitSource(seed)
 	for i, l := range layers {
@@ -127,44 +126,68 @@ func (m *CNN) views(buf []float32) cnnTensors {
 // Name returns "cnn".
 func (m *CNN) Name() string { return "cnn" }
 
-// Tensors implements Model. It returns a copy.
-func (m *CNN) Tensors() []TensorInfo { return cloneTable(m.tensors) }
+// Config implements Model.
+func (m *CNN) Config() Config { return Config{Name: "cnn"} }
 
-// Params implements Model.
-func (m *CNN) Params() []float32 { return m.params }
-
-// Grads implements Model.
-func (m *CNN) Grads() []float32 { return m.grads }
-
-// ZeroGrads implements Model.
-func (m *CNN) ZeroGrads() { clear(m.grads) }
-
-// ForwardBackward implements Model. x is [n][1][28][28] and y holds n labels.
-// Batches of more than 128 samples run in chunks of 128, in order, to bound
-// memory.
-func (m *CNN) ForwardBackward(x []float32, y []int32, n int, scale float32) (float64, error) {
-	if err := m.checkInput(x, n); err != nil {
-		return 0, err
+// ForwardBackward implements Model. b.X is [N][1][28][28] and b.Targets holds
+// N labels in [0, 10). Batches of more than 128 samples run in chunks of 128,
+// in order, to bound memory; the gradient-ready hook fires during the last.
+func (m *CNN) ForwardBackward(b Batch, scale float32) (Stats, error) {
+	if err := m.checkBatch(b); err != nil {
+		return Stats{}, err
 	}
-	if len(y) != n {
-		return 0, fmt.Errorf("model: cnn: %d labels for %d samples", len(y), n)
-	}
-	for i, l := range y {
-		if l < 0 || l >= CNNClasses {
-			return 0, fmt.Errorf("model: cnn: label %d of sample %d is outside [0,%d)", l, i, CNNClasses)
-		}
-	}
-	var loss float64
+	n, x, y := b.N, b.X, b.Targets
+	st := Stats{Terms: n}
+	m.ready.start(len(m.grads))
 	for lo := 0; lo < n; lo += cnnMaxChunk {
 		k := min(cnnMaxChunk, n-lo)
 		m.forward(x[lo*CNNInputSize:(lo+k)*CNNInputSize], k)
-		loss += m.be.SoftmaxCrossEntropyForward(m.fwd.probs[:k*CNNClasses], m.fwd.logits[:k*CNNClasses], y[lo:lo+k], k, CNNClasses)
-		m.backward(y[lo:lo+k], k, scale)
+		logits, labels := m.fwd.logits[:k*CNNClasses], y[lo:lo+k]
+		st.Loss += m.be.SoftmaxCrossEntropyForward(m.fwd.probs[:k*CNNClasses], logits, labels, k, CNNClasses)
+		st.Correct += m.be.ArgmaxMatches(logits, labels, k, CNNClasses)
+		m.backward(labels, k, scale, lo+k == n)
 	}
-	return loss, nil
+	m.ready.finish()
+	return st, nil
 }
 
-// Predict implements Model. Ties go to the lowest class.
+// Evaluate implements Model: the loss and the number of images classified
+// correctly.
+func (m *CNN) Evaluate(b Batch) (Stats, error) {
+	if err := m.checkBatch(b); err != nil {
+		return Stats{}, err
+	}
+	st := Stats{Terms: b.N}
+	for lo := 0; lo < b.N; lo += cnnMaxChunk {
+		k := min(cnnMaxChunk, b.N-lo)
+		m.forward(b.X[lo*CNNInputSize:(lo+k)*CNNInputSize], k)
+		logits, labels := m.fwd.logits[:k*CNNClasses], b.Targets[lo:lo+k]
+		st.Loss += m.be.SoftmaxCrossEntropyForward(m.fwd.probs[:k*CNNClasses], logits, labels, k, CNNClasses)
+		st.Correct += m.be.ArgmaxMatches(logits, labels, k, CNNClasses)
+	}
+	return st, nil
+}
+
+func (m *CNN) checkBatch(b Batch) error {
+	if err := m.checkInput(b.X, b.N); err != nil {
+		return err
+	}
+	if len(b.Targets) != b.N {
+		return fmt.Errorf("model: cnn: %d labels for %d samples", len(b.Targets), b.N)
+	}
+	for i, l := range b.Targets {
+		if l < 0 || l >= CNNClasses {
+			return fmt.Errorf("model: cnn: label %d of sample %d is outside [0,%d)", l, i, CNNClasses)
+		}
+	}
+	if len(b.Tokens) != 0 {
+		return fmt.Errorf("model: cnn: the batch has %d tokens; the CNN reads images (X)", len(b.Tokens))
+	}
+	return nil
+}
+
+// Predict writes the argmax class of each of n images of x into out. Ties go
+// to the lowest class.
 func (m *CNN) Predict(x []float32, n int, out []int32) error {
 	if err := m.checkInput(x, n); err != nil {
 		return err
@@ -176,14 +199,7 @@ func (m *CNN) Predict(x []float32, n int, out []int32) error {
 		k := min(cnnMaxChunk, n-lo)
 		m.forward(x[lo*CNNInputSize:(lo+k)*CNNInputSize], k)
 		for i := 0; i < k; i++ {
-			row := m.fwd.logits[i*CNNClasses : (i+1)*CNNClasses]
-			best := 0
-			for j, v := range row {
-				if v > row[best] {
-					best = j
-				}
-			}
-			out[lo+i] = int32(best)
+			out[lo+i] = int32(argmax(m.fwd.logits[i*CNNClasses : (i+1)*CNNClasses]))
 		}
 	}
 	return nil
@@ -202,7 +218,7 @@ func (m *CNN) checkInput(x []float32, n int) error {
 // forward runs n ≤ cnnMaxChunk samples up to the logits, keeping what
 // backward needs.
 func (m *CNN) forward(x []float32, n int) {
-	m.fwd.ensure(n)
+	m.fwd.ensure(&m.flatModel, n)
 	a, p, be := &m.fwd, &m.p, m.be
 
 	m.convForward(conv1Geom(), c1Out, p.conv1W, p.conv1B, a.col1, x, a.a1, n)
@@ -220,24 +236,34 @@ func (m *CNN) forward(x []float32, n int) {
 
 // backward runs the layers of the last forward in reverse, adding the
 // parameter gradients of scale·(loss sum) into m.grads. The scale enters once,
-// at the logits; everything after is linear in it.
-func (m *CNN) backward(y []int32, n int, scale float32) {
-	m.bwd.ensure(n)
+// at the logits; everything after is linear in it. On the last chunk of a
+// call it reports each layer's gradients as final once they are.
+func (m *CNN) backward(y []int32, n int, scale float32, last bool) {
+	m.bwd.ensure(&m.flatModel, n)
 	a, d, p, g, be := &m.fwd, &m.bwd, &m.p, &m.g, m.be
+	final := func(tensor int) {
+		if last {
+			m.ready.final(m.tensors[tensor].Offset)
+		}
+	}
 
 	be.SoftmaxCrossEntropyBackward(d.dlogits, a.probs, y, n, CNNClasses, scale)
 	m.linearBackward(d.dh, g.fc2W, g.fc2B, d.dlogits, a.h, p.fc2W, n, hidden, CNNClasses)
+	final(6) // fc2
 	be.ReLUBackward(d.dh, d.dh, a.h)
 	m.linearBackward(d.dp2, g.fc1W, g.fc1B, d.dh, a.p2, p.fc1W, n, flatLen, hidden)
+	final(4) // fc1
 
 	be.MaxPool2x2Backward(d.da2, d.dp2, a.arg2, n*c2Out, 14, 14)
 	be.ReLUBackward(d.da2, d.da2, a.a2)
 	m.convBackward(conv2Geom(), c2Out, d.dp1, d.dcol2, g.conv2W, g.conv2B, d.da2, a.col2, p.conv2W, n)
+	final(2) // conv2
 
 	be.MaxPool2x2Backward(d.da1, d.dp1, a.arg1, n*c1Out, 28, 28)
 	be.ReLUBackward(d.da1, d.da1, a.a1)
 	// The input needs no gradient: skip conv1's dx (and its col buffer).
 	m.convBackward(conv1Geom(), c1Out, nil, nil, g.conv1W, g.conv1B, d.da1, a.col1, p.conv1W, n)
+	final(0) // conv1
 }
 
 // linearForward sets y = x·wᵀ + b for x [n][in] and w [out][in] (nn.Linear's
@@ -270,11 +296,18 @@ func (m *CNN) convForward(g ConvGeom, outC int, w, b, col, x, y []float32, n int
 // through dcol. The images' contributions to dw are added in image order.
 func (m *CNN) convBackward(g ConvGeom, outC int, dx, dcol, dw, db, dy, col, w []float32, n int) {
 	rows, cols := g.ColRows(), g.ColCols()
-	// dw += Σᵢ dyᵢ·colᵢᵀ: a sum over images, so not a batched GEMM (its outputs
-	// would overlap) but one accumulating GEMM per image, in image order.
-	for i := 0; i < n; i++ {
-		m.be.Gemm(false, true, outC, rows, cols, 1, dy[i*outC*cols:], cols, col[i*rows*cols:], cols, 1, dw, rows)
+	// dw += Σᵢ dyᵢ·colᵢᵀ: each image's product in one batched GEMM (one
+	// image per worker at a time), then their sum, in image order, as the
+	// product of a row of ones with the stacked shares.
+	d := &m.bwd
+	d.dwPart = m.grow(d.dwPart, n*outC*rows)
+	if len(d.ones) < n {
+		d.ones = m.be.Alloc(n)
+		fill(d.ones, 1)
 	}
+	part, ones := d.dwPart, d.ones[:n]
+	m.be.GemmStridedBatched(false, true, outC, rows, cols, 1, dy, cols, outC*cols, col, cols, rows*cols, 0, part, rows, outC*rows, n)
+	m.be.Gemm(false, false, 1, outC*rows, n, 1, ones, n, part, outC*rows, 1, dw, outC*rows)
 	m.be.BiasBackward(db, dy, n, cols)
 	if dx != nil {
 		m.be.GemmStridedBatched(true, false, rows, cols, outC, 1, w, rows, 0, dy, cols, outC*cols, 0, dcol, cols, rows*cols, n)
@@ -284,37 +317,28 @@ func (m *CNN) convBackward(g ConvGeom, outC int, dx, dcol, dw, db, dy, col, w []
 
 // ensure sizes the buffers for n samples. They grow to the largest n seen and
 // are resliced, never reallocated, for smaller ones.
-func (a *cnnForwardActs) ensure(n int) {
+func (a *cnnForwardActs) ensure(f *flatModel, n int) {
 	g1, g2 := conv1Geom(), conv2Geom()
-	a.col1 = resize(a.col1, n*g1.ColRows()*g1.ColCols())
-	a.a1 = resize(a.a1, n*c1Out*28*28)
-	a.p1 = resize(a.p1, n*c1Out*14*14)
-	a.arg1 = resize(a.arg1, n*c1Out*14*14)
-	a.col2 = resize(a.col2, n*g2.ColRows()*g2.ColCols())
-	a.a2 = resize(a.a2, n*c2Out*14*14)
-	a.p2 = resize(a.p2, n*flatLen)
-	a.arg2 = resize(a.arg2, n*flatLen)
-	a.h = resize(a.h, n*hidden)
-	a.logits = resize(a.logits, n*CNNClasses)
-	a.probs = resize(a.probs, n*CNNClasses)
+	a.col1 = f.grow(a.col1, n*g1.ColRows()*g1.ColCols())
+	a.a1 = f.grow(a.a1, n*c1Out*28*28)
+	a.p1 = f.grow(a.p1, n*c1Out*14*14)
+	a.arg1 = f.growInt32(a.arg1, n*c1Out*14*14)
+	a.col2 = f.grow(a.col2, n*g2.ColRows()*g2.ColCols())
+	a.a2 = f.grow(a.a2, n*c2Out*14*14)
+	a.p2 = f.grow(a.p2, n*flatLen)
+	a.arg2 = f.growInt32(a.arg2, n*flatLen)
+	a.h = f.grow(a.h, n*hidden)
+	a.logits = f.grow(a.logits, n*CNNClasses)
+	a.probs = f.grow(a.probs, n*CNNClasses)
 }
 
-func (d *cnnBackwardActs) ensure(n int) {
+func (d *cnnBackwardActs) ensure(f *flatModel, n int) {
 	g2 := conv2Geom()
-	d.dlogits = resize(d.dlogits, n*CNNClasses)
-	d.dh = resize(d.dh, n*hidden)
-	d.dp2 = resize(d.dp2, n*flatLen)
-	d.da2 = resize(d.da2, n*c2Out*14*14)
-	d.dcol2 = resize(d.dcol2, n*g2.ColRows()*g2.ColCols())
-	d.dp1 = resize(d.dp1, n*c1Out*14*14)
-	d.da1 = resize(d.da1, n*c1Out*28*28)
-}
-
-// resize returns buf with length n, reallocating only when its capacity is
-// smaller.
-func resize[T float32 | int32](buf []T, n int) []T {
-	if cap(buf) < n {
-		return make([]T, n)
-	}
-	return buf[:n]
+	d.dlogits = f.grow(d.dlogits, n*CNNClasses)
+	d.dh = f.grow(d.dh, n*hidden)
+	d.dp2 = f.grow(d.dp2, n*flatLen)
+	d.da2 = f.grow(d.da2, n*c2Out*14*14)
+	d.dcol2 = f.grow(d.dcol2, n*g2.ColRows()*g2.ColCols())
+	d.dp1 = f.grow(d.dp1, n*c1Out*14*14)
+	d.da1 = f.grow(d.da1, n*c1Out*28*28)
 }

@@ -126,7 +126,7 @@ func TestCNNGradientCheck(t *testing.T) {
 	const n = 2
 	m := NewCNN(NewCPU(2), 3)
 	x, y := testBatch(4, n)
-	loss, err := m.ForwardBackward(x, y, n, 1)
+	loss, err := cnnFB(m, x, y, n, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +200,7 @@ func TestCNNGradientCheck(t *testing.T) {
 	// refCNN above.
 	grads := append([]float32(nil), m.Grads()...)
 	loss32 := func() float64 {
-		l, err := m.ForwardBackward(x, y, n, 0) // scale 0: Grads unchanged
+		l, err := cnnFB(m, x, y, n, 0) // scale 0: Grads unchanged
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -217,7 +217,7 @@ func TestCNNScaleAndAccumulate(t *testing.T) {
 	const n = 6
 	x, y := testBatch(6, n)
 	m := NewCNN(NewCPU(2), 1)
-	full, err := m.ForwardBackward(x, y, n, 1)
+	full, err := cnnFB(m, x, y, n, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +225,7 @@ func TestCNNScaleAndAccumulate(t *testing.T) {
 
 	// A power-of-two scale multiplies every intermediate exactly.
 	m.ZeroGrads()
-	if _, err := m.ForwardBackward(x, y, n, 0.25); err != nil {
+	if _, err := cnnFB(m, x, y, n, 0.25); err != nil {
 		t.Fatal(err)
 	}
 	for i, g := range m.Grads() {
@@ -236,8 +236,8 @@ func TestCNNScaleAndAccumulate(t *testing.T) {
 
 	// Two halves accumulate to the whole batch, as two ranks' shares do.
 	m.ZeroGrads()
-	l1, err1 := m.ForwardBackward(x[:2*CNNInputSize], y[:2], 2, 1)
-	l2, err2 := m.ForwardBackward(x[2*CNNInputSize:], y[2:], n-2, 1)
+	l1, err1 := cnnFB(m, x[:2*CNNInputSize], y[:2], 2, 1)
+	l2, err2 := cnnFB(m, x[2*CNNInputSize:], y[2:], n-2, 1)
 	if err1 != nil || err2 != nil {
 		t.Fatal(err1, err2)
 	}
@@ -256,7 +256,7 @@ func TestCNNScaleAndAccumulate(t *testing.T) {
 
 	// n = 0 is a rank with no samples: no loss, grads untouched.
 	before := append([]float32(nil), m.Grads()...)
-	if l, err := m.ForwardBackward(nil, nil, 0, 1); l != 0 || err != nil {
+	if l, err := cnnFB(m, nil, nil, 0, 1); l != 0 || err != nil {
 		t.Errorf("n=0: loss %v, err %v; want 0, nil", l, err)
 	}
 	equalBits(t, "grads after n=0", m.Grads(), before)
@@ -280,7 +280,7 @@ func TestCNNInputErrors(t *testing.T) {
 		{"negative label", x, []int32{-1, 0}, 2, "label -1 of sample 0"},
 	} {
 		before := append([]float32(nil), m.Grads()...)
-		_, err := m.ForwardBackward(tc.x, tc.y, tc.n, 1)
+		_, err := cnnFB(m, tc.x, tc.y, tc.n, 1)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want one containing %q", tc.name, err, tc.want)
 		}
@@ -301,7 +301,7 @@ func TestCNNDeterminism(t *testing.T) {
 	x, y := testBatch(7, n)
 	run := func(workers int) (float64, []float32) {
 		m := NewCNN(NewCPU(workers), 11)
-		loss, err := m.ForwardBackward(x, y, n, 1.0/n)
+		loss, err := cnnFB(m, x, y, n, 1.0/n)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -310,7 +310,7 @@ func TestCNNDeterminism(t *testing.T) {
 			m.Params()[i] -= 0.1 * g
 		}
 		m.ZeroGrads()
-		loss2, err := m.ForwardBackward(x, y, n, 1.0/n)
+		loss2, err := cnnFB(m, x, y, n, 1.0/n)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -332,18 +332,23 @@ func TestCNNDeterminism(t *testing.T) {
 // TestCNNAllocations requires that a step at a batch size seen before
 // allocates nothing, goroutines included. testing.AllocsPerRun rounds the
 // mean down, so it is run once per measurement: any allocation counts. It
-// measures at GOMAXPROCS=1 (with two workers still started); see team for the
-// runtime's warm-up allocations with more Ps.
+// measures at GOMAXPROCS=1 (with two workers still started), after warming
+// up at GOMAXPROCS=1 too: changing GOMAXPROCS drops per-P runtime caches
+// (goroutine descriptors, the wait queues' entries), which the next calls
+// refill; see team for the runtime's warm-up allocations with more Ps.
 func TestCNNAllocations(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	m := NewCNN(NewCPU(2), 1)
 	x, y := testBatch(8, 8)
 	out := make([]int32, 8)
-	if _, err := m.ForwardBackward(x, y, 8, 0.125); err != nil {
-		t.Fatal(err)
+	for range 3 {
+		if _, err := cnnFB(m, x, y, 8, 0.125); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, n := range []int{8, 8, 5} { // 5: smaller batches reuse the buffers
 		got := testing.AllocsPerRun(1, func() {
-			if _, err := m.ForwardBackward(x[:n*CNNInputSize], y[:n], n, 0.125); err != nil {
+			if _, err := cnnFB(m, x[:n*CNNInputSize], y[:n], n, 0.125); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -368,7 +373,7 @@ func TestCNNPredict(t *testing.T) {
 	}
 	for _, lo := range []int{0, cnnMaxChunk - 1, cnnMaxChunk} { // the last chunk starts at cnnMaxChunk
 		k := min(3, n-lo)
-		if _, err := m.ForwardBackward(x[lo*CNNInputSize:(lo+k)*CNNInputSize], y[lo:lo+k], k, 0); err != nil {
+		if _, err := cnnFB(m, x[lo*CNNInputSize:(lo+k)*CNNInputSize], y[lo:lo+k], k, 0); err != nil {
 			t.Fatal(err)
 		}
 		for i := 0; i < k; i++ {
@@ -416,7 +421,7 @@ func TestCNNTrains(t *testing.T) {
 	for step := 0; step < steps; step++ {
 		lo := (step * batch) % n
 		m.ZeroGrads()
-		loss, err := m.ForwardBackward(x[lo*CNNInputSize:(lo+batch)*CNNInputSize], y[lo:lo+batch], batch, 1.0/batch)
+		loss, err := cnnFB(m, x[lo*CNNInputSize:(lo+batch)*CNNInputSize], y[lo:lo+batch], batch, 1.0/batch)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -444,15 +449,15 @@ func TestCNNTrains(t *testing.T) {
 }
 
 func TestNew(t *testing.T) {
-	m, err := New("cnn", NewCPU(1), 5)
+	m, err := New(Config{Name: "cnn"}, NewCPU(1), 5)
 	if err != nil || m.Name() != "cnn" {
 		t.Fatalf("New(cnn) = %v, %v", m, err)
 	}
 	equalBits(t, "New(cnn) vs NewCNN", m.Params(), NewCNN(NewCPU(1), 5).Params())
-	if _, err := New("resnet", NewCPU(1), 5); err == nil || !strings.Contains(err.Error(), `unknown model "resnet" (known: cnn)`) {
+	if _, err := New(Config{Name: "resnet"}, NewCPU(1), 5); err == nil || !strings.Contains(err.Error(), `unknown model "resnet" (known: cnn, lstm, gpt)`) {
 		t.Errorf("New(resnet): error %v", err)
 	}
-	if _, err := New("cnn", nil, 5); err == nil {
+	if _, err := New(Config{Name: "cnn"}, nil, 5); err == nil {
 		t.Error("New with a nil backend: no error")
 	}
 }
@@ -479,13 +484,13 @@ func BenchmarkCNNForwardBackward(b *testing.B) {
 	// Warm up: size the buffers, and let the scheduler's free lists fill
 	// (see team), so that allocs/op shows the steady state.
 	for range 10 {
-		if _, err := m.ForwardBackward(x, y, n, 1.0/n); err != nil {
+		if _, err := cnnFB(m, x, y, n, 1.0/n); err != nil {
 			b.Fatal(err)
 		}
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := m.ForwardBackward(x, y, n, 1.0/n); err != nil {
+		if _, err := cnnFB(m, x, y, n, 1.0/n); err != nil {
 			b.Fatal(err)
 		}
 	}

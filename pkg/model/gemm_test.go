@@ -4,9 +4,6 @@ import (
 	"fmt"
 	"math"
 	"testing"
-
-	"gonum.org/v1/gonum/blas"
-	"gorgonia.org/tensor"
 )
 
 // naiveProduct is the triple loop, in float64, of op(A)·op(B) (m×n). It also
@@ -44,45 +41,52 @@ func stored(trans bool, r, c int) (int, int) {
 	return r, c
 }
 
+// allKernels are the micro-kernels this machine can run: its assembly ones
+// and the pure-Go one.
+func allKernels() []microKernel { return append(asmKernels(), goKernel) }
+
 func TestGemmMatchesNaive(t *testing.T) {
 	r := newRand(1)
-	sizes := [][3]int{{1, 1, 1}, {7, 5, 3}, {3, 11, 1}, {33, 130, 65}, {70, 129, 100}, {65, 257, 17}}
+	// Sizes around the kernels' tiles (8×32, 6×16, 4×4), k across block
+	// boundaries (kBlock cuts 300 into 150+150 and 600 into 200×3).
+	sizes := [][3]int{{1, 1, 1}, {7, 5, 3}, {3, 11, 1}, {8, 32, 9}, {17, 33, 300}, {33, 130, 65}, {70, 129, 100}, {6, 47, 600}}
 	scalars := [][2]float32{{1, 0}, {1, 1}, {0.5, 1}, {-1.5, 0.25}, {2, -1}}
-	for _, sz := range sizes {
-		m, n, k := sz[0], sz[1], sz[2]
-		for _, tA := range []bool{false, true} {
-			for _, tB := range []bool{false, true} {
-				// Leading dimensions larger than the rows, so strides are exercised.
-				ar, ac := stored(tA, m, k)
-				br, bc := stored(tB, k, n)
-				lda, ldb, ldc := ac+3, bc+1, n+2
-				a := uniform32(r, (ar-1)*lda+ac, -1, 1)
-				b := uniform32(r, (br-1)*ldb+bc, -1, 1)
-				c0 := uniform32(r, m*ldc, -1, 1)
-				const pad = float32(1234.5) // in C's ldc padding, which Gemm must not touch
-				for i := 0; i < m; i++ {
-					for j := n; j < ldc; j++ {
-						c0[i*ldc+j] = pad
+	for _, kern := range allKernels() {
+		for _, sz := range sizes {
+			m, n, k := sz[0], sz[1], sz[2]
+			for _, tA := range []bool{false, true} {
+				for _, tB := range []bool{false, true} {
+					// Leading dimensions larger than the rows, so strides are exercised.
+					ar, ac := stored(tA, m, k)
+					br, bc := stored(tB, k, n)
+					lda, ldb, ldc := ac+3, bc+1, n+2
+					a := uniform32(r, (ar-1)*lda+ac, -1, 1)
+					b := uniform32(r, (br-1)*ldb+bc, -1, 1)
+					c0 := uniform32(r, m*ldc, -1, 1)
+					const pad = float32(1234.5) // in C's ldc padding, which Gemm must not touch
+					for i := 0; i < m; i++ {
+						for j := n; j < ldc; j++ {
+							c0[i*ldc+j] = pad
+						}
 					}
-				}
-				prod, mag := naiveProduct(tA, tB, m, n, k, a, lda, b, ldb)
-				for _, ab := range scalars {
-					for _, workers := range []int{1, 2} {
-						alpha, beta := ab[0], ab[1]
-						t.Run(fmt.Sprintf("%dx%dx%d/tA=%v/tB=%v/alpha=%g/beta=%g/w%d", m, n, k, tA, tB, alpha, beta, workers), func(t *testing.T) {
+					prod, mag := naiveProduct(tA, tB, m, n, k, a, lda, b, ldb)
+					for _, ab := range scalars {
+						for _, workers := range []int{1, 2} {
+							alpha, beta := ab[0], ab[1]
+							name := fmt.Sprintf("%s/%dx%dx%d/tA=%v/tB=%v/alpha=%g/beta=%g/w%d", kern.name, m, n, k, tA, tB, alpha, beta, workers)
 							c := append([]float32(nil), c0...)
 							if beta == 0 { // BLAS: C is not read, so a NaN in it must vanish
 								for i := 0; i < m; i++ {
 									c[i*ldc] = float32(math.NaN())
 								}
 							}
-							NewCPU(workers).Gemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+							newCPU(workers, kern, bestVec()).Gemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 							for i := 0; i < m; i++ {
 								for j := 0; j < ldc; j++ {
 									got := c[i*ldc+j]
 									if j >= n {
 										if got != pad {
-											t.Fatalf("C[%d][%d] in the ldc padding changed to %v", i, j, got)
+											t.Fatalf("%s: C[%d][%d] in the ldc padding changed to %v", name, i, j, got)
 										}
 										continue
 									}
@@ -91,11 +95,11 @@ func TestGemmMatchesNaive(t *testing.T) {
 									// float32 accumulation: a few k·2⁻²⁴ relative to the terms' magnitudes.
 									tol := 4*float64(k+2)*0x1p-24*(math.Abs(float64(alpha))*mag[i*n+j]+math.Abs(float64(beta)*old)) + 1e-30
 									if d := math.Abs(float64(got) - want); !(d <= tol) {
-										t.Fatalf("C[%d][%d] = %.8g, want %.8g (|diff| %.3g > tol %.3g)", i, j, got, want, d, tol)
+										t.Fatalf("%s: C[%d][%d] = %.8g, want %.8g (|diff| %.3g > tol %.3g)", name, i, j, got, want, d, tol)
 									}
 								}
 							}
-						})
+						}
 					}
 				}
 			}
@@ -125,77 +129,107 @@ func TestGemmAlphaZero(t *testing.T) {
 }
 
 // TestGemmDeterministic checks that the result is bit-identical for any
-// number of workers, and equal to one serial gonum call on the whole matrix:
-// tiling must not change a single bit.
+// number of workers and any split of a batch, for every micro-kernel; for
+// the Go kernel it also recomputes the documented arithmetic exactly.
 func TestGemmDeterministic(t *testing.T) {
 	r := newRand(2)
-	for _, tc := range []struct {
+	shapes := []struct {
 		tA, tB  bool
 		m, n, k int
-	}{{false, false, 64, 196, 288}, {false, true, 64, 288, 196}, {true, false, 130, 190, 64}, {true, true, 45, 150, 70}} {
-		ar, ac := stored(tc.tA, tc.m, tc.k)
-		br, bc := stored(tc.tB, tc.k, tc.n)
-		a, b := uniform32(r, ar*ac, -1, 1), uniform32(r, br*bc, -1, 1)
-		c0 := uniform32(r, tc.m*tc.n, -1, 1)
-		// gonum's serial kernel on the whole matrix: tiles of at most 3 blocks.
-		want := make([]float32, 0, tc.m*tc.n)
-		for i0 := 0; i0 < tc.m; i0 += 64 {
-			mm := min(64, tc.m-i0)
-			rows := append([]float32(nil), c0[i0*tc.n:(i0+mm)*tc.n]...)
-			var aa []float32
-			if tc.tA {
-				aa = a[i0:]
-			} else {
-				aa = a[i0*ac:]
+	}{{false, false, 64, 196, 288}, {false, true, 64, 288, 196}, {true, false, 130, 190, 64}, {true, true, 45, 150, 700}}
+	for _, kern := range allKernels() {
+		for _, tc := range shapes {
+			ar, ac := stored(tc.tA, tc.m, tc.k)
+			br, bc := stored(tc.tB, tc.k, tc.n)
+			a, b := uniform32(r, ar*ac, -1, 1), uniform32(r, br*bc, -1, 1)
+			c0 := uniform32(r, tc.m*tc.n, -1, 1)
+			var want []float32
+			for _, workers := range []int{1, 2, 3, 8} {
+				c := append([]float32(nil), c0...)
+				newCPU(workers, kern, bestVec()).Gemm(tc.tA, tc.tB, tc.m, tc.n, tc.k, 0.75, a, ac, b, bc, 0.5, c, tc.n)
+				if want == nil {
+					want = c
+					continue
+				}
+				equalBits(t, fmt.Sprintf("%s tA=%v tB=%v workers=%d vs 1", kern.name, tc.tA, tc.tB, workers), c, want)
 			}
-			for j0 := 0; j0 < tc.n; j0 += 192 {
-				nn := min(192, tc.n-j0)
-				var bb []float32
-				if tc.tB {
-					bb = b[j0*bc:]
-				} else {
-					bb = b[j0:]
-				}
-				tA, tB := blas.NoTrans, blas.NoTrans
-				if tc.tA {
-					tA = blas.Trans
-				}
-				if tc.tB {
-					tB = blas.Trans
-				}
-				tensor.WhichBLAS().Sgemm(tA, tB, mm, nn, tc.k, 0.75, aa, ac, bb, bc, 0.5, rows[j0:], tc.n)
+			if kern.name == "go" {
+				equalBits(t, fmt.Sprintf("go kernel tA=%v tB=%v vs its documented arithmetic", tc.tA, tc.tB),
+					want, goGemmArithmetic(tc.tA, tc.tB, tc.m, tc.n, tc.k, 0.75, a, ac, b, bc, 0.5, c0, tc.n))
 			}
-			want = append(want, rows...)
-		}
-		for _, workers := range []int{1, 2, 3, 8} {
-			c := append([]float32(nil), c0...)
-			NewCPU(workers).Gemm(tc.tA, tc.tB, tc.m, tc.n, tc.k, 0.75, a, ac, b, bc, 0.5, c, tc.n)
-			equalBits(t, fmt.Sprintf("tA=%v tB=%v workers=%d", tc.tA, tc.tB, workers), c, want)
 		}
 	}
 }
 
+// goGemmArithmetic computes, element by element and in plain Go, what the
+// pure-Go kernel is documented to compute: per k-block (kBlock), a float32
+// sum of rounded products in k order, then C = alpha·acc + beta·C on the
+// first block and C = alpha·acc + C on the others.
+func goGemmArithmetic(tA, tB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c0 []float32, ldc int) []float32 {
+	c := append([]float32(nil), c0...)
+	kc := kBlock(k)
+	for i := 0; i < m; i++ {
+		for j := 0; j < n; j++ {
+			for k0 := 0; k0 < k; k0 += kc {
+				var acc float32
+				for l := k0; l < min(k0+kc, k); l++ {
+					var av, bv float32
+					if tA {
+						av = a[l*lda+i]
+					} else {
+						av = a[i*lda+l]
+					}
+					if tB {
+						bv = b[j*ldb+l]
+					} else {
+						bv = b[l*ldb+j]
+					}
+					acc += float32(av * bv)
+				}
+				u := float32(alpha * acc)
+				bt := beta
+				if k0 > 0 {
+					bt = 1
+				}
+				if k0 > 0 || beta != 0 {
+					u = float32(bt*c[i*ldc+j]) + u
+				}
+				c[i*ldc+j] = u
+			}
+		}
+	}
+	return c
+}
+
 // TestGemmStridedBatched checks the batched GEMM against one Gemm per matrix,
-// bit for bit, including a shared (stride 0) A.
+// bit for bit, including a shared (stride 0) A or B, for batches smaller and
+// larger than the number of workers (which take different paths).
 func TestGemmStridedBatched(t *testing.T) {
 	r := newRand(3)
-	const m, n, k, batch = 20, 37, 9, 5
-	for _, shared := range []bool{false, true} {
-		for _, workers := range []int{1, 2} {
-			be := NewCPU(workers)
-			sa := m * k
-			if shared {
-				sa = 0
+	const m, n, k = 20, 37, 9
+	for _, kern := range allKernels() {
+		for _, batch := range []int{2, 5} {
+			for _, shared := range []string{"none", "A", "B"} {
+				for _, workers := range []int{1, 2, 3} {
+					be := newCPU(workers, kern, bestVec())
+					sa, sb := m*k, k*n
+					switch shared {
+					case "A":
+						sa = 0
+					case "B":
+						sb = 0
+					}
+					a := uniform32(r, m*k*batch, -1, 1)
+					b := uniform32(r, k*n*batch, -1, 1)
+					c := uniform32(r, (m*n+3)*batch, -1, 1) // gap of 3 between outputs
+					want := append([]float32(nil), c...)
+					for i := 0; i < batch; i++ {
+						be.Gemm(true, false, m, n, k, 1.5, a[i*sa:], m, b[i*sb:], n, 1, want[i*(m*n+3):], n)
+					}
+					be.GemmStridedBatched(true, false, m, n, k, 1.5, a, m, sa, b, n, sb, 1, c, n, m*n+3, batch)
+					equalBits(t, fmt.Sprintf("%s batch=%d shared=%s workers=%d", kern.name, batch, shared, workers), c, want)
+				}
 			}
-			a := uniform32(r, m*k*batch, -1, 1)
-			b := uniform32(r, k*n*batch, -1, 1)
-			c := uniform32(r, (m*n+3)*batch, -1, 1) // gap of 3 between outputs
-			want := append([]float32(nil), c...)
-			for i := 0; i < batch; i++ {
-				be.Gemm(true, false, m, n, k, 1.5, a[i*sa:], m, b[i*k*n:], n, 1, want[i*(m*n+3):], n)
-			}
-			be.GemmStridedBatched(true, false, m, n, k, 1.5, a, m, sa, b, n, k*n, 1, c, n, m*n+3, batch)
-			equalBits(t, fmt.Sprintf("shared A=%v workers=%d", shared, workers), c, want)
 		}
 	}
 }

@@ -117,3 +117,10 @@ func mustPanic(t *testing.T, what string, f func()) {
 	}()
 	f()
 }
+
+// cnnFB is the CNN's ForwardBackward in the form of the original API: images,
+// labels, count and scale in, loss sum out.
+func cnnFB(m *CNN, x []float32, y []int32, n int, scale float32) (float64, error) {
+	st, err := m.ForwardBackward(Batch{N: n, X: x, Targets: y}, scale)
+	return st.Loss, err
+}

@@ -110,7 +110,7 @@ func TestConvGradients(t *testing.T) {
 	for _, g := range convGeoms {
 		t.Run(fmt.Sprintf("%+v", g), func(t *testing.T) {
 			const n, outC = 2, 4
-			m := &CNN{be: NewCPU(2)}
+			m := &CNN{flatModel: flatModel{be: NewCPU(2)}}
 			rows, cols := g.ColRows(), g.ColCols()
 			x := uniform32(r, n*g.C*g.H*g.W, -1, 1)
 			w := uniform32(r, outC*rows, -1, 1)
@@ -149,7 +149,7 @@ func TestConvGradients(t *testing.T) {
 func TestLinearGradients(t *testing.T) {
 	r := newRand(12)
 	const n, in, out = 3, 7, 5
-	m := &CNN{be: NewCPU(2)}
+	m := &CNN{flatModel: flatModel{be: NewCPU(2)}}
 	x, w, b := uniform32(r, n*in, -1, 1), uniform32(r, out*in, -1, 1), uniform32(r, out, -1, 1)
 	proj := uniform32(r, n*out, -1, 1)
 	y := make([]float32, n*out)
@@ -319,10 +319,27 @@ func TestSoftmaxCrossEntropyGradients(t *testing.T) {
 	for i := range dl {
 		dl[i] /= scale // gradCheck differentiates the unscaled sum
 	}
-	// The loss is smooth and evaluated in float64: a step of 1e-3 leaves a
-	// truncation error of order 1e-7, and the analytic gradient carries the
-	// float32 rounding of probs, 2⁻²⁴ ≈ 6e-8.
-	gradCheck(t, "dlogits", logits, dl, allCoords(len(logits)), 1e-3, 1e-5, 1e-4, loss)
+	// The loss is smooth and evaluated in float64 (the kernel's own loss
+	// carries float32 exponentials): a step of 1e-3 leaves a truncation error
+	// of order 1e-7, and the analytic gradient carries the float32 rounding
+	// of probs, 2⁻²⁴ ≈ 6e-8.
+	loss64 := func() float64 {
+		var s float64
+		for i := 0; i < n; i++ {
+			row := logits[i*classes : (i+1)*classes]
+			mx := math.Inf(-1)
+			for _, v := range row {
+				mx = math.Max(mx, float64(v))
+			}
+			var sum float64
+			for _, v := range row {
+				sum += math.Exp(float64(v) - mx)
+			}
+			s += math.Log(sum) + mx - float64(row[labels[i]])
+		}
+		return s
+	}
+	gradCheck(t, "dlogits", logits, dl, allCoords(len(logits)), 1e-3, 1e-5, 1e-4, loss64)
 }
 
 // TestKernelsWorkerInvariant runs every kernel with 1, 2 and 3 workers on
@@ -357,9 +374,17 @@ func TestKernelsWorkerInvariant(t *testing.T) {
 		be.BiasForward(biased, bias, n, g.H*g.W)
 		db := make([]float32, g.C)
 		be.BiasBackward(db, dy, n, g.H*g.W)
+		// A linear layer's bias (inner 1): rows of 14·14·8 channels.
+		rowsBiased := append([]float32(nil), x...)
+		rowBias := uniform32(newRand(17), g.H*g.W*g.C, -1, 1)
+		be.BiasForward(rowsBiased, rowBias, n, 1)
+		dbRows := make([]float32, len(rowBias))
+		be.BiasBackward(dbRows, dy, n, 1)
 		probs := make([]float32, len(logits))
 		loss = be.SoftmaxCrossEntropyForward(probs, logits, labels, len(labels), classes)
-		return [][]float32{col, dx, pool, dpool, relu, drelu, biased, db, probs}, loss
+		dl := make([]float32, len(logits))
+		be.SoftmaxCrossEntropyBackward(dl, probs, labels, len(labels), classes, 0.5)
+		return [][]float32{col, dx, pool, dpool, relu, drelu, biased, db, rowsBiased, dbRows, probs, dl}, loss
 	}
 	want, wantLoss := run(1)
 	for _, workers := range []int{2, 3} {

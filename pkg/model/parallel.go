@@ -9,7 +9,10 @@ import (
 // disjoint memory, so the result does not depend on which goroutine runs which
 // item or in what order: that is what keeps the CPU kernels deterministic.
 type task interface {
-	do(item int)
+	// do runs one item. worker, in [0, team size), identifies the
+	// goroutine, so that an item may use that worker's scratch space; no two
+	// items run concurrently with the same worker.
+	do(item, worker int)
 }
 
 // team runs the items of one task at a time on up to size goroutines: the
@@ -34,10 +37,11 @@ type team struct {
 	size   int
 	helper func()
 
-	wg    sync.WaitGroup
-	next  atomic.Int64 // next item to claim
-	items int
-	cur   task
+	wg     sync.WaitGroup
+	next   atomic.Int64 // next item to claim
+	nextID atomic.Int64 // next helper's worker number
+	items  int
+	cur    task
 }
 
 func newTeam(size int) *team {
@@ -53,32 +57,33 @@ func (t *team) run(tk task, items int) {
 	helpers := min(t.size, items) - 1
 	if helpers <= 0 {
 		for i := 0; i < items; i++ {
-			tk.do(i)
+			tk.do(i, 0)
 		}
 		return
 	}
 	t.cur, t.items = tk, items
 	t.next.Store(0)
+	t.nextID.Store(1)
 	t.wg.Add(helpers)
 	for range helpers {
 		go t.helper()
 	}
-	t.drain()
+	t.drain(0)
 	t.wg.Wait()
 	t.cur = nil // do not keep the caller's buffers reachable
 }
 
 func (t *team) work() {
-	t.drain()
+	t.drain(int(t.nextID.Add(1) - 1))
 	t.wg.Done()
 }
 
-func (t *team) drain() {
+func (t *team) drain(worker int) {
 	for {
 		i := int(t.next.Add(1) - 1)
 		if i >= t.items {
 			return
 		}
-		t.cur.do(i)
+		t.cur.do(i, worker)
 	}
 }

@@ -83,6 +83,27 @@ func (o *SGD) Step(params, grads []float32) {
 	o.steps++
 }
 
+// Name returns "sgd".
+func (o *SGD) Name() string { return "sgd" }
+
+// SetLR implements Optimizer.
+func (o *SGD) SetLR(lr float64) { o.LR = float32(lr) }
+
+// Buffers implements Optimizer: "momentum", nil before the first step with
+// momentum.
+func (o *SGD) Buffers() []StateBuffer { return []StateBuffer{{Name: "momentum", Data: o.buf}} }
+
+// Restore implements Optimizer: SetState with the "momentum" buffer (absent:
+// the empty buffer).
+func (o *SGD) Restore(steps int64, bufs map[string][]float32) error {
+	for name := range bufs {
+		if name != "momentum" {
+			return fmt.Errorf("model: sgd: unknown state buffer %q", name)
+		}
+	}
+	return o.SetState(steps, bufs["momentum"])
+}
+
 // Steps returns the number of Steps taken, or restored by SetState.
 func (o *SGD) Steps() int64 { return o.steps }
 

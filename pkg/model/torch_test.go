@@ -59,7 +59,7 @@ func TestTorchReference(t *testing.T) {
 	if ref.N != n {
 		t.Fatalf("reference has %d samples, want %d", ref.N, n)
 	}
-	loss, err := m.ForwardBackward(x, y, n, 1/float32(n))
+	loss, err := cnnFB(m, x, y, n, 1/float32(n))
 	if err != nil {
 		t.Fatal(err)
 	}
