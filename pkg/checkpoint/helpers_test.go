@@ -61,7 +61,7 @@ func randomState(step int64, seed uint64, sizes ...int) *checkpoint.State {
 	r := rand.New(rand.NewPCG(seed, 7))
 	st := &checkpoint.State{Step: step, Epoch: 2, EpochSamples: 640, GlobalSamples: 120640, World: 2, Seed: 9,
 		Spec: []byte(`{"name":"t","workers":2}`), Meta: map[string]string{"job": "j1"},
-		RNG:  []checkpoint.RNGState{{Name: "data_order", State: []byte{1, 2, 3}}}}
+		RNG: []checkpoint.RNGState{{Name: "data_order", State: []byte{1, 2, 3}}}}
 	for i, n := range sizes {
 		data := make([]float32, n)
 		for j := range data {
