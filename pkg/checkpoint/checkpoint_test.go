@@ -355,7 +355,7 @@ func TestS3PermanentErrorsFailClearly(t *testing.T) {
 	for _, tc := range []struct {
 		name, bucket, secret, want string
 	}{
-		{"wrong secret", bucket, "wrong", "signature"},
+		{"wrong secret", bucket, "wrong", "access denied"},
 		{"missing bucket", "nosuchbucket", versitygw.SecretKey, "bucket"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -170,8 +170,11 @@ func (m *Manager) Save(ctx context.Context, st *State) (Info, error) {
 	}
 	dir := m.stepKey(st.Step)
 	url := ObjectURL(m.store, dir)
-	if _, err := m.store.Stat(ctx, dir+manifestName); err == nil {
+	switch _, err := m.store.Stat(ctx, dir+manifestName); {
+	case err == nil:
 		return Info{}, fmt.Errorf("%w: step %d at %s", ErrStepExists, st.Step, url)
+	case !errors.Is(err, ErrNotFound):
+		return Info{}, fmt.Errorf("checkpoint: saving step %d to %s: %w", st.Step, url, err)
 	}
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sync"
 	"syscall"
 	"time"
 
@@ -88,8 +89,12 @@ func (r *retrier) do(ctx context.Context, what string, op func(ctx context.Conte
 			}
 		}
 		actx, cancel := context.WithTimeout(ctx, r.policy.AttemptTimeout)
-		err = op(actx, i)
+		a := &attempt{cancel: cancel}
+		err = op(context.WithValue(actx, attemptKey{}, a), i)
 		cancel()
+		if terr := a.failure(); terr != nil && errors.Is(err, context.Canceled) && ctx.Err() == nil {
+			err = terr // failFast ended the attempt
+		}
 		if err == nil {
 			return nil
 		}
@@ -157,4 +162,44 @@ func retryable(err error) bool {
 		}
 	}
 	return false
+}
+
+// attempt lets failFast end one try as soon as its transport fails.
+type attempt struct {
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	err    error
+}
+
+type attemptKey struct{}
+
+func (a *attempt) fail(err error) {
+	a.mu.Lock()
+	if a.err == nil {
+		a.err = err
+	}
+	a.mu.Unlock()
+	a.cancel()
+}
+
+func (a *attempt) failure() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.err
+}
+
+// failFast is the S3 client's transport. When a request fails in the
+// transport (refused, reset), minio-go waits up to 200 ms before it gives
+// the error back, even with its own retries off; failFast cancels the try
+// at once instead and the retrier reports the transport's error.
+type failFast struct{ next http.RoundTripper }
+
+func (f failFast) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := f.next.RoundTrip(req)
+	if err != nil {
+		if a, ok := req.Context().Value(attemptKey{}).(*attempt); ok {
+			a.fail(err)
+		}
+	}
+	return resp, err
 }

@@ -193,7 +193,7 @@ func NewS3Store(cfg S3Config) (*S3Store, error) {
 		lookup = minio.BucketLookupPath
 	}
 	core, err := minio.NewCore(endpoint, &minio.Options{
-		Creds: creds, Secure: !cfg.Insecure, Region: cfg.Region, BucketLookup: lookup, Transport: tr,
+		Creds: creds, Secure: !cfg.Insecure, Region: cfg.Region, BucketLookup: lookup, Transport: failFast{tr},
 		MaxRetries: 1, // this store retries, with its own policy and deadlines
 	})
 	if err != nil {
