@@ -130,7 +130,8 @@ func (a *AsyncSaver) snapshot(st *State) *State {
 	spans := make([]span, len(st.Tensors))
 	off := 0
 	for i, t := range st.Tensors {
-		dst := a.buf[off : off+len(t.Data) : off+len(t.Data)]
+		// Neighbours in the buffer, so that the upload needs no copies.
+		dst := a.buf[off : off+len(t.Data)]
 		snap.Tensors[i] = t
 		snap.Tensors[i].Shape = append([]int(nil), t.Shape...)
 		snap.Tensors[i].Data = dst

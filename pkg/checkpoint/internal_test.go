@@ -56,6 +56,12 @@ func TestSourceRanges(t *testing.T) {
 	if b := src.bytes(3, 5, buf); &b[0] != &segs[2][0] {
 		t.Error("a range inside one tensor was copied")
 	}
+	// Tensors that are neighbours in one buffer need no copy across them.
+	flat := []byte("0123456789")
+	src = newSource([][]byte{flat[0:4], flat[4:4], flat[4:7], flat[7:10]})
+	if b := src.bytes(2, 6, buf); &b[0] != &flat[2] || string(b) != "234567" {
+		t.Errorf("a range across neighbouring tensors: %q copied=%v", b, &b[0] != &flat[2])
+	}
 }
 
 func TestRetryable(t *testing.T) {

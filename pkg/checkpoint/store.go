@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -96,13 +97,15 @@ func Open(raw string) (Store, error) {
 	}
 	switch u.Scheme {
 	case "file":
-		if u.Host != "" || !strings.HasPrefix(u.Path, "/") {
-			return nil, fmt.Errorf("checkpoint: store URL %q: a file store needs an absolute path, e.g. file:///var/lib/ringmaster/checkpoints", raw)
+		noSync, err := parseFileURL(raw, u)
+		if err != nil {
+			return nil, err
 		}
-		if u.RawQuery != "" {
-			return nil, fmt.Errorf("checkpoint: store URL %q: a file store takes no options", raw)
+		s, err := NewFileStore(u.Path)
+		if err == nil && noSync {
+			s.SkipSync()
 		}
-		return NewFileStore(u.Path)
+		return s, err
 	case "s3":
 		cfg, err := ParseS3URL(raw)
 		if err != nil {
@@ -112,6 +115,45 @@ func Open(raw string) (Store, error) {
 	default:
 		return nil, fmt.Errorf("checkpoint: store URL %q: scheme %q is not supported (use file:// or s3://)", raw, u.Scheme)
 	}
+}
+
+// CheckURL reports whether Open would accept a store URL, without
+// touching the store.
+func CheckURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("checkpoint: store URL %q: %w", raw, err)
+	}
+	switch u.Scheme {
+	case "file":
+		_, err = parseFileURL(raw, u)
+	case "s3":
+		_, err = ParseS3URL(raw)
+	default:
+		err = fmt.Errorf("checkpoint: store URL %q: scheme %q is not supported (use file:// or s3://)", raw, u.Scheme)
+	}
+	return err
+}
+
+// parseFileURL checks file:///absolute/path[?fsync=false].
+func parseFileURL(raw string, u *url.URL) (noSync bool, err error) {
+	if u.Host != "" || !strings.HasPrefix(u.Path, "/") {
+		return false, fmt.Errorf("checkpoint: store URL %q: a file store needs an absolute path and three slashes, e.g. file:///var/lib/ringmaster/checkpoints", raw)
+	}
+	q := u.Query()
+	for k := range q {
+		if k != "fsync" {
+			return false, fmt.Errorf("checkpoint: store URL %q: unknown option %q; a file store takes fsync=false", raw, k)
+		}
+	}
+	if v := q.Get("fsync"); v != "" {
+		on, err := strconv.ParseBool(v)
+		if err != nil {
+			return false, fmt.Errorf("checkpoint: store URL %q: fsync=%q is not true or false", raw, v)
+		}
+		noSync = !on
+	}
+	return noSync, nil
 }
 
 // ObjectURL is the URL of a key (or key prefix) in a store: the store's

@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"io"
 	"sort"
+	"unsafe"
 
 	"golang.org/x/sync/errgroup"
 )
@@ -21,10 +22,25 @@ type source struct {
 }
 
 func newSource(segs [][]byte) *source {
-	s := &source{segs: segs, starts: make([]int64, len(segs))}
+	s := &source{}
 	var off int64
-	for i, b := range segs {
-		s.starts[i] = off
+	for _, b := range segs {
+		if len(b) == 0 {
+			continue
+		}
+		// Tensors that are neighbours in memory (slices of one flat
+		// buffer, as a model's parameters are) make one segment, so parts
+		// across them need no copy.
+		if n := len(s.segs); n > 0 {
+			last := s.segs[n-1]
+			if cap(last)-len(last) >= len(b) && unsafe.SliceData(last[len(last):cap(last)]) == unsafe.SliceData(b) {
+				s.segs[n-1] = last[:len(last)+len(b)]
+				off += int64(len(b))
+				continue
+			}
+		}
+		s.segs = append(s.segs, b)
+		s.starts = append(s.starts, off)
 		off += int64(len(b))
 	}
 	return s
