@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -37,7 +38,7 @@ type ckptBench struct {
 
 func newCheckpointCommand() *cobra.Command {
 	b := &ckptBench{}
-	var size, stall, part string
+	var size, stall, part, cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "checkpoint --size 512M --store URL",
 		Short: "Save and load GB/s of checkpoints against a plain copy of the same bytes, and the training stall of asynchronous saves",
@@ -66,6 +67,17 @@ Medians over --iterations; GB/s is 1e9 bytes per second.`,
 				return err
 			}
 			b.out = cmd.OutOrStdout()
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			return b.run(cmd.Context())
 		},
 	}
@@ -77,6 +89,7 @@ Medians over --iterations; GB/s is 1e9 bytes per second.`,
 	f.StringVar(&part, "part-size", "16M", "part size of the checkpoint transfers")
 	f.IntVar(&b.parallel, "parallel", checkpoint.DefaultParallelism, "parts in flight")
 	f.IntVar(&b.tensors, "tensors", 16, "tensors the state is split into")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	_ = cmd.MarkFlagRequired("store")
 	return cmd
 }
@@ -182,7 +195,11 @@ func (b *ckptBench) run(ctx context.Context) error {
 	var peer peerIO
 	switch s := store.(type) {
 	case *checkpoint.FileStore:
-		peer = &filePeer{dir: strings.TrimPrefix(s.URL(), "file://")}
+		p, err := s.Path("peer-copy.bin")
+		if err != nil {
+			return err
+		}
+		peer = &filePeer{path: p}
 	case *checkpoint.S3Store:
 		cfg, err := checkpoint.ParseS3URL(s.URL())
 		if err != nil {
@@ -315,12 +332,12 @@ type peerIO interface {
 	writeRead(ctx context.Context, data []byte) (w, wsync, r time.Duration, err error)
 }
 
-type filePeer struct{ dir string }
+type filePeer struct{ path string }
 
 func (p *filePeer) name() string { return "plain buffered file" }
 
 func (p *filePeer) writeRead(_ context.Context, data []byte) (w, wsync, r time.Duration, err error) {
-	path := filepath.Join(p.dir, "peer-copy.bin")
+	path := p.path
 	defer os.Remove(path)
 	write := func(sync bool) (time.Duration, error) {
 		start := time.Now()

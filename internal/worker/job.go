@@ -108,7 +108,7 @@ func (w *Worker) runJob(ctx context.Context, c *pb.Claim, claimValue string, log
 	}
 	timeout := time.Duration(spec.CollectiveTimeoutMs) * time.Millisecond
 
-	start, err := w.startState(ctx, &spec, &st, c.JobId, world, log)
+	start, err := w.startState(ctx, &spec, &st, c.JobId, rank, world, log)
 	if err != nil {
 		return err
 	}
@@ -166,7 +166,7 @@ func (w *Worker) manager(store checkpoint.Store, prefix string, spec *pb.JobSpec
 // valid checkpoint; otherwise the spec's resume source (a job id or a
 // checkpoint URL); nil to start fresh. A checkpoint that cannot continue
 // on world workers is refused here, before any training.
-func (w *Worker) startState(ctx context.Context, spec *pb.JobSpec, st *pb.JobStatus, jobID string, world int, log *zap.Logger) (*checkpoint.State, error) {
+func (w *Worker) startState(ctx context.Context, spec *pb.JobSpec, st *pb.JobStatus, jobID string, rank, world int, log *zap.Logger) (*checkpoint.State, error) {
 	var storeURL, prefix string
 	step := int64(-1) // the newest valid
 	switch {
@@ -225,6 +225,21 @@ func (w *Worker) startState(ctx context.Context, spec *pb.JobSpec, st *pb.JobSta
 	}
 	if err := cs.CheckWorld(world); err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
+	}
+	if st.Resume && step < 0 && rank == 0 {
+		// Anything of this job newer than the newest valid checkpoint is
+		// corrupt or was never committed, and its steps are the ones this
+		// run is about to save again: clear them, or those saves could
+		// not commit.
+		if newer, err := mgr.Newer(ctx, cs.Step); err == nil && len(newer) > 0 {
+			if err := mgr.DiscardNewer(ctx, cs.Step); err != nil {
+				log.Warn("could not remove the invalid checkpoints newer than the one resumed from", zap.Int64s("steps", newer), zap.Error(err))
+			} else {
+				log.Warn("removed invalid checkpoints newer than the one resumed from", zap.Int64s("steps", newer))
+				_ = w.pub.Publish(&pb.JobEvent{JobId: jobID, TimeMs: time.Now().UnixMilli(), Event: &pb.JobEvent_State{State: &pb.StateChange{
+					Detail: fmt.Sprintf("removed invalid checkpoints at steps %v, newer than step %d which the job resumes from", newer, cs.Step)}}})
+			}
+		}
 	}
 	log.Info("resuming from checkpoint", zap.Int64("step", cs.Step), zap.String("url", info.URL), zap.Int("saved_world", cs.World), zap.Int("world", world))
 	return cs, nil

@@ -52,7 +52,8 @@ type AsyncSaver struct {
 }
 
 // NewAsyncSaver returns a saver that writes through m. done, if set, is
-// called from the upload goroutine after each save, successful or not.
+// called from the upload goroutine after each save, successful or not,
+// before the next save may start (so it must not call Save).
 func NewAsyncSaver(m *Manager, policy BusyPolicy, done func(Result)) *AsyncSaver {
 	ctx, cancel := context.WithCancel(context.Background())
 	a := &AsyncSaver{m: m, policy: policy, done: done, ctx: ctx, cancel: cancel, token: make(chan struct{}, 1)}
@@ -97,11 +98,12 @@ func (a *AsyncSaver) Save(ctx context.Context, st *State) (time.Duration, error)
 		t0 := time.Now()
 		info, err := a.m.Save(a.ctx, snap)
 		res := Result{Step: snap.Step, Info: info, Err: err, Stall: stall, Upload: time.Since(t0)}
-		// The buffer is free again before anyone hears of the result.
-		a.token <- struct{}{}
+		// The result is out before the next save can start, so results
+		// arrive in order and Wait covers them.
 		if a.done != nil {
 			a.done(res)
 		}
+		a.token <- struct{}{}
 	}()
 	return stall, nil
 }
@@ -168,7 +170,8 @@ func (a *AsyncSaver) snapshot(st *State) *State {
 	return &snap
 }
 
-// Wait blocks until no save is in flight (or ctx ends).
+// Wait blocks until no save is in flight and its result has been
+// delivered (or ctx ends).
 func (a *AsyncSaver) Wait(ctx context.Context) error {
 	select {
 	case <-a.token:

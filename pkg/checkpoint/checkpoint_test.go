@@ -348,6 +348,37 @@ func TestS3RetriesUntilTheServerIsBack(t *testing.T) {
 	}
 }
 
+// A store that cannot be read is not a corrupt checkpoint: Load fails
+// loudly instead of falling back to an older one, and List says why.
+func TestUnreadableIsNotInvalid(t *testing.T) {
+	ts := s3Store(t, fastRetry)
+	ctx := context.Background()
+	var ev events
+	m := newManager(t, ts.store, 5, checkpoint.Observe(ev.add))
+	for _, s := range []int64{10, 20} {
+		if _, err := m.Save(ctx, randomState(s, 1, 1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ts.srv.Kill()
+	_, _, err := m.Load(ctx, -1)
+	if err == nil || errors.Is(err, checkpoint.ErrNoCheckpoint) || errors.Is(err, checkpoint.ErrInvalid) || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("Load with the store down: %v; want the connection error", err)
+	}
+	if _, err := m.List(ctx, false); err == nil {
+		t.Error("List with the store down succeeded")
+	}
+	if bad := ev.of(checkpoint.EventInvalid); len(bad) != 0 {
+		t.Errorf("an unreachable store was reported as invalid checkpoints: %+v", bad)
+	}
+	if err := ts.srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if st, _, err := m.Load(ctx, -1); err != nil || st.Step != 20 {
+		t.Errorf("Load after the restart: %v, %v", st, err)
+	}
+}
+
 // Errors that retrying cannot fix fail at once, with a clear message.
 func TestS3PermanentErrorsFailClearly(t *testing.T) {
 	srv := versitygw.Start(t, bucket)
@@ -508,6 +539,41 @@ func TestRetentionKeepsNewestAndEveryMth(t *testing.T) {
 	if s, _ := m.Latest(ctx); s != 9 {
 		t.Errorf("latest = %d after saving step 5, want 9", s)
 	}
+}
+
+// Resuming from an older step clears the newer checkpoints so that the new
+// run can commit its own at those steps.
+func TestDiscardNewer(t *testing.T) {
+	eachStore(t, func(t *testing.T, ts testStore) {
+		ctx := context.Background()
+		m := newManager(t, ts.store, 10)
+		for _, s := range []int64{5, 10, 15} {
+			if _, err := m.Save(ctx, randomState(s, uint64(s), 1000)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		newer, err := m.Newer(ctx, 5)
+		if err != nil || !slices.Equal(newer, []int64{15, 10}) {
+			t.Fatalf("Newer(5) = %v, %v", newer, err)
+		}
+		if _, err := m.Save(ctx, randomState(10, 99, 1000)); !errors.Is(err, checkpoint.ErrStepExists) {
+			t.Fatalf("save over a committed step: %v", err)
+		}
+		if err := m.DiscardNewer(ctx, 5); err != nil {
+			t.Fatal(err)
+		}
+		if s, _ := m.Latest(ctx); s != 5 {
+			t.Errorf("latest = %d after discarding, want 5", s)
+		}
+		if _, err := m.Save(ctx, randomState(10, 99, 1000)); err != nil {
+			t.Fatalf("save of step 10 of the new run: %v", err)
+		}
+		got, _, err := m.Load(ctx, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameState(t, got, randomState(10, 99, 1000))
+	})
 }
 
 // A newer save waits for or skips the one in flight, by policy; the

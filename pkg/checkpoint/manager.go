@@ -17,6 +17,20 @@ import (
 // ErrNoCheckpoint is returned when no valid checkpoint exists.
 var ErrNoCheckpoint = errors.New("checkpoint: no valid checkpoint")
 
+// ErrInvalid marks what verification found wrong with a checkpoint: no
+// manifest, a corrupt manifest, a missing or short object, a checksum that
+// does not match. Failures to reach the store are not ErrInvalid: a
+// checkpoint that could not be read is not thereby invalid, and nothing
+// falls back past it or deletes it.
+var ErrInvalid = errors.New("checkpoint: invalid")
+
+type invalidError struct{ error }
+
+func (e invalidError) Is(target error) bool { return target == ErrInvalid }
+func (e invalidError) Unwrap() error        { return e.error }
+
+func invalidf(format string, a ...any) error { return invalidError{fmt.Errorf(format, a...)} }
+
 // ErrStepExists is returned by Save when the step already has a committed
 // checkpoint: commits never replace one.
 var ErrStepExists = errors.New("checkpoint: the step already has a committed checkpoint")
@@ -309,16 +323,19 @@ func (m *Manager) manifest(ctx context.Context, step int64) (*Manifest, int64, e
 	b, err := readSmall(ctx, m.store, m.stepKey(step)+manifestName, maxManifest)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
-			return nil, 0, errors.New("no manifest (the save never committed)")
+			return nil, 0, invalidf("no manifest (the save never committed)")
+		}
+		if errors.Is(err, errTooLarge) {
+			return nil, 0, invalidError{err}
 		}
 		return nil, 0, fmt.Errorf("reading the manifest: %w", err)
 	}
 	man, err := parseManifest(b)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, invalidError{err}
 	}
 	if man.Step != step {
-		return nil, 0, fmt.Errorf("the manifest is for step %d", man.Step)
+		return nil, 0, invalidf("the manifest is for step %d", man.Step)
 	}
 	return man, int64(len(b)), nil
 }
@@ -341,10 +358,10 @@ func (m *Manager) check(ctx context.Context, step int64, objs []ObjectInfo) (*Ma
 	for _, o := range man.Objects {
 		got, ok := sizes[o.Key]
 		if !ok {
-			return man, info, fmt.Errorf("object %s is missing (partial checkpoint)", o.Key)
+			return man, info, invalidf("object %s is missing (partial checkpoint)", o.Key)
 		}
 		if got != o.Size {
-			return man, info, fmt.Errorf("object %s has %d bytes, the manifest says %d (partial or corrupt)", o.Key, got, o.Size)
+			return man, info, invalidf("object %s has %d bytes, the manifest says %d (partial or corrupt)", o.Key, got, o.Size)
 		}
 	}
 	return man, info, nil
@@ -366,6 +383,9 @@ func (m *Manager) List(ctx context.Context, verify bool) ([]Info, error) {
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if err != nil && !errors.Is(err, ErrInvalid) {
+			return nil, fmt.Errorf("checkpoint: reading step %d at %s: %w", s, info.URL, err)
 		}
 		info.Valid = err == nil
 		if err != nil {
@@ -397,6 +417,11 @@ func (m *Manager) Load(ctx context.Context, maxStep int64) (*State, Info, error)
 		if ctx.Err() != nil {
 			return nil, Info{}, ctx.Err()
 		}
+		if !errors.Is(err, ErrInvalid) {
+			// The store failed, not the checkpoint: falling back would
+			// silently lose training.
+			return nil, info, fmt.Errorf("checkpoint: reading step %d at %s: %w", s, info.URL, err)
+		}
 		m.log.Warn("checkpoint: skipping invalid checkpoint, trying the previous one",
 			zap.Int64("step", s), zap.String("url", info.URL), zap.String("problem", err.Error()))
 		m.emit(Event{Kind: EventInvalid, Step: s, URL: info.URL, Err: err})
@@ -416,9 +441,12 @@ func (m *Manager) LoadStep(ctx context.Context, step int64) (*State, Info, error
 		return nil, Info{}, fmt.Errorf("%w at step %d under %s", ErrNoCheckpoint, step, m.URL())
 	}
 	st, info, err := m.load(ctx, step, objs)
-	if err != nil {
+	if err != nil && errors.Is(err, ErrInvalid) {
 		m.emit(Event{Kind: EventInvalid, Step: step, URL: info.URL, Err: err})
 		return nil, info, fmt.Errorf("checkpoint at step %d (%s) is not valid: %w", step, info.URL, err)
+	}
+	if err != nil {
+		return nil, info, fmt.Errorf("checkpoint: reading step %d at %s: %w", step, info.URL, err)
 	}
 	return st, info, nil
 }
@@ -491,6 +519,9 @@ func (m *Manager) retain(ctx context.Context, committed int64) error {
 		}
 		dir := m.stepKey(s)
 		man, _, verr := m.check(ctx, s, objs[s])
+		if verr != nil && !errors.Is(verr, ErrInvalid) {
+			return verr // unreadable is not invalid: delete nothing
+		}
 		keep := verr == nil && (kept < m.keep || (m.keepEvery > 0 && s%m.keepEvery == 0))
 		if verr == nil && kept < m.keep {
 			kept++

@@ -190,6 +190,8 @@ func SplitCheckpointURL(raw string) (root string, step int64) {
 	return root, s
 }
 
+var errTooLarge = errors.New("too large")
+
 // putBytes writes a small object in one part.
 func putBytes(ctx context.Context, s Store, key string, b []byte, cond Condition) error {
 	up, err := s.Create(ctx, key, int64(len(b)), max(int64(len(b)), 1), cond)
@@ -220,7 +222,7 @@ func readSmall(ctx context.Context, s Store, key string, limit int64) ([]byte, e
 		return nil, err
 	}
 	if n > limit {
-		return nil, fmt.Errorf("object %s is larger than %d bytes", key, limit)
+		return nil, fmt.Errorf("%w: object %s is larger than %d bytes", errTooLarge, key, limit)
 	}
 	return buf.Bytes(), nil
 }

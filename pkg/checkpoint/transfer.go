@@ -269,12 +269,12 @@ func (m *Manager) readObjects(ctx context.Context, dir string, man *Manifest, ds
 		case ChecksumCRC32C:
 			want, _ := parseCRC(o.CRC32C)
 			if got := combineParts(crcs[i], parts[i]); got != want {
-				return fmt.Errorf("object %s has CRC32C %s, the manifest says %s (corrupt)", o.Key, formatCRC(got), o.CRC32C)
+				return invalidf("object %s has CRC32C %s, the manifest says %s (corrupt)", o.Key, formatCRC(got), o.CRC32C)
 			}
 		case ChecksumSHA256:
 			sum := sha256.Sum256(dst[o.Offset : o.Offset+o.Size])
 			if got := hex.EncodeToString(sum[:]); got != o.SHA256 {
-				return fmt.Errorf("object %s has SHA-256 %s, the manifest says %s (corrupt)", o.Key, got, o.SHA256)
+				return invalidf("object %s has SHA-256 %s, the manifest says %s (corrupt)", o.Key, got, o.SHA256)
 			}
 		}
 	}
@@ -283,13 +283,16 @@ func (m *Manager) readObjects(ctx context.Context, dir string, man *Manifest, ds
 
 func (m *Manager) readRange(ctx context.Context, key string, o ObjectEntry, off int64, buf []byte) error {
 	rc, err := m.store.Read(ctx, key, off, int64(len(buf)))
+	if errors.Is(err, ErrNotFound) {
+		return invalidf("object %s is missing (partial checkpoint)", o.Key)
+	}
 	if err != nil {
 		return fmt.Errorf("object %s: %w", o.Key, err)
 	}
 	defer rc.Close()
 	if _, err := io.ReadFull(rc, buf); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			return fmt.Errorf("object %s is shorter than the %d bytes the manifest says (partial)", o.Key, o.Size)
+			return invalidf("object %s is shorter than the %d bytes the manifest says (partial)", o.Key, o.Size)
 		}
 		return fmt.Errorf("object %s: %w", o.Key, err)
 	}
@@ -300,6 +303,9 @@ func (m *Manager) readRange(ctx context.Context, key string, o ObjectEntry, off 
 func (m *Manager) verifySHA256(ctx context.Context, dir string, man *Manifest) error {
 	for _, o := range man.Objects {
 		rc, err := m.store.Read(ctx, dir+o.Key, 0, o.Size)
+		if errors.Is(err, ErrNotFound) {
+			return invalidf("object %s is missing (partial checkpoint)", o.Key)
+		}
 		if err != nil {
 			return fmt.Errorf("object %s: %w", o.Key, err)
 		}
@@ -310,10 +316,10 @@ func (m *Manager) verifySHA256(ctx context.Context, dir string, man *Manifest) e
 			return fmt.Errorf("object %s: %w", o.Key, err)
 		}
 		if n != o.Size {
-			return fmt.Errorf("object %s is shorter than the %d bytes the manifest says (partial)", o.Key, o.Size)
+			return invalidf("object %s is shorter than the %d bytes the manifest says (partial)", o.Key, o.Size)
 		}
 		if got := hex.EncodeToString(h.Sum(nil)); got != o.SHA256 {
-			return fmt.Errorf("object %s has SHA-256 %s, the manifest says %s (corrupt)", o.Key, got, o.SHA256)
+			return invalidf("object %s has SHA-256 %s, the manifest says %s (corrupt)", o.Key, got, o.SHA256)
 		}
 	}
 	return nil
