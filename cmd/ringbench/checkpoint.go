@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -220,6 +221,7 @@ func (b *ckptBench) run(ctx context.Context) error {
 		st.Step = step
 		// Alternate which goes first.
 		ours := func() error {
+			settle()
 			start := time.Now()
 			if _, err := mgr.Save(ctx, st); err != nil {
 				return err
@@ -284,6 +286,7 @@ func (b *ckptBench) stall(ctx context.Context, mgr *checkpoint.Manager, step int
 	for i := -1; i < b.iterations; i++ {
 		step++
 		st.Step = step
+		settle()
 		stall, err := saver.Save(ctx, st)
 		if err != nil {
 			return err
@@ -305,6 +308,7 @@ func (b *ckptBench) stall(ctx context.Context, mgr *checkpoint.Manager, step int
 		}
 		step++
 		st.Step = step
+		settle()
 		start := time.Now()
 		if _, err := mgr.Save(ctx, st); err != nil {
 			return err
@@ -340,6 +344,7 @@ func (p *filePeer) writeRead(_ context.Context, data []byte) (w, wsync, r time.D
 	path := p.path
 	defer os.Remove(path)
 	write := func(sync bool) (time.Duration, error) {
+		settle()
 		start := time.Now()
 		f, err := os.Create(path)
 		if err != nil {
@@ -419,6 +424,7 @@ func (p *s3Peer) name() string { return "minio-go multipart PUT/GET" }
 
 func (p *s3Peer) writeRead(ctx context.Context, data []byte) (w, wsync, r time.Duration, err error) {
 	defer p.c.RemoveObject(context.WithoutCancel(ctx), p.bucket, p.key, minio.RemoveObjectOptions{})
+	settle()
 	start := time.Now()
 	if _, err = p.c.PutObject(ctx, p.bucket, p.key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{}); err != nil {
 		return
@@ -437,3 +443,8 @@ func (p *s3Peer) writeRead(ctx context.Context, data []byte) (w, wsync, r time.D
 	r = time.Since(start)
 	return
 }
+
+// settle flushes every dirty page to disk before a timed write, so that no
+// write pays for the dirty data of the one before (the kernel throttles
+// writers when dirty pages pile up).
+func settle() { syscall.Sync() }

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"runtime"
 	"sort"
+	"sync"
 	"unsafe"
 
 	"golang.org/x/sync/errgroup"
@@ -160,15 +162,28 @@ func (m *Manager) writeObjects(ctx context.Context, dir string, man *Manifest, s
 					buf = make([]byte, m.partSize)
 				}
 				data := src.bytes(o.Offset+p.off, p.size, buf)
-				if man.Checksum == ChecksumCRC32C {
-					crcs[p.obj][p.n-1] = crc32.Checksum(data, castagnoli)
-				}
 				if err := ups[p.obj].WritePart(gctx, p.n, data); err != nil {
 					return fmt.Errorf("object %s part %d: %w", o.Key, p.n, err)
 				}
 			}
 			return gctx.Err()
 		})
+	}
+	// The checksums are computed from the source by goroutines of their
+	// own, so that they run while writers wait on the store (a file's
+	// writes are serialized by the kernel; S3's wait on the network).
+	if man.Checksum == ChecksumCRC32C {
+		hch := feed(gctx, g, parts)
+		for range hashers() {
+			g.Go(func() error {
+				for p := range hch {
+					var c uint32
+					src.each(man.Objects[p.obj].Offset+p.off, p.size, func(b []byte) { c = crc32.Update(c, castagnoli, b) })
+					crcs[p.obj][p.n-1] = c
+				}
+				return gctx.Err()
+			})
+		}
 	}
 	shas := make([]string, len(man.Objects))
 	if man.Checksum == ChecksumSHA256 {
@@ -237,8 +252,27 @@ func (m *Manager) readObjects(ctx context.Context, dir string, man *Manifest, ds
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	ch := feed(gctx, g, parts)
+	// With a destination, parts that have landed are checksummed by
+	// goroutines of their own while the readers fetch more; with scratch
+	// buffers, by the reader before it reuses its buffer.
+	var landed chan part
+	var readers sync.WaitGroup
+	if dst != nil && man.Checksum == ChecksumCRC32C {
+		landed = make(chan part, m.parallel)
+		for range hashers() {
+			g.Go(func() error {
+				for p := range landed {
+					o := man.Objects[p.obj]
+					crcs[p.obj][p.n-1] = crc32.Checksum(dst[o.Offset+p.off:o.Offset+p.off+p.size], castagnoli)
+				}
+				return gctx.Err()
+			})
+		}
+	}
 	for range m.parallel {
+		readers.Add(1)
 		g.Go(func() error {
+			defer readers.Done()
 			var scratch []byte
 			for p := range ch {
 				o := man.Objects[p.obj]
@@ -254,11 +288,25 @@ func (m *Manager) readObjects(ctx context.Context, dir string, man *Manifest, ds
 				if err := m.readRange(gctx, dir+o.Key, o, p.off, buf); err != nil {
 					return err
 				}
-				if man.Checksum == ChecksumCRC32C {
+				switch {
+				case landed != nil:
+					select {
+					case landed <- p:
+					case <-gctx.Done():
+						return gctx.Err()
+					}
+				case man.Checksum == ChecksumCRC32C:
 					crcs[p.obj][p.n-1] = crc32.Checksum(buf, castagnoli)
 				}
 			}
 			return gctx.Err()
+		})
+	}
+	if landed != nil {
+		g.Go(func() error {
+			readers.Wait()
+			close(landed)
+			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
@@ -324,3 +372,7 @@ func (m *Manager) verifySHA256(ctx context.Context, dir string, man *Manifest) e
 	}
 	return nil
 }
+
+// hashers is how many goroutines compute checksums beside the transfer:
+// half the processors (at least one).
+func hashers() int { return max(runtime.GOMAXPROCS(0)/2, 1) }
