@@ -38,8 +38,10 @@
 // straddles two tensors is copied into one of Parallelism part buffers) and
 // a load reads straight into the one buffer that backs the returned
 // tensors. Memory beyond the state is therefore bounded by part size x
-// parallelism, never by the checkpoint size. CRC32C is computed per part
-// by the goroutine that moves it and combined (crc32cCombine).
+// parallelism, never by the checkpoint size. CRC32C is computed per part,
+// by goroutines beside the ones that move the parts (a file's writes are
+// serialized by the kernel; S3's wait on the network), and the parts'
+// CRCs are combined (crc32cCombine).
 //
 // AsyncSaver keeps saves off the training loop: the caller waits only
 // while the state is copied into a host buffer reused from save to save;
