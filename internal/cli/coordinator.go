@@ -56,7 +56,7 @@ func NewCoordinatorCommand() *cobra.Command {
 	}
 	root.AddCommand(newServeCommand(), newRunCommand(),
 		newSubmitCommand(client), newListCommand(client), newStatusCommand(client), newCancelCommand(client),
-		newWatchCommand(client), newWorkersCommand(client), newResumeCommand(client),
+		newWatchCommand(client), newWorkersCommand(client), newResumeCommand(client), newCheckpointsCommand(client),
 		newPrepareCommand())
 	// The all-in-one run command starts workers as processes of this same
 	// binary, so `go run ./cmd/coordinator run` needs no second build.
@@ -291,10 +291,21 @@ func newCancelCommand(client clientFunc) *cobra.Command {
 }
 
 func newResumeCommand(client clientFunc) *cobra.Command {
-	return &cobra.Command{
-		Use:   "resume JOB",
-		Short: "Restart a failed or cancelled job from its latest complete checkpoint",
-		Args:  cobra.ExactArgs(1),
+	var req pb.ResumeJobRequest
+	cmd := &cobra.Command{
+		Use:   "resume JOB [--step N] [--workers M] [--discard-newer]",
+		Short: "Restart a failed or cancelled job from its latest valid checkpoint or a chosen one, on the same or another number of workers",
+		Long: `Restart a failed or cancelled job from its latest valid checkpoint, or from
+the checkpoint of --step (see 'coordinator checkpoints JOB'), on its own
+number of workers or on --workers. The job keeps its global batch (the
+spec's workers x batch_size), so the steps and the learning-rate schedule
+are the same whatever the number of workers; with the same number the
+losses are exactly those of an uninterrupted run.
+
+Resuming from a step older than the newest checkpoint deletes the newer
+checkpoints, so that the new run's checkpoints never mix with them; it
+needs --discard-newer to say so.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cli, done, err := client()
 			if err != nil {
@@ -303,7 +314,8 @@ func newResumeCommand(client clientFunc) *cobra.Command {
 			defer done()
 			ctx, cancel := context.WithTimeout(cmd.Context(), rpcTimeout)
 			defer cancel()
-			j, err := cli.ResumeJob(ctx, &pb.ResumeJobRequest{JobId: args[0]})
+			req.JobId = args[0]
+			j, err := cli.ResumeJob(ctx, &req)
 			if err != nil {
 				return rpcError(err)
 			}
@@ -311,6 +323,87 @@ func newResumeCommand(client clientFunc) *cobra.Command {
 			return nil
 		},
 	}
+	f := cmd.Flags()
+	f.Int64Var(&req.Step, "step", 0, "resume from the checkpoint of this step (default: the latest valid one)")
+	f.Int32Var(&req.Workers, "workers", 0, "run on this many workers from now on (default: as before)")
+	f.BoolVar(&req.DiscardNewer, "discard-newer", false, "delete the checkpoints after --step")
+	return cmd
+}
+
+func newCheckpointsCommand(client clientFunc) *cobra.Command {
+	var verify, asJSON bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "checkpoints JOB [--verify]",
+		Short: "List a job's checkpoints in its store: step, time, size, store, and whether each is valid",
+		Long: `List a job's checkpoints as its store holds them, newest first. A
+checkpoint is valid when its manifest parses and every object it lists
+exists with its size; --verify also reads every object and checks its
+checksum (slow for large checkpoints).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cli, done, err := client()
+			if err != nil {
+				return err
+			}
+			defer done()
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			resp, err := cli.ListCheckpoints(ctx, &pb.ListCheckpointsRequest{JobId: args[0], Verify: verify})
+			if err != nil {
+				return rpcError(err)
+			}
+			if asJSON {
+				b, _ := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(resp)
+				fmt.Fprintln(cmd.OutOrStdout(), string(b))
+				return nil
+			}
+			printCheckpoints(cmd.OutOrStdout(), resp)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&verify, "verify", false, "read every object and check its checksum")
+	f.BoolVar(&asJSON, "json", false, "print as JSON")
+	f.DurationVar(&timeout, "timeout", 10*time.Minute, "give up after this long")
+	return cmd
+}
+
+func printCheckpoints(w io.Writer, resp *pb.ListCheckpointsResponse) {
+	fmt.Fprintf(w, "Store: %s\n", resp.Store)
+	if len(resp.Checkpoints) == 0 {
+		fmt.Fprintln(w, "no checkpoints")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "STEP\tTIME\tSIZE\tWORKERS\tEPOCH\tVALID\tURL / PROBLEM")
+	for _, c := range resp.Checkpoints {
+		when, valid, where := "-", "yes", c.Url
+		if c.TimeMs != 0 {
+			when = time.UnixMilli(c.TimeMs).UTC().Format(time.RFC3339)
+		}
+		if !c.Valid {
+			valid, where = "NO", c.Problem
+		}
+		workers, epoch := "-", "-"
+		if c.World > 0 {
+			workers, epoch = fmt.Sprint(c.World), fmt.Sprint(c.Epoch)
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", c.Step, when, humanBytes(c.SizeBytes), workers, epoch, valid, where)
+	}
+	tw.Flush()
+}
+
+func humanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }
 
 func newWorkersCommand(client clientFunc) *cobra.Command {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -18,6 +19,7 @@ import (
 	"github.com/ringmaster/ringmaster/internal/jobspec"
 	"github.com/ringmaster/ringmaster/internal/state"
 	"github.com/ringmaster/ringmaster/internal/version"
+	"github.com/ringmaster/ringmaster/pkg/checkpoint"
 )
 
 // api implements the Coordinator gRPC service. Mutations are etcd
@@ -202,26 +204,153 @@ func (a *api) CancelJob(ctx context.Context, req *pb.CancelJobRequest) (*pb.Job,
 	})
 }
 
+func resumable(j *state.JobEntry, st *pb.JobStatus) error {
+	switch st.State {
+	case pb.JobState_JOB_STATE_FAILED, pb.JobState_JOB_STATE_CANCELLED:
+		return nil
+	case pb.JobState_JOB_STATE_SUCCEEDED:
+		return status.Errorf(codes.FailedPrecondition, "job %s already succeeded; to train further, submit a new job with `resume: %s`", j.ID, j.ID)
+	default:
+		return status.Errorf(codes.FailedPrecondition, "job %s is %s; only failed or cancelled jobs can be resumed", j.ID, state.StateName(st.State))
+	}
+}
+
+// ResumeJob sets a failed or cancelled job pending again, to continue from
+// its newest valid checkpoint or from the one of req.Step, on its own
+// number of workers or on req.Workers. A chosen step must be valid in the
+// store; checkpoints newer than it are deleted only when asked
+// (discard_newer), so that the new run's checkpoints never mix with the
+// old run's later ones.
 func (a *api) ResumeJob(ctx context.Context, req *pb.ResumeJobRequest) (*pb.Job, error) {
+	if req.Step < 0 || req.Workers < 0 || req.Workers > jobspec.MaxWorkers {
+		return nil, status.Errorf(codes.InvalidArgument, "step %d / workers %d out of range (workers: 1 to %d)", req.Step, req.Workers, jobspec.MaxWorkers)
+	}
+	if req.DiscardNewer && req.Step == 0 {
+		return nil, status.Error(codes.InvalidArgument, "discard_newer needs a step to resume from")
+	}
+	_, j, err := a.job(ctx, req.JobId)
+	if err != nil {
+		return nil, err
+	}
+	if err := resumable(j, j.Status.Value); err != nil {
+		return nil, err
+	}
+	if g := j.Spec.Workers * j.Spec.BatchSize; req.Workers > g {
+		return nil, status.Errorf(codes.InvalidArgument, "job %s trains with a global batch of %d samples; %d workers would leave some with none", j.ID, g, req.Workers)
+	}
+	if req.Step > 0 {
+		if err := a.checkResumeStep(ctx, j, req.Step, req.DiscardNewer); err != nil {
+			return nil, err
+		}
+	}
 	return a.updateStatus(ctx, req.JobId, func(j *state.JobEntry, st *pb.JobStatus) error {
-		switch st.State {
-		case pb.JobState_JOB_STATE_FAILED, pb.JobState_JOB_STATE_CANCELLED:
-		case pb.JobState_JOB_STATE_SUCCEEDED:
-			return status.Errorf(codes.FailedPrecondition, "job %s already succeeded; to train further, submit a new job with `resume: %s`", j.ID, j.ID)
-		default:
-			return status.Errorf(codes.FailedPrecondition, "job %s is %s; only failed or cancelled jobs can be resumed", j.ID, state.StateName(st.State))
+		if err := resumable(j, st); err != nil {
+			return err
 		}
 		st.State = pb.JobState_JOB_STATE_PENDING
 		st.Resume = true
+		st.ResumeStep = req.Step
 		st.Result = nil
-		if len(j.Checkpoints) == 0 {
-			st.Message = fmt.Sprintf("resuming: no checkpoint recorded, the job restarts from step 0; waiting for %d idle workers", j.Spec.Workers)
-		} else {
+		if req.Workers > 0 {
+			st.Workers = req.Workers
+		}
+		workers := Workers(j)
+		if req.Workers > 0 {
+			workers = int(req.Workers)
+		}
+		switch {
+		case req.Step > 0:
+			st.Message = fmt.Sprintf("resuming from the checkpoint at step %d; waiting for %d idle workers", req.Step, workers)
+		case len(j.Checkpoints) == 0:
+			st.Message = fmt.Sprintf("resuming: no checkpoint recorded, the job restarts from step 0 unless its store holds one; waiting for %d idle workers", workers)
+		default:
 			last := j.Checkpoints[len(j.Checkpoints)-1]
-			st.Message = fmt.Sprintf("resuming from the latest valid checkpoint (last recorded: step %d); waiting for %d idle workers", last.Step, j.Spec.Workers)
+			st.Message = fmt.Sprintf("resuming from the latest valid checkpoint (last recorded: step %d); waiting for %d idle workers", last.Step, workers)
 		}
 		return nil
 	})
+}
+
+// checkpoints returns the manager of a job's checkpoints, as its workers
+// write them.
+func (a *api) checkpoints(j *state.JobEntry) (*checkpoint.Manager, error) {
+	store, err := checkpoint.Open(j.Spec.Checkpoint.GetStore())
+	if err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "job %s: %v", j.ID, err)
+	}
+	return checkpoint.NewManager(store, j.ID, int(j.Spec.Checkpoint.GetKeep()), a.c.log,
+		checkpoint.KeepEvery(j.Spec.Checkpoint.GetKeepEvery())), nil
+}
+
+// checkResumeStep checks that the job's checkpoint at step is valid, and
+// deals with newer ones.
+func (a *api) checkResumeStep(ctx context.Context, j *state.JobEntry, step int64, discard bool) error {
+	mgr, err := a.checkpoints(j)
+	if err != nil {
+		return err
+	}
+	list, err := mgr.List(ctx, false)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "listing the checkpoints of job %s: %v", j.ID, err)
+	}
+	var valid, newer []string
+	found := false
+	for _, c := range list {
+		switch {
+		case c.Step == step && !c.Valid:
+			return status.Errorf(codes.FailedPrecondition, "the checkpoint of job %s at step %d is not valid: %s", j.ID, step, c.Problem)
+		case c.Step == step:
+			found = true
+		case c.Step > step:
+			newer = append(newer, fmt.Sprint(c.Step))
+		}
+		if c.Valid {
+			valid = append(valid, fmt.Sprint(c.Step))
+		}
+	}
+	if !found {
+		return status.Errorf(codes.FailedPrecondition, "job %s has no checkpoint at step %d; valid steps: %s (see `coordinator checkpoints %s`)", j.ID, step, strings.Join(valid, ", "), j.ID)
+	}
+	if len(newer) > 0 && !discard {
+		return status.Errorf(codes.FailedPrecondition, "job %s has checkpoints after step %d (steps %s); resuming from step %d deletes them so they never mix with the new run's: confirm with --discard-newer",
+			j.ID, step, strings.Join(newer, ", "), step)
+	}
+	if len(newer) > 0 {
+		if err := mgr.DiscardNewer(ctx, step); err != nil {
+			return status.Errorf(codes.Unavailable, "deleting the checkpoints of job %s after step %d: %v", j.ID, step, err)
+		}
+		a.c.log.Info("discarded checkpoints newer than the resume step", zap.String("job", j.ID), zap.Int64("step", step), zap.Strings("steps", newer))
+	}
+	return nil
+}
+
+// ListCheckpoints lists a job's checkpoints from its store.
+func (a *api) ListCheckpoints(ctx context.Context, req *pb.ListCheckpointsRequest) (*pb.ListCheckpointsResponse, error) {
+	_, j, err := a.job(ctx, req.JobId)
+	if err != nil {
+		return nil, err
+	}
+	mgr, err := a.checkpoints(j)
+	if err != nil {
+		return nil, err
+	}
+	list, err := mgr.List(ctx, req.Verify)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, status.Errorf(codes.DeadlineExceeded, "listing the checkpoints of job %s: %v", j.ID, err)
+		}
+		return nil, status.Errorf(codes.Unavailable, "listing the checkpoints of job %s: %v", j.ID, err)
+	}
+	out := &pb.ListCheckpointsResponse{Store: mgr.URL()}
+	for _, c := range list {
+		ci := &pb.CheckpointInfo{Step: c.Step, SizeBytes: c.Size, Url: c.URL, Valid: c.Valid, Problem: c.Problem,
+			World: int32(c.World), Epoch: int32(c.Epoch), GlobalSamples: c.GlobalSamples}
+		if !c.Created.IsZero() {
+			ci.TimeMs = c.Created.UnixMilli()
+		}
+		out.Checkpoints = append(out.Checkpoints, ci)
+	}
+	return out, nil
 }
 
 func (a *api) ListWorkers(ctx context.Context, _ *pb.ListWorkersRequest) (*pb.ListWorkersResponse, error) {

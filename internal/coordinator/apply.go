@@ -30,8 +30,11 @@ func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) er
 		st.Attempt++
 		st.UpdatedMs = now
 		st.Message = fmt.Sprintf("running on %d workers (generation %d)", len(a.Workers), a.Generation)
-		if st.Resume {
-			st.Message += ", resuming from the latest checkpoint"
+		switch {
+		case st.Resume && st.ResumeStep > 0:
+			st.Message += fmt.Sprintf(", resuming from the checkpoint at step %d", st.ResumeStep)
+		case st.Resume:
+			st.Message += ", resuming from the latest valid checkpoint"
 		}
 		asg := &pb.Assignment{Generation: a.Generation, CreatedMs: now}
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Status(a.JobID)), "=", a.StatusRev))

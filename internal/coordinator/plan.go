@@ -76,7 +76,7 @@ func Plan(s *state.Snapshot) []Action {
 				actions = append(actions, Finish{JobID: id, State: pb.JobState_JOB_STATE_CANCELLED, Message: "cancelled before it started", StatusRev: j.Status.ModRev})
 				continue
 			}
-			n := int(j.Spec.Workers)
+			n := Workers(j)
 			if len(idle) < n {
 				continue
 			}
@@ -172,4 +172,13 @@ func planRunning(s *state.Snapshot, j *state.JobEntry) Action {
 
 func resumeHint(jobID string) string {
 	return fmt.Sprintf(" (resume from the last checkpoint with `coordinator resume %s`)", jobID)
+}
+
+// Workers is how many workers the job runs on when it next starts: the
+// spec's, unless a resume asked for another number.
+func Workers(j *state.JobEntry) int {
+	if st := j.Status.Value; st != nil && st.Workers > 0 {
+		return int(st.Workers)
+	}
+	return int(j.Spec.Workers)
 }

@@ -54,6 +54,17 @@ func TestPlan(t *testing.T) {
 			b.worker("w2", 2).worker("w1", 1).worker("w3", 3)
 			b.job("j", 2, pending, 1)
 		}, []Action{Assign{JobID: "j", Generation: 1, Workers: []string{"w1", "w2"}, StatusRev: 101}}},
+		{"a resume with another worker count starts on that many", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2).worker("w3", 3).worker("w4", 4)
+			j := b.job("j", 2, pending, 1)
+			j.Status.Value.Workers = 4
+			j.Assignment = &state.Versioned[*pb.Assignment]{Value: &pb.Assignment{Generation: 3}}
+		}, []Action{Assign{JobID: "j", Generation: 4, Workers: []string{"w1", "w2", "w3", "w4"}, StatusRev: 101}}},
+		{"a resume on more workers than are idle waits", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2)
+			j := b.job("j", 2, pending, 1)
+			j.Status.Value.Workers = 3
+		}, nil},
 		{"first come first served, then backfill", func(b *snap) {
 			b.worker("w1", 1).worker("w2", 2).worker("w3", 3)
 			b.job("big", 3, pending, 1)

@@ -13,6 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/pkg/checkpoint"
 )
 
 // Models and datasets this build knows. The model list is the single place a
@@ -21,7 +22,9 @@ var (
 	knownModels     = []string{"cnn"}
 	knownDatasets   = []string{"mnist"}
 	knownOptimizers = []string{"sgd"}
-	knownStores     = []string{"file"}
+	knownStores     = []string{"file", "s3"}
+	knownIfBusy     = []string{"wait", "skip"}
+	knownChecksums  = []string{"crc32c", "sha256"}
 	knownSchedules  = []string{"constant", "cosine"}
 )
 
@@ -77,6 +80,10 @@ type checkptY struct {
 	EverySteps *int64  `yaml:"every_steps"`
 	Store      *string `yaml:"store"`
 	Keep       *int    `yaml:"keep"`
+	KeepEvery  *int64  `yaml:"keep_every"`
+	Async      *bool   `yaml:"async"`
+	IfBusy     *string `yaml:"if_busy"`
+	Checksum   *string `yaml:"checksum"`
 }
 
 // FieldError is one problem with one field of a spec.
@@ -155,7 +162,7 @@ var schema = fields{
 	"dataset": {"name": nil, "path": nil},
 	"optimizer": {"name": nil, "lr": nil, "momentum": nil, "weight_decay": nil, "nesterov": nil,
 		"schedule": nil, "warmup_steps": nil, "min_lr_ratio": nil},
-	"checkpoint": {"every_steps": nil, "store": nil, "keep": nil},
+	"checkpoint": {"every_steps": nil, "store": nil, "keep": nil, "keep_every": nil, "async": nil, "if_busy": nil, "checksum": nil},
 }
 
 func checkKeys(n *yaml.Node, path string, allowed fields, errs *[]FieldError) {
@@ -249,6 +256,7 @@ func build(f *file, doc *yaml.Node, opt Options) (*pb.JobSpec, []FieldError) {
 		Optimizer: &pb.Optimizer{Name: "sgd", Lr: DefaultLR, Momentum: DefaultMomentum, Schedule: "constant"},
 		Checkpoint: &pb.CheckpointPolicy{
 			EverySteps: DefaultCheckpointEvery, Store: opt.DefaultStore, Keep: DefaultCheckpointKeep,
+			IfBusy: "wait", Checksum: "crc32c",
 		},
 		Workers:             1,
 		BatchSize:           DefaultBatchSize,
@@ -401,6 +409,27 @@ func build(f *file, doc *yaml.Node, opt Options) (*pb.JobSpec, []FieldError) {
 			}
 			s.Checkpoint.Store = *c.Store
 		}
+		if c.KeepEvery != nil {
+			if *c.KeepEvery < 0 {
+				bad(fmt.Sprintf("%d is not allowed; keep_every must be 0 (none) or a step interval", *c.KeepEvery), "checkpoint", "keep_every")
+			}
+			s.Checkpoint.KeepEvery = *c.KeepEvery
+		}
+		if c.Async != nil {
+			s.Checkpoint.Synchronous = !*c.Async
+		}
+		if c.IfBusy != nil {
+			if !contains(knownIfBusy, *c.IfBusy) {
+				bad(fmt.Sprintf("%q is not allowed; a save while the previous one uploads can %s", *c.IfBusy, strings.Join(knownIfBusy, " or ")), "checkpoint", "if_busy")
+			}
+			s.Checkpoint.IfBusy = *c.IfBusy
+		}
+		if c.Checksum != nil {
+			if !contains(knownChecksums, *c.Checksum) {
+				bad(fmt.Sprintf("unknown checksum %q; allowed: %s", *c.Checksum, strings.Join(knownChecksums, ", ")), "checkpoint", "checksum")
+			}
+			s.Checkpoint.Checksum = *c.Checksum
+		}
 	}
 	if s.Checkpoint.Store == "" {
 		bad("no store given and the coordinator has no default; set a URL such as file:///var/lib/ringmaster/checkpoints", "checkpoint", "store")
@@ -442,8 +471,12 @@ func checkStoreURL(raw string) error {
 	if !contains(knownStores, u.Scheme) {
 		return fmt.Errorf("store scheme %q is not supported; allowed: %s (e.g. file:///var/lib/ringmaster/checkpoints)", u.Scheme, strings.Join(knownStores, ", "))
 	}
-	if u.Scheme == "file" && (u.Host != "" || !strings.HasPrefix(u.Path, "/")) {
-		return fmt.Errorf("%q: a file store URL needs an absolute path and three slashes, e.g. file:///var/lib/ringmaster/checkpoints", raw)
+	if err := checkpoint.CheckURL(raw); err != nil {
+		msg := strings.TrimPrefix(err.Error(), "checkpoint: ")
+		if u.Scheme == "s3" {
+			msg += " (e.g. s3://bucket/prefix?endpoint=minio:9000&path_style=true)"
+		}
+		return errors.New(msg)
 	}
 	return nil
 }

@@ -42,8 +42,22 @@ func TestParseValid(t *testing.T) {
 	if s.Checkpoint.EverySteps != 100 || s.Checkpoint.Keep != 2 || s.Checkpoint.Store != "file:///tmp/ckpt" {
 		t.Errorf("got checkpoint %+v", s.Checkpoint)
 	}
+	if s.Checkpoint.Synchronous || s.Checkpoint.IfBusy != "wait" || s.Checkpoint.Checksum != "crc32c" || s.Checkpoint.KeepEvery != 0 {
+		t.Errorf("checkpoint defaults: %+v", s.Checkpoint)
+	}
 	if s.CollectiveTimeoutMs != 20000 {
 		t.Errorf("collective timeout = %d ms, want 20000", s.CollectiveTimeoutMs)
+	}
+}
+
+func TestParseCheckpointPolicy(t *testing.T) {
+	s, err := Parse([]byte("name: a\nmodel: cnn\ncheckpoint:\n  store: s3://bkt/runs?endpoint=minio:9000&path_style=true\n  keep: 2\n  keep_every: 1000\n  async: false\n  if_busy: skip\n  checksum: sha256\n"), Options{})
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	c := s.Checkpoint
+	if c.Store != "s3://bkt/runs?endpoint=minio:9000&path_style=true" || c.Keep != 2 || c.KeepEvery != 1000 || !c.Synchronous || c.IfBusy != "skip" || c.Checksum != "sha256" {
+		t.Errorf("checkpoint = %+v", c)
 	}
 }
 
@@ -81,6 +95,12 @@ func TestParseRefuses(t *testing.T) {
 		{"negative warmup", base + "optimizer:\n  warmup_steps: -1\n", "optimizer.warmup_steps", "0 or more"},
 		{"steps and epochs", base + "steps: 10\nepochs: 2\n", "steps", "either steps or epochs"},
 		{"bad store", "name: j\nmodel: cnn\ncheckpoint:\n  store: ftp://x/y\n", "checkpoint.store", "not supported"},
+		{"s3 store without bucket", "name: j\nmodel: cnn\ncheckpoint:\n  store: s3:///p\n", "checkpoint.store", "no bucket"},
+		{"s3 store with a typo", "name: j\nmodel: cnn\ncheckpoint:\n  store: s3://b/p?endpont=h:1\n", "checkpoint.store", "allowed: endpoint"},
+		{"s3 store with secrets", "name: j\nmodel: cnn\ncheckpoint:\n  store: s3://k:s@b/p\n", "checkpoint.store", "AWS_ACCESS_KEY_ID"},
+		{"unknown if_busy", "name: j\nmodel: cnn\ncheckpoint:\n  store: file:///tmp/c\n  if_busy: queue\n", "checkpoint.if_busy", "wait or skip"},
+		{"unknown checksum", "name: j\nmodel: cnn\ncheckpoint:\n  store: file:///tmp/c\n  checksum: md5\n", "checkpoint.checksum", "crc32c, sha256"},
+		{"negative keep_every", "name: j\nmodel: cnn\ncheckpoint:\n  store: file:///tmp/c\n  keep_every: -1\n", "checkpoint.keep_every", "0 (none)"},
 		{"relative file store", "name: j\nmodel: cnn\ncheckpoint:\n  store: file://rel/path\n", "checkpoint.store", "absolute path"},
 		{"no store", "name: j\nmodel: cnn\n", "checkpoint.store", "file:///"},
 		{"bad name", "name: 'a b'\nmodel: cnn\n", "name", "letters, digits"},

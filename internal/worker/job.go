@@ -108,7 +108,7 @@ func (w *Worker) runJob(ctx context.Context, c *pb.Claim, claimValue string, log
 	}
 	timeout := time.Duration(spec.CollectiveTimeoutMs) * time.Millisecond
 
-	start, err := w.startState(ctx, &spec, &st, c.JobId, log)
+	start, err := w.startState(ctx, &spec, &st, c.JobId, rank, world, log)
 	if err != nil {
 		return err
 	}
@@ -118,7 +118,7 @@ func (w *Worker) runJob(ctx context.Context, c *pb.Claim, claimValue string, log
 		if err != nil {
 			return err
 		}
-		mgr = checkpoint.NewManager(store, c.JobId, int(spec.Checkpoint.Keep), log)
+		mgr = w.manager(store, c.JobId, &spec, log)
 	}
 
 	dctx, cancel := context.WithTimeout(ctx, max(timeout, 30*time.Second))
@@ -151,18 +151,41 @@ func (w *Worker) runJob(ctx context.Context, c *pb.Claim, claimValue string, log
 	return err
 }
 
-// startState finds the checkpoint a run continues from: the job's own
-// latest valid one when the coordinator resumes it, or the spec's resume
-// source; nil to start fresh.
-func (w *Worker) startState(ctx context.Context, spec *pb.JobSpec, st *pb.JobStatus, jobID string, log *zap.Logger) (*checkpoint.State, error) {
+// manager returns the checkpoint manager of a job's checkpoints under
+// prefix of store, with the spec's retention and checksum, reporting
+// invalid checkpoints it meets as job events.
+func (w *Worker) manager(store checkpoint.Store, prefix string, spec *pb.JobSpec, log *zap.Logger) *checkpoint.Manager {
+	jobID := prefix
+	return checkpoint.NewManager(store, prefix, int(spec.Checkpoint.GetKeep()), log,
+		checkpoint.KeepEvery(spec.Checkpoint.GetKeepEvery()), checkpoint.WithChecksum(spec.Checkpoint.GetChecksum()),
+		checkpoint.Observe(func(e checkpoint.Event) {
+			if e.Kind == checkpoint.EventInvalid {
+				_ = w.pub.Publish(&pb.JobEvent{JobId: jobID, TimeMs: time.Now().UnixMilli(), Event: &pb.JobEvent_State{State: &pb.StateChange{
+					Detail: fmt.Sprintf("checkpoint at step %d (%s) is invalid, not used: %v", e.Step, e.URL, e.Err)}}})
+			}
+		}))
+}
+
+// startState finds the checkpoint a run continues from: when the
+// coordinator resumes the job, the step it chose or else the job's newest
+// valid checkpoint; otherwise the spec's resume source (a job id or a
+// checkpoint URL); nil to start fresh. A checkpoint that cannot continue
+// on world workers is refused here, before any training.
+func (w *Worker) startState(ctx context.Context, spec *pb.JobSpec, st *pb.JobStatus, jobID string, rank, world int, log *zap.Logger) (*checkpoint.State, error) {
 	var storeURL, prefix string
+	step := int64(-1) // the newest valid
 	switch {
 	case st.Resume:
 		storeURL, prefix = spec.Checkpoint.Store, jobID
+		if st.ResumeStep > 0 {
+			step = st.ResumeStep
+		}
 	case spec.Resume == "":
 		return nil, nil
 	case strings.Contains(spec.Resume, "://"):
-		storeURL = spec.Resume
+		// A store URL: the directory of a job's checkpoints, or one
+		// checkpoint in it.
+		storeURL, step = checkpoint.SplitCheckpointURL(spec.Resume)
 	default:
 		// Another job's checkpoints, in that job's store.
 		rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
@@ -184,21 +207,46 @@ func (w *Worker) startState(ctx context.Context, spec *pb.JobSpec, st *pb.JobSta
 	if err != nil {
 		return nil, err
 	}
-	cs, info, err := checkpoint.NewManager(store, prefix, 1, log).Load(ctx, -1)
-	if errors.Is(err, checkpoint.ErrNoCheckpoint) {
+	mgr := w.manager(store, prefix, spec, log)
+	var cs *checkpoint.State
+	var info checkpoint.Info
+	if step >= 0 {
+		cs, info, err = mgr.LoadStep(ctx, step)
+	} else {
+		cs, info, err = mgr.Load(ctx, -1)
+	}
+	if errors.Is(err, checkpoint.ErrNoCheckpoint) && step < 0 {
 		if st.Resume {
 			log.Warn("no valid checkpoint to resume from; starting from step 0")
 			return nil, nil
 		}
-		return nil, fmt.Errorf("resume: no valid checkpoint under %s/%s", storeURL, prefix)
+		return nil, fmt.Errorf("resume: no valid checkpoint under %s", mgr.URL())
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("resume: %w", err)
 	}
 	if cs.Meta["model"] != "" && cs.Meta["model"] != spec.Model {
 		return nil, fmt.Errorf("resume: the checkpoint at %s holds a %s model, the job trains %s", info.URL, cs.Meta["model"], spec.Model)
 	}
-	log.Info("resuming from checkpoint", zap.Int64("step", cs.Step), zap.String("url", info.URL), zap.Int("saved_world", cs.World))
+	if err := cs.CheckWorld(world); err != nil {
+		return nil, fmt.Errorf("resume: %w", err)
+	}
+	if st.Resume && step < 0 && rank == 0 {
+		// Anything of this job newer than the newest valid checkpoint is
+		// corrupt or was never committed, and its steps are the ones this
+		// run is about to save again: clear them, or those saves could
+		// not commit.
+		if newer, err := mgr.Newer(ctx, cs.Step); err == nil && len(newer) > 0 {
+			if err := mgr.DiscardNewer(ctx, cs.Step); err != nil {
+				log.Warn("could not remove the invalid checkpoints newer than the one resumed from", zap.Int64s("steps", newer), zap.Error(err))
+			} else {
+				log.Warn("removed invalid checkpoints newer than the one resumed from", zap.Int64s("steps", newer))
+				_ = w.pub.Publish(&pb.JobEvent{JobId: jobID, TimeMs: time.Now().UnixMilli(), Event: &pb.JobEvent_State{State: &pb.StateChange{
+					Detail: fmt.Sprintf("removed invalid checkpoints at steps %v, newer than step %d which the job resumes from", newer, cs.Step)}}})
+			}
+		}
+	}
+	log.Info("resuming from checkpoint", zap.Int64("step", cs.Step), zap.String("url", info.URL), zap.Int("saved_world", cs.World), zap.Int("world", world))
 	return cs, nil
 }
 
@@ -256,6 +304,11 @@ func (r *etcdReporter) put(ctx context.Context, key, val string) error {
 func (r *etcdReporter) Progress(ctx context.Context, p *pb.Progress) error {
 	p.UpdatedMs = time.Now().UnixMilli()
 	return r.put(ctx, r.w.keys.Progress(r.jobID), state.Marshal(p))
+}
+
+func (r *etcdReporter) CheckpointFailed(step int64, err error) {
+	_ = r.w.pub.Publish(&pb.JobEvent{JobId: r.jobID, TimeMs: time.Now().UnixMilli(), Event: &pb.JobEvent_State{State: &pb.StateChange{
+		Detail: fmt.Sprintf("checkpoint at step %d failed; training goes on and the next save tries again: %v", step, err)}}})
 }
 
 func (r *etcdReporter) Checkpoint(ctx context.Context, rec *pb.CheckpointRecord) error {

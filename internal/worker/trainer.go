@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
@@ -11,6 +12,7 @@ import (
 	"unsafe"
 
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 	"github.com/ringmaster/ringmaster/pkg/allreduce"
@@ -34,6 +36,8 @@ type Reporter interface {
 	Progress(ctx context.Context, p *pb.Progress) error
 	// Checkpoint is called after a checkpoint is committed.
 	Checkpoint(ctx context.Context, rec *pb.CheckpointRecord) error
+	// CheckpointFailed is called when a save fails (training goes on).
+	CheckpointFailed(step int64, err error)
 }
 
 // Trainer runs one rank of a data-parallel job: a straight loop of batch,
@@ -60,6 +64,9 @@ type Trainer struct {
 	// StepHook, if set, runs after every committed step (tests use it to
 	// capture parameters).
 	StepHook func(step int64, m model.Model)
+	// SampleHook, if set, sees the samples this rank trains on in each step
+	// (tests use it to check the data order).
+	SampleHook func(step int64, idx []int32)
 }
 
 // ErrReplicaMismatch means the ranks' parameters diverged.
@@ -80,6 +87,9 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 	pos := shard.Position{}
 	var step, global int64
 	if st := t.Start; st != nil {
+		if err := st.CheckWorld(t.World); err != nil {
+			return nil, err
+		}
 		if err := restore(st, m, opt); err != nil {
 			return nil, err
 		}
@@ -94,15 +104,29 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 		return nil, err
 	}
 	total := t.totalSteps(step, pos, train.N)
-	batch := int(spec.BatchSize)
+	// The job trains with the global batch it was submitted with, however
+	// many workers run it now: each rank takes its share of it.
+	batch := globalBatch(spec)
+	share := (batch + t.World - 1) / t.World
 	t.Log.Info("training", zap.Int("rank", t.Rank), zap.Int("world", t.World), zap.Int64("from_step", step),
-		zap.Int64("total_steps", total), zap.Int("epoch", pos.Epoch), zap.Int("epoch_pos", pos.Pos), zap.Int("params", len(m.Params())))
+		zap.Int64("total_steps", total), zap.Int("epoch", pos.Epoch), zap.Int("epoch_pos", pos.Pos), zap.Int("params", len(m.Params())),
+		zap.Int("global_batch", batch))
+
+	var saver *checkpoint.AsyncSaver
+	if t.Rank == 0 && t.Checkpoints != nil && !spec.Checkpoint.GetSynchronous() {
+		policy := checkpoint.WaitIfBusy
+		if spec.Checkpoint.GetIfBusy() == "skip" {
+			policy = checkpoint.SkipIfBusy
+		}
+		saver = checkpoint.NewAsyncSaver(t.Checkpoints, policy, func(r checkpoint.Result) { t.saved(ctx, r) })
+		defer saver.Close()
+	}
 
 	params, grads := m.Params(), m.Grads()
 	P := len(params)
 	comm := make([]float32, P+1) // gradients, then the loss sum
-	x := make([]float32, batch*mnist.Pixels)
-	y := make([]int32, batch)
+	x := make([]float32, share*mnist.Pixels)
+	y := make([]int32, share)
 	sampler := shard.NewSampler(train.N, spec.Seed)
 	checkEvery := t.ReplicaCheckEvery
 	if checkEvery <= 0 {
@@ -116,9 +140,14 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		idx, g, next, err := sampler.Step(pos, t.World, t.Rank, batch)
+		all, g, next, err := sampler.Step(pos, 1, 0, batch)
 		if err != nil {
 			return nil, err
+		}
+		lo, hi := shard.Split(0, g, t.World, t.Rank)
+		idx := all[lo:hi]
+		if t.SampleHook != nil {
+			t.SampleHook(step+1, idx)
 		}
 		n := len(idx)
 		train.Gather(idx, x[:n*mnist.Pixels], y[:n])
@@ -162,7 +191,7 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 		}
 		every := spec.Checkpoint.GetEverySteps()
 		if t.Rank == 0 && every > 0 && step%every == 0 && step < total {
-			if err := t.save(ctx, m, opt, step, pos, global); err != nil {
+			if err := t.save(ctx, saver, m, opt, step, pos, global); err != nil {
 				// A failed save does not stop training; the next one may
 				// succeed.
 				t.Log.Warn("checkpoint failed; training goes on", zap.Int64("step", step), zap.Error(err))
@@ -183,14 +212,20 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 	}
 	res := &pb.JobResult{TestAccuracy: acc, TestSamples: count, FinalLoss: lastLoss, Steps: step}
 	if t.Rank == 0 {
+		if saver != nil {
+			// The final checkpoint is taken in line, after the one in flight.
+			if err := saver.Wait(ctx); err != nil {
+				return nil, err
+			}
+		}
 		if lastSaved != step && t.Checkpoints != nil {
-			if err := t.save(ctx, m, opt, step, pos, global); err != nil {
+			if err := t.save(ctx, nil, m, opt, step, pos, global); err != nil {
 				return nil, fmt.Errorf("final checkpoint: %w", err)
 			}
 		}
 		if t.Checkpoints != nil {
-			if _, info, err := t.Checkpoints.Load(ctx, step); err == nil {
-				res.LastCheckpoint = info.URL
+			if list, err := t.Checkpoints.List(ctx, false); err == nil && len(list) > 0 && list[0].Valid {
+				res.LastCheckpoint = list[0].URL
 			}
 		}
 		t.Log.Info("job finished", zap.Int64("steps", step), zap.Float64("test_accuracy", acc), zap.Float64("final_loss", lastLoss))
@@ -220,9 +255,16 @@ func (t *Trainer) totalSteps(step int64, pos shard.Position, n int) int64 {
 	if pos.Epoch >= epochs {
 		return step
 	}
-	b := int(t.Spec.BatchSize)
-	left := shard.StepsLeftInEpoch(n, pos, t.World, b) + (epochs-pos.Epoch-1)*shard.StepsLeftInEpoch(n, shard.Position{}, t.World, b)
+	b := globalBatch(t.Spec)
+	left := shard.StepsLeftInEpoch(n, pos, 1, b) + (epochs-pos.Epoch-1)*shard.StepsLeftInEpoch(n, shard.Position{}, 1, b)
 	return step + int64(left)
+}
+
+// globalBatch is the number of samples a full step consumes: the spec's
+// per-worker batch at the spec's worker count. Resuming with another number
+// of workers keeps it, so the job's steps and schedule stay the same.
+func globalBatch(spec *pb.JobSpec) int {
+	return int(spec.BatchSize) * max(int(spec.Workers), 1)
 }
 
 func (t *Trainer) progress(ctx context.Context, p *pb.Progress) {
@@ -307,41 +349,77 @@ func (t *Trainer) evaluate(ctx context.Context, m model.Model) (float64, int64, 
 	return float64(counts[0]) / float64(counts[1]), int64(counts[1]), nil
 }
 
-// save writes a checkpoint of the committed state after step.
-func (t *Trainer) save(ctx context.Context, m model.Model, opt *model.SGD, step int64, pos shard.Position, global int64) error {
+// save checkpoints the committed state after step: through the async
+// saver when there is one (the loop waits only for the copy into its host
+// buffer; the outcome arrives at saved), else in line.
+func (t *Trainer) save(ctx context.Context, saver *checkpoint.AsyncSaver, m model.Model, opt *model.SGD, step int64, pos shard.Position, global int64) error {
 	if t.Checkpoints == nil {
 		return nil
 	}
-	st := &checkpoint.State{
-		Step: step, Epoch: pos.Epoch, EpochSamples: int64(pos.Pos), GlobalSamples: global, World: t.World, Seed: t.Spec.Seed,
-		Meta: map[string]string{"job": t.JobID, "model": t.Spec.Model, "optimizer": "sgd", "optimizer_steps": strconv.FormatInt(opt.Steps(), 10)},
-	}
-	params := m.Params()
-	mom := opt.State()
-	for _, ti := range m.Tensors() {
-		n := numel(ti.Shape)
-		st.Tensors = append(st.Tensors, checkpoint.Tensor{Name: "model." + ti.Name, Shape: ti.Shape, Data: params[ti.Offset : ti.Offset+n]})
-		if mom != nil {
-			st.Tensors = append(st.Tensors, checkpoint.Tensor{Name: "optim.momentum." + ti.Name, Shape: ti.Shape, Data: mom[ti.Offset : ti.Offset+n]})
+	st := t.state(m, opt, step, pos, global)
+	if saver != nil {
+		stall, err := saver.Save(ctx, st)
+		if err != nil {
+			return err
 		}
+		t.Log.Debug("checkpoint snapshot taken; uploading in the background", zap.Int64("step", step), zap.Duration("stall", stall))
+		return nil
 	}
 	start := time.Now()
 	info, err := t.Checkpoints.Save(ctx, st)
-	if err != nil {
-		return err
+	t.saved(ctx, checkpoint.Result{Step: step, Info: info, Err: err, Stall: time.Since(start), Upload: time.Since(start)})
+	return err
+}
+
+// saved reports the outcome of a save. It runs on the async saver's
+// goroutine for background saves.
+func (t *Trainer) saved(ctx context.Context, r checkpoint.Result) {
+	if r.Err != nil {
+		t.Log.Warn("checkpoint failed; training goes on and the next one tries again", zap.Int64("step", r.Step), zap.Error(r.Err))
+		t.Reporter.CheckpointFailed(r.Step, r.Err)
+		return
 	}
-	t.Log.Info("checkpoint saved", zap.Int64("step", step), zap.String("url", info.URL), zap.Duration("took", time.Since(start)))
-	if err := t.Reporter.Checkpoint(ctx, &pb.CheckpointRecord{Step: step, Url: info.URL, SizeBytes: info.Size, TimeMs: time.Now().UnixMilli()}); err != nil {
+	t.Log.Info("checkpoint saved", zap.Int64("step", r.Step), zap.String("url", r.Info.URL),
+		zap.Duration("training_stall", r.Stall), zap.Duration("upload", r.Upload))
+	if err := t.Reporter.Checkpoint(ctx, &pb.CheckpointRecord{Step: r.Step, Url: r.Info.URL, SizeBytes: r.Info.Size, TimeMs: time.Now().UnixMilli()}); err != nil {
 		t.Log.Warn("recording the checkpoint failed", zap.Error(err))
 	}
-	return nil
+}
+
+// state is the committed training state after step. Its tensors are views
+// of the model's and optimizer's flat buffers: the model's tensors, then
+// the momentum's, each set one contiguous run of memory.
+func (t *Trainer) state(m model.Model, opt *model.SGD, step int64, pos shard.Position, global int64) *checkpoint.State {
+	spec, _ := protojson.Marshal(t.Spec)
+	rng := make([]byte, 16) // the data order is a pure function of (seed, epoch)
+	binary.LittleEndian.PutUint64(rng, t.Spec.Seed)
+	binary.LittleEndian.PutUint64(rng[8:], uint64(pos.Epoch))
+	st := &checkpoint.State{
+		Step: step, Epoch: pos.Epoch, EpochSamples: int64(pos.Pos), GlobalSamples: global, World: t.World, Seed: t.Spec.Seed,
+		Spec: spec, RNG: []checkpoint.RNGState{{Name: "data_order", State: rng}},
+		Meta: map[string]string{"job": t.JobID, "model": t.Spec.Model, "optimizer": "sgd", "optimizer_steps": strconv.FormatInt(opt.Steps(), 10)},
+	}
+	params := m.Params()
+	for _, ti := range m.Tensors() {
+		n := numel(ti.Shape)
+		st.Tensors = append(st.Tensors, checkpoint.Tensor{Name: "model." + ti.Name, Shape: ti.Shape, Data: params[ti.Offset : ti.Offset+n]})
+	}
+	if mom := opt.State(); mom != nil {
+		for _, ti := range m.Tensors() {
+			n := numel(ti.Shape)
+			st.Tensors = append(st.Tensors, checkpoint.Tensor{Name: "optim.momentum." + ti.Name, Shape: ti.Shape, Data: mom[ti.Offset : ti.Offset+n]})
+		}
+	}
+	return st
 }
 
 // restore loads a checkpoint's tensors into the model and optimizer. A
-// checkpoint of another model, or with tensors of other shapes, is refused.
+// checkpoint of another model, with tensors of other shapes, or with state
+// this job would not use is refused.
 func restore(st *checkpoint.State, m model.Model, opt *model.SGD) error {
 	params := m.Params()
 	var mom []float32
+	used := map[string]bool{}
 	for _, ti := range m.Tensors() {
 		n := numel(ti.Shape)
 		ct := st.Tensor("model." + ti.Name)
@@ -352,6 +430,7 @@ func restore(st *checkpoint.State, m model.Model, opt *model.SGD) error {
 			return fmt.Errorf("checkpoint tensor model.%s has shape %v, the model needs %v", ti.Name, ct.Shape, ti.Shape)
 		}
 		copy(params[ti.Offset:ti.Offset+n], ct.Data)
+		used[ct.Name] = true
 		if mt := st.Tensor("optim.momentum." + ti.Name); mt != nil {
 			if mom == nil {
 				mom = make([]float32, len(params))
@@ -360,6 +439,12 @@ func restore(st *checkpoint.State, m model.Model, opt *model.SGD) error {
 				return fmt.Errorf("checkpoint tensor optim.momentum.%s has shape %v, the model needs %v", ti.Name, mt.Shape, ti.Shape)
 			}
 			copy(mom[ti.Offset:ti.Offset+n], mt.Data)
+			used[mt.Name] = true
+		}
+	}
+	for _, ct := range st.Tensors {
+		if !used[ct.Name] {
+			return fmt.Errorf("checkpoint at step %d holds tensor %s, which this job (a %s model with SGD) does not use; refusing to drop it", st.Step, ct.Name, m.Name())
 		}
 	}
 	steps, _ := strconv.ParseInt(st.Meta["optimizer_steps"], 10, 64)

@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net"
 	"sync"
@@ -47,6 +48,7 @@ type memReporter struct {
 	losses   map[int64]float64
 	progress []*pb.Progress
 	ckpts    []*pb.CheckpointRecord
+	failed   []int64
 }
 
 func newMemReporter() *memReporter { return &memReporter{losses: map[int64]float64{}} }
@@ -61,6 +63,11 @@ func (r *memReporter) Progress(_ context.Context, p *pb.Progress) error {
 	defer r.mu.Unlock()
 	r.progress = append(r.progress, p)
 	return nil
+}
+func (r *memReporter) CheckpointFailed(step int64, _ error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.failed = append(r.failed, step)
 }
 func (r *memReporter) Checkpoint(_ context.Context, c *pb.CheckpointRecord) error {
 	r.mu.Lock()
@@ -125,29 +132,55 @@ func ringOverGRPC(t *testing.T, world int, gen uint64) []*allreduce.Comm {
 // train runs every rank of a job to the end and returns rank 0's reporter
 // and final parameters.
 func train(t *testing.T, spec *pb.JobSpec, mgr *checkpoint.Manager, start *checkpoint.State, hook func(rank int, step int64, m model.Model)) (*memReporter, []float32) {
-	world := int(spec.Workers)
-	comms := ringOverGRPC(t, world, 1)
+	rep, params, err := runJob(t, run{spec: spec, world: int(spec.Workers), mgr: mgr, start: start, hook: hook})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep, params
+}
+
+// run describes one run of a job for runJob.
+type run struct {
+	spec    *pb.JobSpec
+	world   int
+	data    *mnist.Dataset // nil: loadMNIST
+	mgr     *checkpoint.Manager
+	start   *checkpoint.State
+	hook    func(rank int, step int64, m model.Model)
+	samples func(rank int, step int64, idx []int32)
+}
+
+// runJob runs every rank of a job to the end and returns rank 0's
+// reporter, its parameters after the last step, and the first rank error.
+func runJob(t *testing.T, j run) (*memReporter, []float32, error) {
+	comms := ringOverGRPC(t, j.world, 1)
 	rep := newMemReporter()
-	ds := loadMNIST(t)
+	ds := j.data
+	if ds == nil {
+		ds = loadMNIST(t)
+	}
 	var params []float32
-	errs := make([]error, world)
+	errs := make([]error, j.world)
 	var wg sync.WaitGroup
-	for r := range world {
+	for r := range j.world {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tr := &Trainer{JobID: "t", Spec: spec, Rank: r, World: world, Generation: 1, Comm: comms[r], Data: ds,
-				Backend: model.NewCPU(2), Start: start, Reporter: rep, Log: zaptest.NewLogger(t), ReplicaCheckEvery: 5}
+			tr := &Trainer{JobID: "t", Spec: j.spec, Rank: r, World: j.world, Generation: 1, Comm: comms[r], Data: ds,
+				Backend: model.NewCPU(2), Start: j.start, Reporter: rep, Log: zaptest.NewLogger(t), ReplicaCheckEvery: 5}
 			if r == 0 {
-				tr.Checkpoints = mgr
+				tr.Checkpoints = j.mgr
 			}
 			tr.StepHook = func(step int64, m model.Model) {
-				if hook != nil {
-					hook(r, step, m)
+				if j.hook != nil {
+					j.hook(r, step, m)
 				}
-				if r == 0 && step == spec.Steps {
-					params = append([]float32(nil), m.Params()...)
+				if r == 0 {
+					params = append(params[:0], m.Params()...)
 				}
+			}
+			if j.samples != nil {
+				tr.SampleHook = func(step int64, idx []int32) { j.samples(r, step, idx) }
 			}
 			_, errs[r] = tr.Run(context.Background())
 		}()
@@ -155,10 +188,10 @@ func train(t *testing.T, spec *pb.JobSpec, mgr *checkpoint.Manager, start *check
 	wg.Wait()
 	for r, err := range errs {
 		if err != nil {
-			t.Fatalf("rank %d: %v", r, err)
+			return rep, params, fmt.Errorf("rank %d: %w", r, err)
 		}
 	}
-	return rep, params
+	return rep, params, nil
 }
 
 // Two workers with batch 32 reach the parameters that one worker with

@@ -1,45 +1,95 @@
 package checkpoint
 
 import (
+	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"net/url"
-	"os"
-	"path"
-	"path/filepath"
-	"sort"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // ErrNotFound is returned for a key that does not exist.
 var ErrNotFound = errors.New("checkpoint: object not found")
 
+// ErrPrecondition is returned when a conditional write finds the object
+// in another state than the condition asked for (it exists, or it
+// changed).
+var ErrPrecondition = errors.New("checkpoint: precondition failed")
+
 // ObjectInfo describes a stored object.
 type ObjectInfo struct {
-	Key  string
-	Size int64
+	Key      string
+	Size     int64
+	ETag     string // version tag for conditional writes; opaque
+	Modified time.Time
+}
+
+// Condition makes a write conditional. The zero value writes
+// unconditionally.
+type Condition struct {
+	// IfAbsent writes only if no object exists under the key.
+	IfAbsent bool
+	// IfMatch writes only if the object's current ETag is this one.
+	IfMatch string
 }
 
 // Store is a flat namespace of immutable objects addressed by keys with '/'
-// separators.
+// separators. Implementations are safe for concurrent use.
 type Store interface {
-	// Put stores the object atomically: readers see the old object or the
-	// whole new one, never a part.
-	Put(ctx context.Context, key string, r io.Reader, size int64) error
-	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	// Create begins writing an object of exactly size bytes in parts of
+	// partSize bytes (the last may be shorter). Nothing is visible under
+	// key until Complete returns nil; then readers see the whole object.
+	Create(ctx context.Context, key string, size, partSize int64, cond Condition) (Upload, error)
+	// Read returns n bytes of the object starting at off; n < 0 reads to
+	// the end. A missing object is ErrNotFound.
+	Read(ctx context.Context, key string, off, n int64) (io.ReadCloser, error)
+	// Stat describes one object; a missing object is ErrNotFound.
+	Stat(ctx context.Context, key string) (ObjectInfo, error)
 	// List returns the objects whose keys start with prefix, sorted by key.
+	// Objects being written are not listed.
 	List(ctx context.Context, prefix string) ([]ObjectInfo, error)
+	// Delete removes an object; deleting a missing key is not an error.
 	Delete(ctx context.Context, key string) error
-	// URL names the store, for logs and records.
+	// URL names the store (without secrets), such that Open(URL()) opens
+	// it again.
 	URL() string
 }
 
-// Open returns the store named by a URL. Supported: file:///absolute/path.
+// Upload is an object being written. Parts may be written concurrently
+// and in any order; each part is written at most once unless an earlier
+// attempt of it failed.
+type Upload interface {
+	// WritePart writes part number n (1-based), which starts at byte
+	// (n-1)*partSize and holds p.
+	WritePart(ctx context.Context, n int, p []byte) error
+	// Complete makes the object visible, atomically, if the write's
+	// condition holds (else ErrPrecondition).
+	Complete(ctx context.Context) error
+	// Abort discards what was written. It is safe after Complete (then it
+	// does nothing).
+	Abort(ctx context.Context) error
+}
+
+// IncompleteCleaner is implemented by stores that keep what uploads that
+// never completed wrote (S3 multipart uploads, temporary files of a
+// process that died). AbortIncomplete discards those under prefix for
+// which stale returns true, given the key and when the upload started,
+// and returns how many it discarded.
+type IncompleteCleaner interface {
+	AbortIncomplete(ctx context.Context, prefix string, stale func(key string, started time.Time) bool) (int, error)
+}
+
+// Open returns the store named by a URL:
+//
+//	file:///absolute/path
+//	s3://bucket/optional/prefix?endpoint=host:port&region=R&path_style=true&tls=false
+//
+// See S3Config for the S3 options and the environment variables they fall
+// back to.
 func Open(raw string) (Store, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -47,154 +97,132 @@ func Open(raw string) (Store, error) {
 	}
 	switch u.Scheme {
 	case "file":
-		if u.Host != "" || !strings.HasPrefix(u.Path, "/") {
-			return nil, fmt.Errorf("checkpoint: store URL %q: a file store needs an absolute path, e.g. file:///var/lib/ringmaster/checkpoints", raw)
+		noSync, err := parseFileURL(raw, u)
+		if err != nil {
+			return nil, err
 		}
-		return NewFileStore(u.Path)
+		s, err := NewFileStore(u.Path)
+		if err == nil && noSync {
+			s.SkipSync()
+		}
+		return s, err
+	case "s3":
+		cfg, err := ParseS3URL(raw)
+		if err != nil {
+			return nil, err
+		}
+		return NewS3Store(cfg)
 	default:
-		return nil, fmt.Errorf("checkpoint: store URL %q: scheme %q is not supported (use file://)", raw, u.Scheme)
+		return nil, fmt.Errorf("checkpoint: store URL %q: scheme %q is not supported (use file:// or s3://)", raw, u.Scheme)
 	}
 }
 
-// FileStore keeps objects as files under a root directory.
-type FileStore struct {
-	root string
-}
-
-// NewFileStore returns a store rooted at dir, creating it if needed.
-func NewFileStore(dir string) (*FileStore, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("checkpoint: creating store directory: %w", err)
-	}
-	return &FileStore{root: dir}, nil
-}
-
-// URL implements Store.
-func (s *FileStore) URL() string { return "file://" + s.root }
-
-func (s *FileStore) path(key string) (string, error) {
-	clean := path.Clean("/" + key)
-	if clean == "/" || clean != "/"+key {
-		return "", fmt.Errorf("checkpoint: invalid object key %q", key)
-	}
-	return filepath.Join(s.root, filepath.FromSlash(clean)), nil
-}
-
-// Put implements Store: it writes a temporary file beside the target,
-// syncs it and renames it into place.
-func (s *FileStore) Put(ctx context.Context, key string, r io.Reader, size int64) error {
-	p, err := s.path(key)
+// CheckURL reports whether Open would accept a store URL, without
+// touching the store.
+func CheckURL(raw string) error {
+	u, err := url.Parse(raw)
 	if err != nil {
-		return err
+		return fmt.Errorf("checkpoint: store URL %q: %w", raw, err)
 	}
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
+	switch u.Scheme {
+	case "file":
+		_, err = parseFileURL(raw, u)
+	case "s3":
+		_, err = ParseS3URL(raw)
+	default:
+		err = fmt.Errorf("checkpoint: store URL %q: scheme %q is not supported (use file:// or s3://)", raw, u.Scheme)
 	}
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := p + ".tmp-" + hex.EncodeToString(rnd[:])
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-	if err != nil {
-		return err
-	}
-	n, err := io.Copy(f, ctxReader{ctx, r})
-	if err == nil && size >= 0 && n != size {
-		err = fmt.Errorf("checkpoint: %s: wrote %d bytes, expected %d", key, n, size)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("checkpoint: writing %s: %w", key, err)
-	}
-	return syncDir(filepath.Dir(p))
+	return err
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
+// parseFileURL checks file:///absolute/path[?fsync=false].
+func parseFileURL(raw string, u *url.URL) (noSync bool, err error) {
+	if u.Host != "" || !strings.HasPrefix(u.Path, "/") {
+		return false, fmt.Errorf("checkpoint: store URL %q: a file store needs an absolute path and three slashes, e.g. file:///var/lib/ringmaster/checkpoints", raw)
 	}
-	defer d.Close()
-	return d.Sync()
-}
-
-// Get implements Store.
-func (s *FileStore) Get(ctx context.Context, key string) (io.ReadCloser, error) {
-	p, err := s.path(key)
-	if err != nil {
-		return nil, err
+	q := u.Query()
+	for k := range q {
+		if k != "fsync" {
+			return false, fmt.Errorf("checkpoint: store URL %q: unknown option %q; a file store takes fsync=false", raw, k)
+		}
 	}
-	f, err := os.Open(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, key)
-	}
-	return f, err
-}
-
-// List implements Store. Temporary files of unfinished writes are not
-// listed.
-func (s *FileStore) List(ctx context.Context, prefix string) ([]ObjectInfo, error) {
-	var out []ObjectInfo
-	err := filepath.WalkDir(s.root, func(p string, d fs.DirEntry, err error) error {
+	if v := q.Get("fsync"); v != "" {
+		on, err := strconv.ParseBool(v)
 		if err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
+			return false, fmt.Errorf("checkpoint: store URL %q: fsync=%q is not true or false", raw, v)
 		}
-		if d.IsDir() || strings.Contains(d.Name(), ".tmp-") {
-			return nil
-		}
-		rel, _ := filepath.Rel(s.root, p)
-		key := filepath.ToSlash(rel)
-		if !strings.HasPrefix(key, prefix) {
-			return nil
-		}
-		info, err := d.Info()
-		if err != nil {
-			return nil // removed while walking
-		}
-		out = append(out, ObjectInfo{Key: key, Size: info.Size()})
-		return ctx.Err()
-	})
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
-	return out, err
+		noSync = !on
+	}
+	return noSync, nil
 }
 
-// Delete implements Store; deleting a missing key is not an error.
-func (s *FileStore) Delete(ctx context.Context, key string) error {
-	p, err := s.path(key)
+// ObjectURL is the URL of a key (or key prefix) in a store: the store's
+// URL with the key appended to its path, options kept.
+func ObjectURL(s Store, key string) string {
+	base := s.URL()
+	path, query, _ := strings.Cut(base, "?")
+	out := strings.TrimSuffix(path, "/") + "/" + key
+	if query != "" {
+		out += "?" + query
+	}
+	return out
+}
+
+// SplitCheckpointURL splits the URL of a checkpoint directory (as
+// ObjectURL names it, ending in step-NNNNNNNNNNNN[/]) into the URL of the
+// directory that holds the job's checkpoints and the step. A URL that
+// names no step is returned whole with step -1.
+func SplitCheckpointURL(raw string) (root string, step int64) {
+	path, query, _ := strings.Cut(raw, "?")
+	trimmed := strings.TrimSuffix(path, "/")
+	i := strings.LastIndex(trimmed, "/")
+	if i < 0 {
+		return raw, -1
+	}
+	s, ok := parseStepDir(trimmed[i+1:])
+	if !ok {
+		return raw, -1
+	}
+	root = trimmed[:i]
+	if query != "" {
+		root += "?" + query
+	}
+	return root, s
+}
+
+var errTooLarge = errors.New("too large")
+
+// putBytes writes a small object in one part.
+func putBytes(ctx context.Context, s Store, key string, b []byte, cond Condition) error {
+	up, err := s.Create(ctx, key, int64(len(b)), max(int64(len(b)), 1), cond)
 	if err != nil {
 		return err
 	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := up.WritePart(ctx, 1, b); err != nil {
+		_ = up.Abort(context.WithoutCancel(ctx))
 		return err
 	}
-	// Remove now-empty parent directories up to the root, best effort.
-	for dir := filepath.Dir(p); dir != s.root && strings.HasPrefix(dir, s.root); dir = filepath.Dir(dir) {
-		if os.Remove(dir) != nil {
-			break
-		}
+	if err := up.Complete(ctx); err != nil {
+		_ = up.Abort(context.WithoutCancel(ctx))
+		return err
 	}
 	return nil
 }
 
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
+// readSmall reads a whole object of at most limit bytes.
+func readSmall(ctx context.Context, s Store, key string, limit int64) ([]byte, error) {
+	rc, err := s.Read(ctx, key, 0, -1)
+	if err != nil {
+		return nil, err
 	}
-	return c.r.Read(p)
+	defer rc.Close()
+	var buf bytes.Buffer
+	n, err := io.Copy(&buf, io.LimitReader(rc, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if n > limit {
+		return nil, fmt.Errorf("%w: object %s is larger than %d bytes", errTooLarge, key, limit)
+	}
+	return buf.Bytes(), nil
 }

@@ -448,8 +448,16 @@ func (x *CancelJobRequest) GetJobId() string {
 }
 
 type ResumeJobRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// Resume from the checkpoint of this step; 0 means the latest valid one.
+	Step int64 `protobuf:"varint,2,opt,name=step,proto3" json:"step,omitempty"`
+	// Run on this many workers from now on; 0 keeps the current number. The
+	// global batch (the spec's workers x batch_size) stays the same.
+	Workers int32 `protobuf:"varint,3,opt,name=workers,proto3" json:"workers,omitempty"`
+	// Delete the job's checkpoints newer than step. Resuming from an older
+	// step is refused while newer checkpoints exist, unless this is set.
+	DiscardNewer  bool `protobuf:"varint,4,opt,name=discard_newer,json=discardNewer,proto3" json:"discard_newer,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -491,6 +499,246 @@ func (x *ResumeJobRequest) GetJobId() string {
 	return ""
 }
 
+func (x *ResumeJobRequest) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *ResumeJobRequest) GetWorkers() int32 {
+	if x != nil {
+		return x.Workers
+	}
+	return 0
+}
+
+func (x *ResumeJobRequest) GetDiscardNewer() bool {
+	if x != nil {
+		return x.DiscardNewer
+	}
+	return false
+}
+
+type ListCheckpointsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// Also read every object and check its checksum (slow for large
+	// checkpoints); without it, manifests and object sizes are checked.
+	Verify        bool `protobuf:"varint,2,opt,name=verify,proto3" json:"verify,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCheckpointsRequest) Reset() {
+	*x = ListCheckpointsRequest{}
+	mi := &file_coordinator_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCheckpointsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCheckpointsRequest) ProtoMessage() {}
+
+func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coordinator_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
+func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
+	return file_coordinator_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ListCheckpointsRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ListCheckpointsRequest) GetVerify() bool {
+	if x != nil {
+		return x.Verify
+	}
+	return false
+}
+
+type ListCheckpointsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The store URL of the job's checkpoints.
+	Store string `protobuf:"bytes,1,opt,name=store,proto3" json:"store,omitempty"`
+	// Newest first.
+	Checkpoints   []*CheckpointInfo `protobuf:"bytes,2,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListCheckpointsResponse) Reset() {
+	*x = ListCheckpointsResponse{}
+	mi := &file_coordinator_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListCheckpointsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListCheckpointsResponse) ProtoMessage() {}
+
+func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coordinator_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListCheckpointsResponse.ProtoReflect.Descriptor instead.
+func (*ListCheckpointsResponse) Descriptor() ([]byte, []int) {
+	return file_coordinator_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ListCheckpointsResponse) GetStore() string {
+	if x != nil {
+		return x.Store
+	}
+	return ""
+}
+
+func (x *ListCheckpointsResponse) GetCheckpoints() []*CheckpointInfo {
+	if x != nil {
+		return x.Checkpoints
+	}
+	return nil
+}
+
+type CheckpointInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Step  int64                  `protobuf:"varint,1,opt,name=step,proto3" json:"step,omitempty"`
+	// When it was saved (Unix milliseconds).
+	TimeMs    int64  `protobuf:"varint,2,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"`
+	SizeBytes int64  `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Url       string `protobuf:"bytes,4,opt,name=url,proto3" json:"url,omitempty"`
+	Valid     bool   `protobuf:"varint,5,opt,name=valid,proto3" json:"valid,omitempty"`
+	// Why it is not valid.
+	Problem string `protobuf:"bytes,6,opt,name=problem,proto3" json:"problem,omitempty"`
+	// Workers of the run that saved it.
+	World         int32 `protobuf:"varint,7,opt,name=world,proto3" json:"world,omitempty"`
+	Epoch         int32 `protobuf:"varint,8,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	GlobalSamples int64 `protobuf:"varint,9,opt,name=global_samples,json=globalSamples,proto3" json:"global_samples,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckpointInfo) Reset() {
+	*x = CheckpointInfo{}
+	mi := &file_coordinator_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckpointInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckpointInfo) ProtoMessage() {}
+
+func (x *CheckpointInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_coordinator_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckpointInfo.ProtoReflect.Descriptor instead.
+func (*CheckpointInfo) Descriptor() ([]byte, []int) {
+	return file_coordinator_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CheckpointInfo) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+func (x *CheckpointInfo) GetTimeMs() int64 {
+	if x != nil {
+		return x.TimeMs
+	}
+	return 0
+}
+
+func (x *CheckpointInfo) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *CheckpointInfo) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *CheckpointInfo) GetValid() bool {
+	if x != nil {
+		return x.Valid
+	}
+	return false
+}
+
+func (x *CheckpointInfo) GetProblem() string {
+	if x != nil {
+		return x.Problem
+	}
+	return ""
+}
+
+func (x *CheckpointInfo) GetWorld() int32 {
+	if x != nil {
+		return x.World
+	}
+	return 0
+}
+
+func (x *CheckpointInfo) GetEpoch() int32 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *CheckpointInfo) GetGlobalSamples() int64 {
+	if x != nil {
+		return x.GlobalSamples
+	}
+	return 0
+}
+
 type ListWorkersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -499,7 +747,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_coordinator_proto_msgTypes[9]
+	mi := &file_coordinator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -511,7 +759,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[9]
+	mi := &file_coordinator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -524,7 +772,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{9}
+	return file_coordinator_proto_rawDescGZIP(), []int{12}
 }
 
 type ListWorkersResponse struct {
@@ -536,7 +784,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_coordinator_proto_msgTypes[10]
+	mi := &file_coordinator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +796,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[10]
+	mi := &file_coordinator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,7 +809,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{10}
+	return file_coordinator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*Worker {
@@ -580,7 +828,7 @@ type WatchJobRequest struct {
 
 func (x *WatchJobRequest) Reset() {
 	*x = WatchJobRequest{}
-	mi := &file_coordinator_proto_msgTypes[11]
+	mi := &file_coordinator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -592,7 +840,7 @@ func (x *WatchJobRequest) String() string {
 func (*WatchJobRequest) ProtoMessage() {}
 
 func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[11]
+	mi := &file_coordinator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -605,7 +853,7 @@ func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
 func (*WatchJobRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{11}
+	return file_coordinator_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *WatchJobRequest) GetJobId() string {
@@ -630,7 +878,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_coordinator_proto_msgTypes[12]
+	mi := &file_coordinator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -642,7 +890,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[12]
+	mi := &file_coordinator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -655,7 +903,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{12}
+	return file_coordinator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Job) GetId() string {
@@ -727,7 +975,7 @@ type JobSpec struct {
 
 func (x *JobSpec) Reset() {
 	*x = JobSpec{}
-	mi := &file_coordinator_proto_msgTypes[13]
+	mi := &file_coordinator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +987,7 @@ func (x *JobSpec) String() string {
 func (*JobSpec) ProtoMessage() {}
 
 func (x *JobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[13]
+	mi := &file_coordinator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +1000,7 @@ func (x *JobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSpec.ProtoReflect.Descriptor instead.
 func (*JobSpec) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{13}
+	return file_coordinator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *JobSpec) GetName() string {
@@ -859,7 +1107,7 @@ type Dataset struct {
 
 func (x *Dataset) Reset() {
 	*x = Dataset{}
-	mi := &file_coordinator_proto_msgTypes[14]
+	mi := &file_coordinator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +1119,7 @@ func (x *Dataset) String() string {
 func (*Dataset) ProtoMessage() {}
 
 func (x *Dataset) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[14]
+	mi := &file_coordinator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +1132,7 @@ func (x *Dataset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Dataset.ProtoReflect.Descriptor instead.
 func (*Dataset) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{14}
+	return file_coordinator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Dataset) GetName() string {
@@ -920,7 +1168,7 @@ type Optimizer struct {
 
 func (x *Optimizer) Reset() {
 	*x = Optimizer{}
-	mi := &file_coordinator_proto_msgTypes[15]
+	mi := &file_coordinator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +1180,7 @@ func (x *Optimizer) String() string {
 func (*Optimizer) ProtoMessage() {}
 
 func (x *Optimizer) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[15]
+	mi := &file_coordinator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +1193,7 @@ func (x *Optimizer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Optimizer.ProtoReflect.Descriptor instead.
 func (*Optimizer) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{15}
+	return file_coordinator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Optimizer) GetName() string {
@@ -1008,17 +1256,27 @@ type CheckpointPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Save every N steps (0: only at the end).
 	EverySteps int64 `protobuf:"varint,1,opt,name=every_steps,json=everySteps,proto3" json:"every_steps,omitempty"`
-	// Store URL, e.g. file:///var/lib/ringmaster/checkpoints.
+	// Store URL, e.g. file:///var/lib/ringmaster/checkpoints or
+	// s3://bucket/prefix?endpoint=host:9000.
 	Store string `protobuf:"bytes,2,opt,name=store,proto3" json:"store,omitempty"`
 	// Keep the newest N complete checkpoints.
-	Keep          int32 `protobuf:"varint,3,opt,name=keep,proto3" json:"keep,omitempty"`
+	Keep int32 `protobuf:"varint,3,opt,name=keep,proto3" json:"keep,omitempty"`
+	// Also keep every checkpoint whose step is a multiple of this (0: none).
+	KeepEvery int64 `protobuf:"varint,4,opt,name=keep_every,json=keepEvery,proto3" json:"keep_every,omitempty"`
+	// Save in the training loop instead of in the background.
+	Synchronous bool `protobuf:"varint,5,opt,name=synchronous,proto3" json:"synchronous,omitempty"`
+	// What a save does while the previous one is still uploading: "wait"
+	// (the default) or "skip".
+	IfBusy string `protobuf:"bytes,6,opt,name=if_busy,json=ifBusy,proto3" json:"if_busy,omitempty"`
+	// Object checksum: "crc32c" (the default) or "sha256".
+	Checksum      string `protobuf:"bytes,7,opt,name=checksum,proto3" json:"checksum,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CheckpointPolicy) Reset() {
 	*x = CheckpointPolicy{}
-	mi := &file_coordinator_proto_msgTypes[16]
+	mi := &file_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1288,7 @@ func (x *CheckpointPolicy) String() string {
 func (*CheckpointPolicy) ProtoMessage() {}
 
 func (x *CheckpointPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[16]
+	mi := &file_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1301,7 @@ func (x *CheckpointPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointPolicy.ProtoReflect.Descriptor instead.
 func (*CheckpointPolicy) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{16}
+	return file_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CheckpointPolicy) GetEverySteps() int64 {
@@ -1067,6 +1325,34 @@ func (x *CheckpointPolicy) GetKeep() int32 {
 	return 0
 }
 
+func (x *CheckpointPolicy) GetKeepEvery() int64 {
+	if x != nil {
+		return x.KeepEvery
+	}
+	return 0
+}
+
+func (x *CheckpointPolicy) GetSynchronous() bool {
+	if x != nil {
+		return x.Synchronous
+	}
+	return false
+}
+
+func (x *CheckpointPolicy) GetIfBusy() string {
+	if x != nil {
+		return x.IfBusy
+	}
+	return ""
+}
+
+func (x *CheckpointPolicy) GetChecksum() string {
+	if x != nil {
+		return x.Checksum
+	}
+	return ""
+}
+
 type JobStatus struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	State   JobState               `protobuf:"varint,1,opt,name=state,proto3,enum=ringmaster.v1.JobState" json:"state,omitempty"`
@@ -1082,13 +1368,17 @@ type JobStatus struct {
 	Result *JobResult `protobuf:"bytes,7,opt,name=result,proto3" json:"result,omitempty"`
 	// Set by a cancel request; the coordinator acts on it.
 	CancelRequested bool `protobuf:"varint,8,opt,name=cancel_requested,json=cancelRequested,proto3" json:"cancel_requested,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// With resume: the step to load (0: the latest valid checkpoint).
+	ResumeStep int64 `protobuf:"varint,9,opt,name=resume_step,json=resumeStep,proto3" json:"resume_step,omitempty"`
+	// Workers the job runs on when it is next started; 0 means the spec's.
+	Workers       int32 `protobuf:"varint,10,opt,name=workers,proto3" json:"workers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_coordinator_proto_msgTypes[17]
+	mi := &file_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1100,7 +1390,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[17]
+	mi := &file_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1113,7 +1403,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *JobStatus) GetState() JobState {
@@ -1172,6 +1462,20 @@ func (x *JobStatus) GetCancelRequested() bool {
 	return false
 }
 
+func (x *JobStatus) GetResumeStep() int64 {
+	if x != nil {
+		return x.ResumeStep
+	}
+	return 0
+}
+
+func (x *JobStatus) GetWorkers() int32 {
+	if x != nil {
+		return x.Workers
+	}
+	return 0
+}
+
 type JobResult struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	TestAccuracy   float64                `protobuf:"fixed64,1,opt,name=test_accuracy,json=testAccuracy,proto3" json:"test_accuracy,omitempty"`
@@ -1185,7 +1489,7 @@ type JobResult struct {
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_coordinator_proto_msgTypes[18]
+	mi := &file_coordinator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1197,7 +1501,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[18]
+	mi := &file_coordinator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1210,7 +1514,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_coordinator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *JobResult) GetTestAccuracy() float64 {
@@ -1260,7 +1564,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_coordinator_proto_msgTypes[19]
+	mi := &file_coordinator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1576,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[19]
+	mi := &file_coordinator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1589,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_coordinator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Assignment) GetGeneration() uint64 {
@@ -1324,7 +1628,7 @@ type RankAssignment struct {
 
 func (x *RankAssignment) Reset() {
 	*x = RankAssignment{}
-	mi := &file_coordinator_proto_msgTypes[20]
+	mi := &file_coordinator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1640,7 @@ func (x *RankAssignment) String() string {
 func (*RankAssignment) ProtoMessage() {}
 
 func (x *RankAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[20]
+	mi := &file_coordinator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1653,7 @@ func (x *RankAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankAssignment.ProtoReflect.Descriptor instead.
 func (*RankAssignment) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{20}
+	return file_coordinator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RankAssignment) GetRank() int32 {
@@ -1403,7 +1707,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_coordinator_proto_msgTypes[21]
+	mi := &file_coordinator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1415,7 +1719,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[21]
+	mi := &file_coordinator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1428,7 +1732,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{21}
+	return file_coordinator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Progress) GetGeneration() uint64 {
@@ -1522,7 +1826,7 @@ type RankReport struct {
 
 func (x *RankReport) Reset() {
 	*x = RankReport{}
-	mi := &file_coordinator_proto_msgTypes[22]
+	mi := &file_coordinator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1534,7 +1838,7 @@ func (x *RankReport) String() string {
 func (*RankReport) ProtoMessage() {}
 
 func (x *RankReport) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[22]
+	mi := &file_coordinator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1547,7 +1851,7 @@ func (x *RankReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankReport.ProtoReflect.Descriptor instead.
 func (*RankReport) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{22}
+	return file_coordinator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RankReport) GetGeneration() uint64 {
@@ -1597,7 +1901,7 @@ type CheckpointRecord struct {
 
 func (x *CheckpointRecord) Reset() {
 	*x = CheckpointRecord{}
-	mi := &file_coordinator_proto_msgTypes[23]
+	mi := &file_coordinator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +1913,7 @@ func (x *CheckpointRecord) String() string {
 func (*CheckpointRecord) ProtoMessage() {}
 
 func (x *CheckpointRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[23]
+	mi := &file_coordinator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +1926,7 @@ func (x *CheckpointRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRecord.ProtoReflect.Descriptor instead.
 func (*CheckpointRecord) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{23}
+	return file_coordinator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CheckpointRecord) GetStep() int64 {
@@ -1672,7 +1976,7 @@ type Worker struct {
 
 func (x *Worker) Reset() {
 	*x = Worker{}
-	mi := &file_coordinator_proto_msgTypes[24]
+	mi := &file_coordinator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +1988,7 @@ func (x *Worker) String() string {
 func (*Worker) ProtoMessage() {}
 
 func (x *Worker) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[24]
+	mi := &file_coordinator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +2001,7 @@ func (x *Worker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Worker.ProtoReflect.Descriptor instead.
 func (*Worker) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{24}
+	return file_coordinator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Worker) GetId() string {
@@ -1769,7 +2073,7 @@ type Claim struct {
 
 func (x *Claim) Reset() {
 	*x = Claim{}
-	mi := &file_coordinator_proto_msgTypes[25]
+	mi := &file_coordinator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1781,7 +2085,7 @@ func (x *Claim) String() string {
 func (*Claim) ProtoMessage() {}
 
 func (x *Claim) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[25]
+	mi := &file_coordinator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1794,7 +2098,7 @@ func (x *Claim) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Claim.ProtoReflect.Descriptor instead.
 func (*Claim) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{25}
+	return file_coordinator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Claim) GetJobId() string {
@@ -1835,7 +2139,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_coordinator_proto_msgTypes[26]
+	mi := &file_coordinator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1847,7 +2151,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[26]
+	mi := &file_coordinator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1860,7 +2164,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{26}
+	return file_coordinator_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *JobEvent) GetJobId() string {
@@ -1934,7 +2238,7 @@ type StepMetrics struct {
 
 func (x *StepMetrics) Reset() {
 	*x = StepMetrics{}
-	mi := &file_coordinator_proto_msgTypes[27]
+	mi := &file_coordinator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1946,7 +2250,7 @@ func (x *StepMetrics) String() string {
 func (*StepMetrics) ProtoMessage() {}
 
 func (x *StepMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[27]
+	mi := &file_coordinator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1959,7 +2263,7 @@ func (x *StepMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepMetrics.ProtoReflect.Descriptor instead.
 func (*StepMetrics) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{27}
+	return file_coordinator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StepMetrics) GetGeneration() uint64 {
@@ -2031,7 +2335,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_coordinator_proto_msgTypes[28]
+	mi := &file_coordinator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2347,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[28]
+	mi := &file_coordinator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2360,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{28}
+	return file_coordinator_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StateChange) GetState() JobState {
@@ -2109,9 +2413,29 @@ const file_coordinator_proto_rawDesc = "" +
 	"\rGetJobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\")\n" +
 	"\x10CancelJobRequest\x12\x15\n" +
-	"\x06job_id\x18\x01 \x01(\tR\x05jobId\")\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"|\n" +
 	"\x10ResumeJobRequest\x12\x15\n" +
-	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"\x14\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x12\n" +
+	"\x04step\x18\x02 \x01(\x03R\x04step\x12\x18\n" +
+	"\aworkers\x18\x03 \x01(\x05R\aworkers\x12#\n" +
+	"\rdiscard_newer\x18\x04 \x01(\bR\fdiscardNewer\"G\n" +
+	"\x16ListCheckpointsRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
+	"\x06verify\x18\x02 \x01(\bR\x06verify\"p\n" +
+	"\x17ListCheckpointsResponse\x12\x14\n" +
+	"\x05store\x18\x01 \x01(\tR\x05store\x12?\n" +
+	"\vcheckpoints\x18\x02 \x03(\v2\x1d.ringmaster.v1.CheckpointInfoR\vcheckpoints\"\xf1\x01\n" +
+	"\x0eCheckpointInfo\x12\x12\n" +
+	"\x04step\x18\x01 \x01(\x03R\x04step\x12\x17\n" +
+	"\atime_ms\x18\x02 \x01(\x03R\x06timeMs\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\x12\x10\n" +
+	"\x03url\x18\x04 \x01(\tR\x03url\x12\x14\n" +
+	"\x05valid\x18\x05 \x01(\bR\x05valid\x12\x18\n" +
+	"\aproblem\x18\x06 \x01(\tR\aproblem\x12\x14\n" +
+	"\x05world\x18\a \x01(\x05R\x05world\x12\x14\n" +
+	"\x05epoch\x18\b \x01(\x05R\x05epoch\x12%\n" +
+	"\x0eglobal_samples\x18\t \x01(\x03R\rglobalSamples\"\x14\n" +
 	"\x12ListWorkersRequest\"F\n" +
 	"\x13ListWorkersResponse\x12/\n" +
 	"\aworkers\x18\x01 \x03(\v2\x15.ringmaster.v1.WorkerR\aworkers\"(\n" +
@@ -2156,12 +2480,17 @@ const file_coordinator_proto_rawDesc = "" +
 	"\bschedule\x18\x06 \x01(\tR\bschedule\x12!\n" +
 	"\fwarmup_steps\x18\a \x01(\x03R\vwarmupSteps\x12 \n" +
 	"\fmin_lr_ratio\x18\b \x01(\x02R\n" +
-	"minLrRatio\"]\n" +
+	"minLrRatio\"\xd3\x01\n" +
 	"\x10CheckpointPolicy\x12\x1f\n" +
 	"\vevery_steps\x18\x01 \x01(\x03R\n" +
 	"everySteps\x12\x14\n" +
 	"\x05store\x18\x02 \x01(\tR\x05store\x12\x12\n" +
-	"\x04keep\x18\x03 \x01(\x05R\x04keep\"\xa1\x02\n" +
+	"\x04keep\x18\x03 \x01(\x05R\x04keep\x12\x1d\n" +
+	"\n" +
+	"keep_every\x18\x04 \x01(\x03R\tkeepEvery\x12 \n" +
+	"\vsynchronous\x18\x05 \x01(\bR\vsynchronous\x12\x17\n" +
+	"\aif_busy\x18\x06 \x01(\tR\x06ifBusy\x12\x1a\n" +
+	"\bchecksum\x18\a \x01(\tR\bchecksum\"\xdc\x02\n" +
 	"\tJobStatus\x12-\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x17.ringmaster.v1.JobStateR\x05state\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1d\n" +
@@ -2172,7 +2501,11 @@ const file_coordinator_proto_rawDesc = "" +
 	"\aattempt\x18\x05 \x01(\x05R\aattempt\x12\x16\n" +
 	"\x06resume\x18\x06 \x01(\bR\x06resume\x120\n" +
 	"\x06result\x18\a \x01(\v2\x18.ringmaster.v1.JobResultR\x06result\x12)\n" +
-	"\x10cancel_requested\x18\b \x01(\bR\x0fcancelRequested\"\xb1\x01\n" +
+	"\x10cancel_requested\x18\b \x01(\bR\x0fcancelRequested\x12\x1f\n" +
+	"\vresume_step\x18\t \x01(\x03R\n" +
+	"resumeStep\x12\x18\n" +
+	"\aworkers\x18\n" +
+	" \x01(\x05R\aworkers\"\xb1\x01\n" +
 	"\tJobResult\x12#\n" +
 	"\rtest_accuracy\x18\x01 \x01(\x01R\ftestAccuracy\x12!\n" +
 	"\ftest_samples\x18\x02 \x01(\x03R\vtestSamples\x12'\n" +
@@ -2269,14 +2602,15 @@ const file_coordinator_proto_rawDesc = "" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x04\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\x052\xc8\x04\n" +
+	"\x13JOB_STATE_CANCELLED\x10\x052\xaa\x05\n" +
 	"\vCoordinator\x12?\n" +
 	"\x04Info\x12\x1a.ringmaster.v1.InfoRequest\x1a\x1b.ringmaster.v1.InfoResponse\x12N\n" +
 	"\tSubmitJob\x12\x1f.ringmaster.v1.SubmitJobRequest\x1a .ringmaster.v1.SubmitJobResponse\x12K\n" +
 	"\bListJobs\x12\x1e.ringmaster.v1.ListJobsRequest\x1a\x1f.ringmaster.v1.ListJobsResponse\x12:\n" +
 	"\x06GetJob\x12\x1c.ringmaster.v1.GetJobRequest\x1a\x12.ringmaster.v1.Job\x12@\n" +
 	"\tCancelJob\x12\x1f.ringmaster.v1.CancelJobRequest\x1a\x12.ringmaster.v1.Job\x12@\n" +
-	"\tResumeJob\x12\x1f.ringmaster.v1.ResumeJobRequest\x1a\x12.ringmaster.v1.Job\x12T\n" +
+	"\tResumeJob\x12\x1f.ringmaster.v1.ResumeJobRequest\x1a\x12.ringmaster.v1.Job\x12`\n" +
+	"\x0fListCheckpoints\x12%.ringmaster.v1.ListCheckpointsRequest\x1a&.ringmaster.v1.ListCheckpointsResponse\x12T\n" +
 	"\vListWorkers\x12!.ringmaster.v1.ListWorkersRequest\x1a\".ringmaster.v1.ListWorkersResponse\x12E\n" +
 	"\bWatchJob\x12\x1e.ringmaster.v1.WatchJobRequest\x1a\x17.ringmaster.v1.JobEvent0\x01BAZ?github.com/ringmaster/ringmaster/api/ringmaster/v1;ringmasterv1b\x06proto3"
 
@@ -2293,79 +2627,85 @@ func file_coordinator_proto_rawDescGZIP() []byte {
 }
 
 var file_coordinator_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_coordinator_proto_goTypes = []any{
-	(JobState)(0),               // 0: ringmaster.v1.JobState
-	(*InfoRequest)(nil),         // 1: ringmaster.v1.InfoRequest
-	(*InfoResponse)(nil),        // 2: ringmaster.v1.InfoResponse
-	(*SubmitJobRequest)(nil),    // 3: ringmaster.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),   // 4: ringmaster.v1.SubmitJobResponse
-	(*ListJobsRequest)(nil),     // 5: ringmaster.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),    // 6: ringmaster.v1.ListJobsResponse
-	(*GetJobRequest)(nil),       // 7: ringmaster.v1.GetJobRequest
-	(*CancelJobRequest)(nil),    // 8: ringmaster.v1.CancelJobRequest
-	(*ResumeJobRequest)(nil),    // 9: ringmaster.v1.ResumeJobRequest
-	(*ListWorkersRequest)(nil),  // 10: ringmaster.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil), // 11: ringmaster.v1.ListWorkersResponse
-	(*WatchJobRequest)(nil),     // 12: ringmaster.v1.WatchJobRequest
-	(*Job)(nil),                 // 13: ringmaster.v1.Job
-	(*JobSpec)(nil),             // 14: ringmaster.v1.JobSpec
-	(*Dataset)(nil),             // 15: ringmaster.v1.Dataset
-	(*Optimizer)(nil),           // 16: ringmaster.v1.Optimizer
-	(*CheckpointPolicy)(nil),    // 17: ringmaster.v1.CheckpointPolicy
-	(*JobStatus)(nil),           // 18: ringmaster.v1.JobStatus
-	(*JobResult)(nil),           // 19: ringmaster.v1.JobResult
-	(*Assignment)(nil),          // 20: ringmaster.v1.Assignment
-	(*RankAssignment)(nil),      // 21: ringmaster.v1.RankAssignment
-	(*Progress)(nil),            // 22: ringmaster.v1.Progress
-	(*RankReport)(nil),          // 23: ringmaster.v1.RankReport
-	(*CheckpointRecord)(nil),    // 24: ringmaster.v1.CheckpointRecord
-	(*Worker)(nil),              // 25: ringmaster.v1.Worker
-	(*Claim)(nil),               // 26: ringmaster.v1.Claim
-	(*JobEvent)(nil),            // 27: ringmaster.v1.JobEvent
-	(*StepMetrics)(nil),         // 28: ringmaster.v1.StepMetrics
-	(*StateChange)(nil),         // 29: ringmaster.v1.StateChange
+	(JobState)(0),                   // 0: ringmaster.v1.JobState
+	(*InfoRequest)(nil),             // 1: ringmaster.v1.InfoRequest
+	(*InfoResponse)(nil),            // 2: ringmaster.v1.InfoResponse
+	(*SubmitJobRequest)(nil),        // 3: ringmaster.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),       // 4: ringmaster.v1.SubmitJobResponse
+	(*ListJobsRequest)(nil),         // 5: ringmaster.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 6: ringmaster.v1.ListJobsResponse
+	(*GetJobRequest)(nil),           // 7: ringmaster.v1.GetJobRequest
+	(*CancelJobRequest)(nil),        // 8: ringmaster.v1.CancelJobRequest
+	(*ResumeJobRequest)(nil),        // 9: ringmaster.v1.ResumeJobRequest
+	(*ListCheckpointsRequest)(nil),  // 10: ringmaster.v1.ListCheckpointsRequest
+	(*ListCheckpointsResponse)(nil), // 11: ringmaster.v1.ListCheckpointsResponse
+	(*CheckpointInfo)(nil),          // 12: ringmaster.v1.CheckpointInfo
+	(*ListWorkersRequest)(nil),      // 13: ringmaster.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),     // 14: ringmaster.v1.ListWorkersResponse
+	(*WatchJobRequest)(nil),         // 15: ringmaster.v1.WatchJobRequest
+	(*Job)(nil),                     // 16: ringmaster.v1.Job
+	(*JobSpec)(nil),                 // 17: ringmaster.v1.JobSpec
+	(*Dataset)(nil),                 // 18: ringmaster.v1.Dataset
+	(*Optimizer)(nil),               // 19: ringmaster.v1.Optimizer
+	(*CheckpointPolicy)(nil),        // 20: ringmaster.v1.CheckpointPolicy
+	(*JobStatus)(nil),               // 21: ringmaster.v1.JobStatus
+	(*JobResult)(nil),               // 22: ringmaster.v1.JobResult
+	(*Assignment)(nil),              // 23: ringmaster.v1.Assignment
+	(*RankAssignment)(nil),          // 24: ringmaster.v1.RankAssignment
+	(*Progress)(nil),                // 25: ringmaster.v1.Progress
+	(*RankReport)(nil),              // 26: ringmaster.v1.RankReport
+	(*CheckpointRecord)(nil),        // 27: ringmaster.v1.CheckpointRecord
+	(*Worker)(nil),                  // 28: ringmaster.v1.Worker
+	(*Claim)(nil),                   // 29: ringmaster.v1.Claim
+	(*JobEvent)(nil),                // 30: ringmaster.v1.JobEvent
+	(*StepMetrics)(nil),             // 31: ringmaster.v1.StepMetrics
+	(*StateChange)(nil),             // 32: ringmaster.v1.StateChange
 }
 var file_coordinator_proto_depIdxs = []int32{
-	13, // 0: ringmaster.v1.ListJobsResponse.jobs:type_name -> ringmaster.v1.Job
-	25, // 1: ringmaster.v1.ListWorkersResponse.workers:type_name -> ringmaster.v1.Worker
-	14, // 2: ringmaster.v1.Job.spec:type_name -> ringmaster.v1.JobSpec
-	18, // 3: ringmaster.v1.Job.status:type_name -> ringmaster.v1.JobStatus
-	20, // 4: ringmaster.v1.Job.assignment:type_name -> ringmaster.v1.Assignment
-	22, // 5: ringmaster.v1.Job.progress:type_name -> ringmaster.v1.Progress
-	24, // 6: ringmaster.v1.Job.checkpoints:type_name -> ringmaster.v1.CheckpointRecord
-	15, // 7: ringmaster.v1.JobSpec.dataset:type_name -> ringmaster.v1.Dataset
-	16, // 8: ringmaster.v1.JobSpec.optimizer:type_name -> ringmaster.v1.Optimizer
-	17, // 9: ringmaster.v1.JobSpec.checkpoint:type_name -> ringmaster.v1.CheckpointPolicy
-	0,  // 10: ringmaster.v1.JobStatus.state:type_name -> ringmaster.v1.JobState
-	19, // 11: ringmaster.v1.JobStatus.result:type_name -> ringmaster.v1.JobResult
-	21, // 12: ringmaster.v1.Assignment.ranks:type_name -> ringmaster.v1.RankAssignment
-	19, // 13: ringmaster.v1.Progress.result:type_name -> ringmaster.v1.JobResult
-	28, // 14: ringmaster.v1.JobEvent.step:type_name -> ringmaster.v1.StepMetrics
-	29, // 15: ringmaster.v1.JobEvent.state:type_name -> ringmaster.v1.StateChange
-	0,  // 16: ringmaster.v1.StateChange.state:type_name -> ringmaster.v1.JobState
-	19, // 17: ringmaster.v1.StateChange.result:type_name -> ringmaster.v1.JobResult
-	1,  // 18: ringmaster.v1.Coordinator.Info:input_type -> ringmaster.v1.InfoRequest
-	3,  // 19: ringmaster.v1.Coordinator.SubmitJob:input_type -> ringmaster.v1.SubmitJobRequest
-	5,  // 20: ringmaster.v1.Coordinator.ListJobs:input_type -> ringmaster.v1.ListJobsRequest
-	7,  // 21: ringmaster.v1.Coordinator.GetJob:input_type -> ringmaster.v1.GetJobRequest
-	8,  // 22: ringmaster.v1.Coordinator.CancelJob:input_type -> ringmaster.v1.CancelJobRequest
-	9,  // 23: ringmaster.v1.Coordinator.ResumeJob:input_type -> ringmaster.v1.ResumeJobRequest
-	10, // 24: ringmaster.v1.Coordinator.ListWorkers:input_type -> ringmaster.v1.ListWorkersRequest
-	12, // 25: ringmaster.v1.Coordinator.WatchJob:input_type -> ringmaster.v1.WatchJobRequest
-	2,  // 26: ringmaster.v1.Coordinator.Info:output_type -> ringmaster.v1.InfoResponse
-	4,  // 27: ringmaster.v1.Coordinator.SubmitJob:output_type -> ringmaster.v1.SubmitJobResponse
-	6,  // 28: ringmaster.v1.Coordinator.ListJobs:output_type -> ringmaster.v1.ListJobsResponse
-	13, // 29: ringmaster.v1.Coordinator.GetJob:output_type -> ringmaster.v1.Job
-	13, // 30: ringmaster.v1.Coordinator.CancelJob:output_type -> ringmaster.v1.Job
-	13, // 31: ringmaster.v1.Coordinator.ResumeJob:output_type -> ringmaster.v1.Job
-	11, // 32: ringmaster.v1.Coordinator.ListWorkers:output_type -> ringmaster.v1.ListWorkersResponse
-	27, // 33: ringmaster.v1.Coordinator.WatchJob:output_type -> ringmaster.v1.JobEvent
-	26, // [26:34] is the sub-list for method output_type
-	18, // [18:26] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	16, // 0: ringmaster.v1.ListJobsResponse.jobs:type_name -> ringmaster.v1.Job
+	12, // 1: ringmaster.v1.ListCheckpointsResponse.checkpoints:type_name -> ringmaster.v1.CheckpointInfo
+	28, // 2: ringmaster.v1.ListWorkersResponse.workers:type_name -> ringmaster.v1.Worker
+	17, // 3: ringmaster.v1.Job.spec:type_name -> ringmaster.v1.JobSpec
+	21, // 4: ringmaster.v1.Job.status:type_name -> ringmaster.v1.JobStatus
+	23, // 5: ringmaster.v1.Job.assignment:type_name -> ringmaster.v1.Assignment
+	25, // 6: ringmaster.v1.Job.progress:type_name -> ringmaster.v1.Progress
+	27, // 7: ringmaster.v1.Job.checkpoints:type_name -> ringmaster.v1.CheckpointRecord
+	18, // 8: ringmaster.v1.JobSpec.dataset:type_name -> ringmaster.v1.Dataset
+	19, // 9: ringmaster.v1.JobSpec.optimizer:type_name -> ringmaster.v1.Optimizer
+	20, // 10: ringmaster.v1.JobSpec.checkpoint:type_name -> ringmaster.v1.CheckpointPolicy
+	0,  // 11: ringmaster.v1.JobStatus.state:type_name -> ringmaster.v1.JobState
+	22, // 12: ringmaster.v1.JobStatus.result:type_name -> ringmaster.v1.JobResult
+	24, // 13: ringmaster.v1.Assignment.ranks:type_name -> ringmaster.v1.RankAssignment
+	22, // 14: ringmaster.v1.Progress.result:type_name -> ringmaster.v1.JobResult
+	31, // 15: ringmaster.v1.JobEvent.step:type_name -> ringmaster.v1.StepMetrics
+	32, // 16: ringmaster.v1.JobEvent.state:type_name -> ringmaster.v1.StateChange
+	0,  // 17: ringmaster.v1.StateChange.state:type_name -> ringmaster.v1.JobState
+	22, // 18: ringmaster.v1.StateChange.result:type_name -> ringmaster.v1.JobResult
+	1,  // 19: ringmaster.v1.Coordinator.Info:input_type -> ringmaster.v1.InfoRequest
+	3,  // 20: ringmaster.v1.Coordinator.SubmitJob:input_type -> ringmaster.v1.SubmitJobRequest
+	5,  // 21: ringmaster.v1.Coordinator.ListJobs:input_type -> ringmaster.v1.ListJobsRequest
+	7,  // 22: ringmaster.v1.Coordinator.GetJob:input_type -> ringmaster.v1.GetJobRequest
+	8,  // 23: ringmaster.v1.Coordinator.CancelJob:input_type -> ringmaster.v1.CancelJobRequest
+	9,  // 24: ringmaster.v1.Coordinator.ResumeJob:input_type -> ringmaster.v1.ResumeJobRequest
+	10, // 25: ringmaster.v1.Coordinator.ListCheckpoints:input_type -> ringmaster.v1.ListCheckpointsRequest
+	13, // 26: ringmaster.v1.Coordinator.ListWorkers:input_type -> ringmaster.v1.ListWorkersRequest
+	15, // 27: ringmaster.v1.Coordinator.WatchJob:input_type -> ringmaster.v1.WatchJobRequest
+	2,  // 28: ringmaster.v1.Coordinator.Info:output_type -> ringmaster.v1.InfoResponse
+	4,  // 29: ringmaster.v1.Coordinator.SubmitJob:output_type -> ringmaster.v1.SubmitJobResponse
+	6,  // 30: ringmaster.v1.Coordinator.ListJobs:output_type -> ringmaster.v1.ListJobsResponse
+	16, // 31: ringmaster.v1.Coordinator.GetJob:output_type -> ringmaster.v1.Job
+	16, // 32: ringmaster.v1.Coordinator.CancelJob:output_type -> ringmaster.v1.Job
+	16, // 33: ringmaster.v1.Coordinator.ResumeJob:output_type -> ringmaster.v1.Job
+	11, // 34: ringmaster.v1.Coordinator.ListCheckpoints:output_type -> ringmaster.v1.ListCheckpointsResponse
+	14, // 35: ringmaster.v1.Coordinator.ListWorkers:output_type -> ringmaster.v1.ListWorkersResponse
+	30, // 36: ringmaster.v1.Coordinator.WatchJob:output_type -> ringmaster.v1.JobEvent
+	28, // [28:37] is the sub-list for method output_type
+	19, // [19:28] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_coordinator_proto_init() }
@@ -2373,7 +2713,7 @@ func file_coordinator_proto_init() {
 	if File_coordinator_proto != nil {
 		return
 	}
-	file_coordinator_proto_msgTypes[26].OneofWrappers = []any{
+	file_coordinator_proto_msgTypes[29].OneofWrappers = []any{
 		(*JobEvent_Step)(nil),
 		(*JobEvent_State)(nil),
 	}
@@ -2383,7 +2723,7 @@ func file_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coordinator_proto_rawDesc), len(file_coordinator_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   29,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

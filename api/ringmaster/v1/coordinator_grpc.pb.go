@@ -23,14 +23,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Coordinator_Info_FullMethodName        = "/ringmaster.v1.Coordinator/Info"
-	Coordinator_SubmitJob_FullMethodName   = "/ringmaster.v1.Coordinator/SubmitJob"
-	Coordinator_ListJobs_FullMethodName    = "/ringmaster.v1.Coordinator/ListJobs"
-	Coordinator_GetJob_FullMethodName      = "/ringmaster.v1.Coordinator/GetJob"
-	Coordinator_CancelJob_FullMethodName   = "/ringmaster.v1.Coordinator/CancelJob"
-	Coordinator_ResumeJob_FullMethodName   = "/ringmaster.v1.Coordinator/ResumeJob"
-	Coordinator_ListWorkers_FullMethodName = "/ringmaster.v1.Coordinator/ListWorkers"
-	Coordinator_WatchJob_FullMethodName    = "/ringmaster.v1.Coordinator/WatchJob"
+	Coordinator_Info_FullMethodName            = "/ringmaster.v1.Coordinator/Info"
+	Coordinator_SubmitJob_FullMethodName       = "/ringmaster.v1.Coordinator/SubmitJob"
+	Coordinator_ListJobs_FullMethodName        = "/ringmaster.v1.Coordinator/ListJobs"
+	Coordinator_GetJob_FullMethodName          = "/ringmaster.v1.Coordinator/GetJob"
+	Coordinator_CancelJob_FullMethodName       = "/ringmaster.v1.Coordinator/CancelJob"
+	Coordinator_ResumeJob_FullMethodName       = "/ringmaster.v1.Coordinator/ResumeJob"
+	Coordinator_ListCheckpoints_FullMethodName = "/ringmaster.v1.Coordinator/ListCheckpoints"
+	Coordinator_ListWorkers_FullMethodName     = "/ringmaster.v1.Coordinator/ListWorkers"
+	Coordinator_WatchJob_FullMethodName        = "/ringmaster.v1.Coordinator/WatchJob"
 )
 
 // CoordinatorClient is the client API for Coordinator service.
@@ -46,8 +47,12 @@ type CoordinatorClient interface {
 	ListJobs(ctx context.Context, in *ListJobsRequest, opts ...grpc.CallOption) (*ListJobsResponse, error)
 	GetJob(ctx context.Context, in *GetJobRequest, opts ...grpc.CallOption) (*Job, error)
 	CancelJob(ctx context.Context, in *CancelJobRequest, opts ...grpc.CallOption) (*Job, error)
-	// ResumeJob restarts a stopped job from its latest complete checkpoint.
+	// ResumeJob restarts a stopped job from its latest valid checkpoint or a
+	// chosen one, with the same or another number of workers.
 	ResumeJob(ctx context.Context, in *ResumeJobRequest, opts ...grpc.CallOption) (*Job, error)
+	// ListCheckpoints lists a job's checkpoints as its store holds them,
+	// each with whether it is valid.
+	ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error)
 	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
 	// WatchJob streams the job's events (progress and state changes) as the
 	// workers publish them on NATS, starting with the job's current state.
@@ -122,6 +127,16 @@ func (c *coordinatorClient) ResumeJob(ctx context.Context, in *ResumeJobRequest,
 	return out, nil
 }
 
+func (c *coordinatorClient) ListCheckpoints(ctx context.Context, in *ListCheckpointsRequest, opts ...grpc.CallOption) (*ListCheckpointsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListCheckpointsResponse)
+	err := c.cc.Invoke(ctx, Coordinator_ListCheckpoints_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *coordinatorClient) ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListWorkersResponse)
@@ -164,8 +179,12 @@ type CoordinatorServer interface {
 	ListJobs(context.Context, *ListJobsRequest) (*ListJobsResponse, error)
 	GetJob(context.Context, *GetJobRequest) (*Job, error)
 	CancelJob(context.Context, *CancelJobRequest) (*Job, error)
-	// ResumeJob restarts a stopped job from its latest complete checkpoint.
+	// ResumeJob restarts a stopped job from its latest valid checkpoint or a
+	// chosen one, with the same or another number of workers.
 	ResumeJob(context.Context, *ResumeJobRequest) (*Job, error)
+	// ListCheckpoints lists a job's checkpoints as its store holds them,
+	// each with whether it is valid.
+	ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error)
 	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
 	// WatchJob streams the job's events (progress and state changes) as the
 	// workers publish them on NATS, starting with the job's current state.
@@ -197,6 +216,9 @@ func (UnimplementedCoordinatorServer) CancelJob(context.Context, *CancelJobReque
 }
 func (UnimplementedCoordinatorServer) ResumeJob(context.Context, *ResumeJobRequest) (*Job, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ResumeJob not implemented")
+}
+func (UnimplementedCoordinatorServer) ListCheckpoints(context.Context, *ListCheckpointsRequest) (*ListCheckpointsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListCheckpoints not implemented")
 }
 func (UnimplementedCoordinatorServer) ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListWorkers not implemented")
@@ -333,6 +355,24 @@ func _Coordinator_ResumeJob_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_ListCheckpoints_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListCheckpointsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).ListCheckpoints(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_ListCheckpoints_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).ListCheckpoints(ctx, req.(*ListCheckpointsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Coordinator_ListWorkers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListWorkersRequest)
 	if err := dec(in); err != nil {
@@ -392,6 +432,10 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResumeJob",
 			Handler:    _Coordinator_ResumeJob_Handler,
+		},
+		{
+			MethodName: "ListCheckpoints",
+			Handler:    _Coordinator_ListCheckpoints_Handler,
 		},
 		{
 			MethodName: "ListWorkers",

@@ -1,0 +1,450 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+
+	"github.com/ringmaster/ringmaster/internal/versitygw"
+	"github.com/ringmaster/ringmaster/pkg/checkpoint"
+)
+
+type ckptBench struct {
+	size, stallSize   int64
+	store             string
+	iterations        int
+	partSize          int64
+	parallel, tensors int
+	out               io.Writer
+}
+
+func newCheckpointCommand() *cobra.Command {
+	b := &ckptBench{}
+	var size, stall, part, cpuProfile string
+	cmd := &cobra.Command{
+		Use:   "checkpoint --size 512M --store URL",
+		Short: "Save and load GB/s of checkpoints against a plain copy of the same bytes, and the training stall of asynchronous saves",
+		Long: `Measures, in one run and alternating with the peers:
+
+  file:// store   save and load of a checkpoint of --size bytes against a plain
+                  buffered write and read of the same bytes (bufio, 1 MiB);
+  s3:// store     save and load against one plain multipart PUT (and a GET) of
+                  the same bytes with minio-go to the same server;
+  both            the time the training loop is blocked by an asynchronous save
+                  of --stall-size bytes against the same save done synchronously.
+
+--store versitygw starts a versitygw S3 server on loopback serving a temporary
+directory (versitygw must be installed) and uses it.
+Medians over --iterations; GB/s is 1e9 bytes per second.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if b.size, err = parseSize(size); err != nil {
+				return err
+			}
+			if b.stallSize, err = parseSize(stall); err != nil {
+				return err
+			}
+			if b.partSize, err = parseSize(part); err != nil {
+				return err
+			}
+			b.out = cmd.OutOrStdout()
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
+			return b.run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&size, "size", "512M", "checkpoint size (K, M, G: powers of 1024)")
+	f.StringVar(&stall, "stall-size", "128M", "state size of the asynchronous-stall measurement (at least 100 MB)")
+	f.StringVar(&b.store, "store", "", "store URL: file:///dir, s3://bucket/prefix?endpoint=..., or versitygw")
+	f.IntVar(&b.iterations, "iterations", 5, "measurements of each kind")
+	f.StringVar(&part, "part-size", "16M", "part size of the checkpoint transfers")
+	f.IntVar(&b.parallel, "parallel", checkpoint.DefaultParallelism, "parts in flight")
+	f.IntVar(&b.tensors, "tensors", 16, "tensors the state is split into")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	_ = cmd.MarkFlagRequired("store")
+	return cmd
+}
+
+func parseSize(s string) (int64, error) {
+	mult := int64(1)
+	t := strings.ToUpper(strings.TrimSuffix(strings.TrimSuffix(s, "B"), "i"))
+	switch {
+	case strings.HasSuffix(t, "K"):
+		mult = 1 << 10
+	case strings.HasSuffix(t, "M"):
+		mult = 1 << 20
+	case strings.HasSuffix(t, "G"):
+		mult = 1 << 30
+	}
+	n, err := strconv.ParseInt(strings.TrimRight(t, "KMG"), 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("size %q: write it like 512M", s)
+	}
+	return n * mult, nil
+}
+
+// state is a checkpoint state of size bytes in a flat buffer cut into
+// tensors, as a model's parameters are.
+func state(size int64, tensors int, step int64) *checkpoint.State {
+	flat := make([]float32, size/4)
+	x := rand.New(rand.NewPCG(uint64(size), 1))
+	for i := range flat {
+		flat[i] = float32(x.NormFloat64())
+	}
+	st := &checkpoint.State{Step: step, World: 1, Meta: map[string]string{"bench": "checkpoint"}}
+	per := (len(flat) + tensors - 1) / tensors
+	for i := 0; i < len(flat); i += per {
+		t := flat[i:min(i+per, len(flat))]
+		st.Tensors = append(st.Tensors, checkpoint.Tensor{Name: fmt.Sprintf("t%03d", i/per), Shape: []int{len(t)}, Data: t})
+	}
+	return st
+}
+
+// flatBytes is the state's bytes: its tensors are consecutive slices of
+// one buffer.
+func flatBytes(st *checkpoint.State) []byte {
+	f := st.Tensors[0].Data[:st.Bytes()/4]
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(f))), 4*len(f))
+}
+
+func median(d []time.Duration) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func gbps(bytes int64, d time.Duration) float64 { return float64(bytes) / d.Seconds() / 1e9 }
+
+func (b *ckptBench) run(ctx context.Context) error {
+	if b.stallSize < 100_000_000 {
+		return fmt.Errorf("--stall-size %d: the stall target is stated for at least 100 MB of state", b.stallSize)
+	}
+	storeURL := b.store
+	if storeURL == "versitygw" {
+		dir, err := os.MkdirTemp("", "ringbench-s3-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		srv, err := versitygw.Run(ctx, filepath.Join(dir, "data"))
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		if err := srv.MakeBucket(ctx, "bench"); err != nil {
+			return err
+		}
+		for _, kv := range versitygw.Env() {
+			k, v, _ := strings.Cut(kv, "=")
+			os.Setenv(k, v)
+		}
+		storeURL = srv.URL("bench", "ringbench")
+	}
+	store, err := checkpoint.Open(storeURL)
+	if err != nil {
+		return err
+	}
+	log := zap.NewNop()
+	mgr := checkpoint.NewManager(store, "bench", 1<<20, log, checkpoint.PartSize(b.partSize), checkpoint.Parallelism(b.parallel))
+	// Start clean, and leave nothing behind.
+	cleanup := func() {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		objs, _ := store.List(cctx, "")
+		for _, o := range objs {
+			if strings.HasPrefix(o.Key, "bench/") || strings.HasPrefix(o.Key, "peer-") {
+				_ = store.Delete(cctx, o.Key)
+			}
+		}
+	}
+	cleanup()
+	defer cleanup()
+
+	fmt.Fprintf(b.out, "checkpoint benchmark: store %s, %d bytes in %d tensors, part %d x %d in flight, %d iterations, medians\n",
+		store.URL(), b.size, b.tensors, b.partSize, b.parallel, b.iterations)
+	st := state(b.size, b.tensors, 0)
+	var peer peerIO
+	switch s := store.(type) {
+	case *checkpoint.FileStore:
+		p, err := s.Path("peer-copy.bin")
+		if err != nil {
+			return err
+		}
+		peer = &filePeer{path: p}
+	case *checkpoint.S3Store:
+		cfg, err := checkpoint.ParseS3URL(s.URL())
+		if err != nil {
+			return err
+		}
+		if peer, err = newS3Peer(cfg); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("no peer for store %T", store)
+	}
+
+	var pw, pr, ow, or []time.Duration
+	var pwSync []time.Duration
+	step := int64(0)
+	for i := range b.iterations {
+		step++
+		st.Step = step
+		// Alternate which goes first.
+		ours := func() error {
+			settle()
+			start := time.Now()
+			if _, err := mgr.Save(ctx, st); err != nil {
+				return err
+			}
+			ow = append(ow, time.Since(start))
+			start = time.Now()
+			got, _, err := mgr.LoadStep(ctx, step)
+			if err != nil {
+				return err
+			}
+			or = append(or, time.Since(start))
+			if got.Bytes() != st.Bytes() {
+				return errors.New("loaded a different size")
+			}
+			return mgr.Delete(ctx, step)
+		}
+		theirs := func() error {
+			w, ws, r, err := peer.writeRead(ctx, flatBytes(st))
+			pw, pwSync, pr = append(pw, w), append(pwSync, ws), append(pr, r)
+			return err
+		}
+		first, second := ours, theirs
+		if i%2 == 1 {
+			first, second = theirs, ours
+		}
+		if err := first(); err != nil {
+			return err
+		}
+		if err := second(); err != nil {
+			return err
+		}
+	}
+	line := func(what string, d time.Duration, ref time.Duration, target string) {
+		extra := ""
+		if ref > 0 {
+			extra = fmt.Sprintf("  %.2fx the peer%s", ref.Seconds()/d.Seconds(), target)
+		}
+		fmt.Fprintf(b.out, "  %-44s %8.3f s  %6.2f GB/s%s\n", what, d.Seconds(), gbps(b.size, d), extra)
+	}
+	line(peer.name()+" write", median(pw), 0, "")
+	if pwSync[0] > 0 {
+		line(peer.name()+" write + fsync", median(pwSync), 0, "")
+	}
+	line("ringmaster save", median(ow), median(pw), " (target >= 0.80)")
+	if pwSync[0] > 0 {
+		line("ringmaster save (vs write + fsync)", median(ow), median(pwSync), "")
+	}
+	line(peer.name()+" read", median(pr), 0, "")
+	line("ringmaster load", median(or), median(pr), " (target >= 0.80)")
+	return b.stall(ctx, mgr, step)
+}
+
+// stall compares the time an asynchronous save blocks its caller (the copy
+// into the reused host buffer) with the same save done synchronously.
+func (b *ckptBench) stall(ctx context.Context, mgr *checkpoint.Manager, step int64) error {
+	st := state(b.stallSize, b.tensors, 0)
+	results := make(chan checkpoint.Result, 1)
+	saver := checkpoint.NewAsyncSaver(mgr, checkpoint.WaitIfBusy, func(r checkpoint.Result) { results <- r })
+	defer saver.Close()
+	var syncs, stalls, uploads []time.Duration
+	var firstStall time.Duration
+	for i := -1; i < b.iterations; i++ {
+		step++
+		st.Step = step
+		settle()
+		stall, err := saver.Save(ctx, st)
+		if err != nil {
+			return err
+		}
+		r := <-results
+		if r.Err != nil {
+			return r.Err
+		}
+		if i < 0 {
+			firstStall = stall // allocates the host buffer
+		} else {
+			stalls, uploads = append(stalls, stall), append(uploads, r.Upload)
+		}
+		if err := mgr.Delete(ctx, step); err != nil {
+			return err
+		}
+		if i < 0 {
+			continue
+		}
+		step++
+		st.Step = step
+		settle()
+		start := time.Now()
+		if _, err := mgr.Save(ctx, st); err != nil {
+			return err
+		}
+		syncs = append(syncs, time.Since(start))
+		if err := mgr.Delete(ctx, step); err != nil {
+			return err
+		}
+	}
+	s, a := median(syncs), median(stalls)
+	fmt.Fprintf(b.out, "asynchronous save of %d bytes (%.0f MB):\n", b.stallSize, float64(b.stallSize)/1e6)
+	fmt.Fprintf(b.out, "  %-44s %8.3f s\n", "synchronous save (training blocked)", s.Seconds())
+	fmt.Fprintf(b.out, "  %-44s %8.3f s  %.1f%% of the synchronous save (target <= 5%%)\n", "asynchronous save: training blocked", a.Seconds(), 100*a.Seconds()/s.Seconds())
+	fmt.Fprintf(b.out, "  %-44s %8.3f s\n", "asynchronous save: first (allocates buffer)", firstStall.Seconds())
+	fmt.Fprintf(b.out, "  %-44s %8.3f s\n", "asynchronous save: background upload", median(uploads).Seconds())
+	return nil
+}
+
+// peerIO writes and reads the same bytes the plain way.
+type peerIO interface {
+	name() string
+	// writeRead writes data, reads it back into a new buffer, and returns
+	// the write time, the write time with fsync (0 if not applicable) and
+	// the read time.
+	writeRead(ctx context.Context, data []byte) (w, wsync, r time.Duration, err error)
+}
+
+type filePeer struct{ path string }
+
+func (p *filePeer) name() string { return "plain buffered file" }
+
+func (p *filePeer) writeRead(_ context.Context, data []byte) (w, wsync, r time.Duration, err error) {
+	path := p.path
+	defer os.Remove(path)
+	write := func(sync bool) (time.Duration, error) {
+		settle()
+		start := time.Now()
+		f, err := os.Create(path)
+		if err != nil {
+			return 0, err
+		}
+		bw := bufio.NewWriterSize(f, 1<<20)
+		if _, err := io.Copy(bw, bytes.NewReader(data)); err != nil {
+			f.Close()
+			return 0, err
+		}
+		if err := bw.Flush(); err != nil {
+			f.Close()
+			return 0, err
+		}
+		if sync {
+			if err := f.Sync(); err != nil {
+				f.Close()
+				return 0, err
+			}
+		}
+		return time.Since(start), f.Close()
+	}
+	if wsync, err = write(true); err != nil {
+		return
+	}
+	os.Remove(path)
+	if w, err = write(false); err != nil {
+		return
+	}
+	start := time.Now()
+	f, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	buf := make([]byte, len(data))
+	if _, err = io.ReadFull(bufio.NewReaderSize(f, 1<<20), buf); err != nil {
+		return
+	}
+	r = time.Since(start)
+	return
+}
+
+type s3Peer struct {
+	c      *minio.Client
+	bucket string
+	key    string
+}
+
+func newS3Peer(cfg checkpoint.S3Config) (*s3Peer, error) {
+	endpoint := cfg.Endpoint
+	if endpoint == "" {
+		endpoint = "s3.amazonaws.com"
+	}
+	lookup := minio.BucketLookupAuto
+	if cfg.PathStyle {
+		lookup = minio.BucketLookupPath
+	}
+	creds := credentials.NewChainCredentials([]credentials.Provider{&credentials.EnvAWS{}, &credentials.EnvMinio{},
+		&credentials.FileAWSCredentials{Filename: cfg.CredentialsFile, Profile: cfg.Profile}})
+	tr, err := minio.DefaultTransport(!cfg.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	c, err := minio.New(endpoint, &minio.Options{Creds: creds, Secure: !cfg.Insecure, Region: cfg.Region, BucketLookup: lookup, Transport: http.RoundTripper(tr)})
+	if err != nil {
+		return nil, err
+	}
+	key := "peer-copy.bin"
+	if cfg.Prefix != "" {
+		key = cfg.Prefix + "/" + key
+	}
+	return &s3Peer{c: c, bucket: cfg.Bucket, key: key}, nil
+}
+
+func (p *s3Peer) name() string { return "minio-go multipart PUT/GET" }
+
+func (p *s3Peer) writeRead(ctx context.Context, data []byte) (w, wsync, r time.Duration, err error) {
+	defer p.c.RemoveObject(context.WithoutCancel(ctx), p.bucket, p.key, minio.RemoveObjectOptions{})
+	settle()
+	start := time.Now()
+	if _, err = p.c.PutObject(ctx, p.bucket, p.key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{}); err != nil {
+		return
+	}
+	w = time.Since(start)
+	start = time.Now()
+	obj, err := p.c.GetObject(ctx, p.bucket, p.key, minio.GetObjectOptions{})
+	if err != nil {
+		return
+	}
+	defer obj.Close()
+	buf := make([]byte, len(data))
+	if _, err = io.ReadFull(obj, buf); err != nil {
+		return
+	}
+	r = time.Since(start)
+	return
+}
+
+// settle flushes every dirty page to disk before a timed write, so that no
+// write pays for the dirty data of the one before (the kernel throttles
+// writers when dirty pages pile up).
+func settle() { syscall.Sync() }
