@@ -3,6 +3,7 @@ package jobspec
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -14,14 +15,16 @@ import (
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 	"github.com/ringmaster/ringmaster/pkg/checkpoint"
+	"github.com/ringmaster/ringmaster/pkg/model"
 )
 
 // Models and datasets this build knows. The model list is the single place a
 // new model must be added for the job spec to accept it.
 var (
-	knownModels     = []string{"cnn"}
-	knownDatasets   = []string{"mnist"}
-	knownOptimizers = []string{"sgd"}
+	knownModels     = model.Names()
+	knownDatasets   = []string{"mnist", "tokens"}
+	knownOptimizers = []string{"sgd", "adamw"}
+	knownWires      = []string{"f32", "bf16"}
 	knownStores     = []string{"file", "s3"}
 	knownIfBusy     = []string{"wait", "skip"}
 	knownChecksums  = []string{"crc32c", "sha256"}
@@ -39,6 +42,11 @@ const (
 	DefaultCheckpointKeep    = 3
 	DefaultCollectiveTimeout = 30 * time.Second
 	DefaultLogEvery          = 50
+	DefaultAdamWWeightDecay  = 0.01
+	DefaultBeta1             = 0.9
+	DefaultBeta2             = 0.999
+	DefaultEps               = 1e-8
+	DefaultBucketBytes       = 1 << 20
 	MaxWorkers               = 1024
 )
 
@@ -58,11 +66,33 @@ type file struct {
 	Resume            *string     `yaml:"resume"`
 	CollectiveTimeout *string     `yaml:"collective_timeout"`
 	LogEvery          *int        `yaml:"log_every"`
+	ModelConfig       *modelY     `yaml:"model_config"`
+	GradAccum         *int        `yaml:"grad_accum"`
+	InitFrom          *string     `yaml:"init_from"`
+	Collective        *collY      `yaml:"collective"`
+}
+
+type modelY struct {
+	Vocab         *int  `yaml:"vocab"`
+	Ctx           *int  `yaml:"ctx"`
+	Layers        *int  `yaml:"layers"`
+	Dim           *int  `yaml:"dim"`
+	Heads         *int  `yaml:"heads"`
+	Hidden        *int  `yaml:"hidden"`
+	BPTT          *int  `yaml:"bptt"`
+	TieEmbeddings *bool `yaml:"tie_embeddings"`
+}
+
+type collY struct {
+	BucketBytes *int64  `yaml:"bucket_bytes"`
+	Wire        *string `yaml:"wire"`
 }
 
 type datasetY struct {
-	Name *string `yaml:"name"`
-	Path *string `yaml:"path"`
+	Name    *string `yaml:"name"`
+	Path    *string `yaml:"path"`
+	ValPath *string `yaml:"val_path"`
+	Digits  []int   `yaml:"digits"`
 }
 
 type optimizerY struct {
@@ -74,6 +104,10 @@ type optimizerY struct {
 	Schedule    *string  `yaml:"schedule"`
 	WarmupSteps *int64   `yaml:"warmup_steps"`
 	MinLRRatio  *float64 `yaml:"min_lr_ratio"`
+	Beta1       *float64 `yaml:"beta1"`
+	Beta2       *float64 `yaml:"beta2"`
+	Eps         *float64 `yaml:"eps"`
+	GradClip    *float64 `yaml:"grad_clip"`
 }
 
 type checkptY struct {
@@ -159,11 +193,17 @@ type fields map[string]fields
 var schema = fields{
 	"name": nil, "model": nil, "workers": nil, "batch_size": nil, "epochs": nil,
 	"steps": nil, "seed": nil, "resume": nil, "collective_timeout": nil, "log_every": nil,
-	"dataset": {"name": nil, "path": nil},
+	"grad_accum": nil, "init_from": nil,
+	"model_config": {"vocab": nil, "ctx": nil, "layers": nil, "dim": nil, "heads": nil, "hidden": nil, "bptt": nil, "tie_embeddings": nil},
+	"collective":   {"bucket_bytes": nil, "wire": nil},
+	"dataset":      {"name": nil, "path": nil, "val_path": nil, "digits": nil},
 	"optimizer": {"name": nil, "lr": nil, "momentum": nil, "weight_decay": nil, "nesterov": nil,
-		"schedule": nil, "warmup_steps": nil, "min_lr_ratio": nil},
+		"schedule": nil, "warmup_steps": nil, "min_lr_ratio": nil, "beta1": nil, "beta2": nil, "eps": nil, "grad_clip": nil},
 	"checkpoint": {"every_steps": nil, "store": nil, "keep": nil, "keep_every": nil, "async": nil, "if_busy": nil, "checksum": nil},
 }
+
+// listFields are the fields whose value is a list of scalars.
+var listFields = map[string]bool{"dataset.digits": true}
 
 func checkKeys(n *yaml.Node, path string, allowed fields, errs *[]FieldError) {
 	if n.Kind != yaml.MappingNode {
@@ -184,6 +224,12 @@ func checkKeys(n *yaml.Node, path string, allowed fields, errs *[]FieldError) {
 		} else if sub != nil && v.Tag != "!!null" {
 			*errs = append(*errs, FieldError{Field: full, Line: v.Line,
 				Problem: "must be a mapping with fields " + strings.Join(keys(sub), ", ")})
+		} else if sub == nil && v.Kind == yaml.SequenceNode && listFields[full] {
+			for _, item := range v.Content {
+				if item.Kind != yaml.ScalarNode {
+					*errs = append(*errs, FieldError{Field: full, Line: item.Line, Problem: "must be a list of single values"})
+				}
+			}
 		} else if sub == nil && v.Kind != yaml.ScalarNode {
 			*errs = append(*errs, FieldError{Field: full, Line: v.Line, Problem: "must be a single value, not a list or mapping"})
 		}
@@ -280,14 +326,40 @@ func build(f *file, doc *yaml.Node, opt Options) (*pb.JobSpec, []FieldError) {
 		bad(fmt.Sprintf("unknown model %q; allowed models: %s", *f.Model, strings.Join(knownModels, ", ")), "model")
 	} else {
 		s.Model = *f.Model
+		s.ModelConfig = modelConfig(s.Model, f.ModelConfig, bad)
+		if s.Model != "cnn" {
+			// The language models read token shards; the CNN reads MNIST.
+			s.Dataset.Name = "tokens"
+		}
 	}
 
 	if d := f.Dataset; d != nil {
 		if d.Name != nil {
 			if !contains(knownDatasets, *d.Name) {
 				bad(fmt.Sprintf("unknown dataset %q; allowed datasets: %s", *d.Name, strings.Join(knownDatasets, ", ")), "dataset", "name")
+			} else if want := datasetFor(s.Model); s.Model != "" && *d.Name != want {
+				bad(fmt.Sprintf("model %s trains on the %s dataset, not %q", s.Model, want, *d.Name), "dataset", "name")
 			}
 			s.Dataset.Name = *d.Name
+		}
+	}
+	if s.Dataset.Name == "tokens" {
+		tokenDataset(f.Dataset, s.Dataset, opt, bad)
+	} else if d := f.Dataset; d != nil {
+		if d.ValPath != nil {
+			bad("only the tokens dataset has validation shards; MNIST's test set is used for evaluation", "dataset", "val_path")
+		}
+		seen := map[int]bool{}
+		for _, digit := range d.Digits {
+			if digit < 0 || digit > 9 || seen[digit] {
+				bad(fmt.Sprintf("%v is not allowed; list distinct digits from 0 to 9, e.g. [0, 1, 2, 3, 4]", d.Digits), "dataset", "digits")
+				break
+			}
+			seen[digit] = true
+			s.Dataset.Digits = append(s.Dataset.Digits, int32(digit))
+		}
+		if d.Digits != nil && len(d.Digits) == 0 {
+			bad("empty; list the digits to train on, or leave the field out for all ten", "dataset", "digits")
 		}
 		if d.Path != nil {
 			p := *d.Path
@@ -368,6 +440,43 @@ func build(f *file, doc *yaml.Node, opt Options) (*pb.JobSpec, []FieldError) {
 			if *o.Nesterov && s.Optimizer.Momentum == 0 {
 				bad("nesterov needs a momentum greater than 0", "optimizer", "nesterov")
 			}
+		}
+	}
+
+	optimizerExtras(f.Optimizer, s.Optimizer, bad)
+
+	if f.GradAccum != nil {
+		if *f.GradAccum < 1 || *f.GradAccum > int(s.BatchSize) {
+			bad(fmt.Sprintf("%d is out of range; grad_accum splits each worker's batch into micro-batches, so it must be between 1 and batch_size (%d)", *f.GradAccum, s.BatchSize), "grad_accum")
+		}
+		s.GradAccum = int32(*f.GradAccum)
+	}
+	if f.InitFrom != nil {
+		switch v := *f.InitFrom; {
+		case v == "":
+			bad("empty; give a job id or a checkpoint URL, or leave the field out to start from random weights", "init_from")
+		case f.Resume != nil && *f.Resume != "":
+			bad("set either resume (continue a job's training) or init_from (start new training from its weights), not both", "init_from")
+		case strings.Contains(v, "://"):
+			if err := checkStoreURL(v); err != nil {
+				bad(err.Error(), "init_from")
+			}
+		}
+		s.InitFrom = *f.InitFrom
+	}
+	s.Collective = &pb.Collective{BucketBytes: DefaultBucketBytes, Wire: "f32"}
+	if c := f.Collective; c != nil {
+		if c.BucketBytes != nil {
+			if *c.BucketBytes < 0 || *c.BucketBytes > 1<<30 {
+				bad(fmt.Sprintf("%d is out of range; use 0 (one all-reduce after the backward pass) up to 1073741824", *c.BucketBytes), "collective", "bucket_bytes")
+			}
+			s.Collective.BucketBytes = *c.BucketBytes
+		}
+		if c.Wire != nil {
+			if !contains(knownWires, *c.Wire) {
+				bad(fmt.Sprintf("unknown wire encoding %q; allowed: %s", *c.Wire, strings.Join(knownWires, ", ")), "collective", "wire")
+			}
+			s.Collective.Wire = *c.Wire
 		}
 	}
 
@@ -501,4 +610,160 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// datasetFor is the dataset a model trains on.
+func datasetFor(m string) string {
+	if m == "cnn" {
+		return "mnist"
+	}
+	return "tokens"
+}
+
+// modelConfig fills the model's default architecture, overrides the fields
+// the spec sets, and validates the result with the model package's own
+// rules, reporting its errors against model_config fields.
+func modelConfig(name string, y *modelY, bad func(string, ...string)) *pb.ModelConfig {
+	cfg, err := model.DefaultConfig(name)
+	if err != nil {
+		bad(err.Error(), "model")
+		return nil
+	}
+	if y != nil {
+		set := func(dst *int, v *int) {
+			if v != nil {
+				*dst = *v
+			}
+		}
+		if name == "cnn" {
+			// The CNN's architecture is fixed; any field is an error, which
+			// Validate names.
+			cfg = model.Config{Name: name}
+		}
+		set(&cfg.Vocab, y.Vocab)
+		set(&cfg.Ctx, y.Ctx)
+		set(&cfg.Layers, y.Layers)
+		set(&cfg.Dim, y.Dim)
+		set(&cfg.Heads, y.Heads)
+		set(&cfg.Hidden, y.Hidden)
+		set(&cfg.BPTT, y.BPTT)
+		if y.TieEmbeddings != nil {
+			cfg.TieEmbeddings = *y.TieEmbeddings
+		}
+		if cfg.Vocab > 1<<16 {
+			bad(fmt.Sprintf("%d is more than token shards can hold (uint16 ids: at most 65536)", cfg.Vocab), "model_config", "vocab")
+			return nil
+		}
+	}
+	if err := cfg.Validate(); err != nil {
+		// "model: gpt: heads: 3 does not divide dim 128" -> field heads.
+		msg := strings.TrimPrefix(err.Error(), "model: "+name+": ")
+		field, problem, ok := strings.Cut(msg, ": ")
+		if !ok {
+			bad(msg, "model_config")
+		} else {
+			bad(problem, "model_config", field)
+		}
+		return nil
+	}
+	return &pb.ModelConfig{Vocab: int32(cfg.Vocab), Ctx: int32(cfg.Ctx), Layers: int32(cfg.Layers), Dim: int32(cfg.Dim),
+		Heads: int32(cfg.Heads), Hidden: int32(cfg.Hidden), Bptt: int32(cfg.BPTT), TieEmbeddings: cfg.TieEmbeddings}
+}
+
+// ModelConfig is the model configuration a parsed spec trains.
+func ModelConfig(s *pb.JobSpec) model.Config {
+	c := s.GetModelConfig()
+	return model.Config{Name: s.GetModel(), Vocab: int(c.GetVocab()), Ctx: int(c.GetCtx()), Layers: int(c.GetLayers()), Dim: int(c.GetDim()),
+		Heads: int(c.GetHeads()), Hidden: int(c.GetHidden()), BPTT: int(c.GetBptt()), TieEmbeddings: c.GetTieEmbeddings()}
+}
+
+// tokenDataset checks the token shard locations of a language model's
+// dataset.
+func tokenDataset(d *datasetY, out *pb.Dataset, opt Options, bad func(string, ...string)) {
+	if d == nil || d.Path == nil || *d.Path == "" {
+		bad("required for the tokens dataset; give the training shards as an absolute glob (/data/go_train_*.bin) or a URL (s3://bucket/prefix/go_train_*.bin?endpoint=...), e.g. as written by `coordinator prepare`", "dataset", "path")
+		return
+	}
+	if len(d.Digits) > 0 {
+		bad("only the mnist dataset has digits", "dataset", "digits")
+	}
+	check := func(loc string, field string) {
+		if strings.Contains(loc, "://") {
+			u, err := url.Parse(loc)
+			if err != nil || (u.Scheme != "file" && u.Scheme != "s3") {
+				bad(fmt.Sprintf("%q is not allowed; use a file:// or s3:// URL, or an absolute path", loc), "dataset", field)
+			}
+			return
+		}
+		if !filepath.IsAbs(loc) {
+			bad(fmt.Sprintf("%q must be an absolute path (workers resolve it on their own machines)", loc), "dataset", field)
+			return
+		}
+		if opt.CheckPaths {
+			if m, err := filepath.Glob(loc); err != nil || len(m) == 0 {
+				bad(fmt.Sprintf("%q matches no shard on this machine; run `coordinator prepare --out DIR` and give DIR/NAME_train_*.bin", loc), "dataset", field)
+			}
+		}
+	}
+	out.Path = *d.Path
+	check(out.Path, "path")
+	if d.ValPath != nil {
+		out.ValPath = *d.ValPath
+		if out.ValPath == "" {
+			bad("empty; give the validation shards, or leave the field out", "dataset", "val_path")
+		} else {
+			check(out.ValPath, "val_path")
+		}
+	}
+}
+
+// optimizerExtras applies the settings that depend on the optimizer:
+// AdamW's betas and epsilon (and its default weight decay), SGD's
+// momentum, and gradient clipping for both.
+func optimizerExtras(o *optimizerY, out *pb.Optimizer, bad func(string, ...string)) {
+	if o == nil {
+		o = &optimizerY{}
+	}
+	if out.Name == "adamw" {
+		if o.Momentum != nil {
+			bad("momentum is an SGD setting; adamw uses beta1 and beta2", "optimizer", "momentum")
+		}
+		if o.Nesterov != nil {
+			bad("nesterov is an SGD setting; leave it out for adamw", "optimizer", "nesterov")
+		}
+		out.Momentum = 0
+		if o.WeightDecay == nil {
+			out.WeightDecay = DefaultAdamWWeightDecay
+		}
+		out.Beta1, out.Beta2, out.Eps = DefaultBeta1, DefaultBeta2, DefaultEps
+		unit := func(v *float64, dst *float32, name string) {
+			if v == nil {
+				return
+			}
+			if !(*v >= 0 && *v < 1) {
+				bad(fmt.Sprintf("%g is not allowed; %s must be in [0, 1)", *v, name), "optimizer", name)
+			}
+			*dst = float32(*v)
+		}
+		unit(o.Beta1, &out.Beta1, "beta1")
+		unit(o.Beta2, &out.Beta2, "beta2")
+		if o.Eps != nil {
+			if !(*o.Eps > 0 && *o.Eps < 1) {
+				bad(fmt.Sprintf("%g is not allowed; eps must be greater than 0 and less than 1 (typical: 1e-8)", *o.Eps), "optimizer", "eps")
+			}
+			out.Eps = float32(*o.Eps)
+		}
+	} else {
+		for name, v := range map[string]*float64{"beta1": o.Beta1, "beta2": o.Beta2, "eps": o.Eps} {
+			if v != nil {
+				bad(fmt.Sprintf("%s is an adamw setting; set optimizer.name: adamw, or leave it out", name), "optimizer", name)
+			}
+		}
+	}
+	if o.GradClip != nil {
+		if !(*o.GradClip >= 0) || math.IsInf(*o.GradClip, 0) {
+			bad(fmt.Sprintf("%g is not allowed; grad_clip is a maximum gradient norm, 0 (off) or more (typical: 1.0)", *o.GradClip), "optimizer", "grad_clip")
+		}
+		out.GradClip = float32(*o.GradClip)
+	}
 }

@@ -72,6 +72,57 @@ func TestParseDefaults(t *testing.T) {
 	}
 }
 
+func TestParseLanguageModel(t *testing.T) {
+	y := `name: gpt-go
+model: gpt
+model_config:
+  layers: 2
+  dim: 64
+  heads: 2
+dataset:
+  path: /data/go_train_*.bin
+  val_path: s3://corpus/go_val_*.bin?endpoint=minio:9000
+optimizer:
+  name: adamw
+  lr: 0.001
+  beta2: 0.95
+  grad_clip: 1
+grad_accum: 2
+init_from: other-job
+collective:
+  bucket_bytes: 0
+  wire: bf16
+`
+	s, err := Parse([]byte(y), Options{DefaultStore: "file:///c"})
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	cfg := ModelConfig(s)
+	if cfg.Name != "gpt" || cfg.Layers != 2 || cfg.Dim != 64 || cfg.Heads != 2 || cfg.Ctx != 64 || cfg.Vocab != 256 || cfg.Hidden != 0 {
+		t.Errorf("model config = %+v; want the given fields over the defaults (ctx 64, vocab 256, hidden 0: the model fills 4*dim)", cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Errorf("the stored config does not validate: %v", err)
+	}
+	o := s.Optimizer
+	if o.Name != "adamw" || o.Momentum != 0 || o.WeightDecay != DefaultAdamWWeightDecay || o.Beta1 != DefaultBeta1 || o.Beta2 != 0.95 || o.Eps != DefaultEps || o.GradClip != 1 {
+		t.Errorf("optimizer = %+v", o)
+	}
+	if s.Dataset.Name != "tokens" || s.Dataset.Path != "/data/go_train_*.bin" || s.Dataset.ValPath == "" {
+		t.Errorf("dataset = %+v", s.Dataset)
+	}
+	if s.GradAccum != 2 || s.InitFrom != "other-job" || s.Collective.BucketBytes != 0 || s.Collective.Wire != "bf16" {
+		t.Errorf("grad_accum %d, init_from %q, collective %+v", s.GradAccum, s.InitFrom, s.Collective)
+	}
+	d, err := Parse([]byte("name: a\nmodel: cnn\ndataset:\n  digits: [5, 6, 7, 8, 9]\n"), Options{DefaultStore: "file:///c"})
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if len(d.Dataset.Digits) != 5 || d.Dataset.Digits[0] != 5 || d.Collective.BucketBytes != DefaultBucketBytes || d.Collective.Wire != "f32" {
+		t.Errorf("digits %v, collective %+v", d.Dataset.Digits, d.Collective)
+	}
+}
+
 func TestParseRefuses(t *testing.T) {
 	base := "name: j\nmodel: cnn\ncheckpoint:\n  store: file:///tmp/c\n"
 	cases := []struct {
@@ -80,7 +131,7 @@ func TestParseRefuses(t *testing.T) {
 		hint       string // part of the fix the error must suggest
 	}{
 		{"yaml syntax", "name: j\nmodel: [cnn\n", "", "YAML syntax error"},
-		{"unknown model", "name: j\nmodel: resnet\n", "model", "allowed models: cnn"},
+		{"unknown model", "name: j\nmodel: resnet\n", "model", "allowed models: cnn, lstm, gpt"},
 		{"missing model", "name: j\n", "model", "required"},
 		{"negative lr", base + "optimizer:\n  lr: -0.1\n", "optimizer.lr", "greater than 0"},
 		{"zero lr", base + "optimizer:\n  lr: 0\n", "optimizer.lr", "greater than 0"},
@@ -89,7 +140,7 @@ func TestParseRefuses(t *testing.T) {
 		{"relative dataset", base + "dataset:\n  path: data/mnist\n", "dataset.path", "absolute path"},
 		{"unknown dataset", base + "dataset:\n  name: cifar\n", "dataset.name", "allowed datasets: mnist"},
 		{"unknown field", base + "learning_rate: 0.1\n", "learning_rate", "allowed fields here"},
-		{"unknown nested field", base + "optimizer:\n  lrr: 0.1\n", "optimizer.lrr", "allowed fields here: lr, min_lr_ratio, momentum"},
+		{"unknown nested field", base + "optimizer:\n  lrr: 0.1\n", "optimizer.lrr", "grad_clip, lr, min_lr_ratio, momentum"},
 		{"wrong type", base + "workers: two\n", "", "wrong type"},
 		{"unknown schedule", base + "optimizer:\n  schedule: step\n", "optimizer.schedule", "allowed: constant, cosine"},
 		{"negative warmup", base + "optimizer:\n  warmup_steps: -1\n", "optimizer.warmup_steps", "0 or more"},
@@ -105,6 +156,28 @@ func TestParseRefuses(t *testing.T) {
 		{"no store", "name: j\nmodel: cnn\n", "checkpoint.store", "file:///"},
 		{"bad name", "name: 'a b'\nmodel: cnn\n", "name", "letters, digits"},
 		{"bad timeout", base + "collective_timeout: soon\n", "collective_timeout", "duration"},
+		{"heads do not divide dim", "name: j\nmodel: gpt\ncheckpoint:\n  store: file:///tmp/c\ndataset:\n  path: /d/x_*.bin\nmodel_config:\n  dim: 128\n  heads: 3\n", "model_config.heads", "does not divide dim 128"},
+		{"zero layers", "name: j\nmodel: lstm\ncheckpoint:\n  store: file:///tmp/c\ndataset:\n  path: /d/x_*.bin\nmodel_config:\n  layers: 0\n", "model_config.layers", "must be positive"},
+		{"cnn architecture", base + "model_config:\n  layers: 2\n", "model_config.layers", "cnn does not use it"},
+		{"vocab too big", "name: j\nmodel: gpt\ncheckpoint:\n  store: file:///tmp/c\ndataset:\n  path: /d/x_*.bin\nmodel_config:\n  vocab: 100000\n", "model_config.vocab", "uint16"},
+		{"unknown model_config field", base + "model_config:\n  width: 2\n", "model_config.width", "allowed fields here"},
+		{"tokens without path", "name: j\nmodel: gpt\ncheckpoint:\n  store: file:///tmp/c\n", "dataset.path", "coordinator prepare"},
+		{"tokens path matches nothing", "name: j\nmodel: gpt\ncheckpoint:\n  store: file:///tmp/c\ndataset:\n  path: /nonexistent/go_train_*.bin\n", "dataset.path", "matches no shard"},
+		{"model and dataset disagree", base + "dataset:\n  name: tokens\n", "dataset.name", "trains on the mnist dataset"},
+		{"bad digit", base + "dataset:\n  digits: [0, 10]\n", "dataset.digits", "from 0 to 9"},
+		{"repeated digit", base + "dataset:\n  digits: [1, 1]\n", "dataset.digits", "distinct"},
+		{"digits not a list of values", base + "dataset:\n  digits: [[1]]\n", "dataset.digits", "list of single values"},
+		{"unknown optimizer", base + "optimizer:\n  name: lamb\n", "optimizer.name", "allowed: sgd, adamw"},
+		{"momentum with adamw", base + "optimizer:\n  name: adamw\n  momentum: 0.9\n", "optimizer.momentum", "beta1 and beta2"},
+		{"beta with sgd", base + "optimizer:\n  beta2: 0.95\n", "optimizer.beta2", "adamw setting"},
+		{"beta out of range", base + "optimizer:\n  name: adamw\n  beta1: 1\n", "optimizer.beta1", "[0, 1)"},
+		{"zero eps", base + "optimizer:\n  name: adamw\n  eps: 0\n", "optimizer.eps", "greater than 0"},
+		{"negative grad clip", base + "optimizer:\n  grad_clip: -1\n", "optimizer.grad_clip", "0 (off) or more"},
+		{"grad_accum above batch", base + "batch_size: 4\ngrad_accum: 8\n", "grad_accum", "between 1 and batch_size (4)"},
+		{"init_from and resume", base + "resume: a\ninit_from: b\n", "init_from", "not both"},
+		{"init_from bad url", base + "init_from: ftp://x/y\n", "init_from", "not supported"},
+		{"bad wire", base + "collective:\n  wire: fp8\n", "collective.wire", "allowed: f32, bf16"},
+		{"negative bucket", base + "collective:\n  bucket_bytes: -1\n", "collective.bucket_bytes", "out of range"},
 		{"empty", "", "", "empty document"},
 		{"list", "- a\n- b\n", "", "mapping"},
 	}

