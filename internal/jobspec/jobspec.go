@@ -6,6 +6,7 @@ import (
 	"math"
 	"net/url"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -69,6 +70,7 @@ type file struct {
 	ModelConfig       *modelY     `yaml:"model_config"`
 	GradAccum         *int        `yaml:"grad_accum"`
 	InitFrom          *string     `yaml:"init_from"`
+	InitExclude       []string    `yaml:"init_exclude"`
 	Collective        *collY      `yaml:"collective"`
 }
 
@@ -193,7 +195,7 @@ type fields map[string]fields
 var schema = fields{
 	"name": nil, "model": nil, "workers": nil, "batch_size": nil, "epochs": nil,
 	"steps": nil, "seed": nil, "resume": nil, "collective_timeout": nil, "log_every": nil,
-	"grad_accum": nil, "init_from": nil,
+	"grad_accum": nil, "init_from": nil, "init_exclude": nil,
 	"model_config": {"vocab": nil, "ctx": nil, "layers": nil, "dim": nil, "heads": nil, "hidden": nil, "bptt": nil, "tie_embeddings": nil},
 	"collective":   {"bucket_bytes": nil, "wire": nil},
 	"dataset":      {"name": nil, "path": nil, "val_path": nil, "digits": nil},
@@ -203,7 +205,7 @@ var schema = fields{
 }
 
 // listFields are the fields whose value is a list of scalars.
-var listFields = map[string]bool{"dataset.digits": true}
+var listFields = map[string]bool{"dataset.digits": true, "init_exclude": true}
 
 func checkKeys(n *yaml.Node, path string, allowed fields, errs *[]FieldError) {
 	if n.Kind != yaml.MappingNode {
@@ -464,6 +466,15 @@ func build(f *file, doc *yaml.Node, opt Options) (*pb.JobSpec, []FieldError) {
 		}
 		s.InitFrom = *f.InitFrom
 	}
+	for _, g := range f.InitExclude {
+		if _, err := path.Match(g, ""); err != nil || g == "" {
+			bad(fmt.Sprintf("%q is not a glob over tensor names; write it like fc2.* or transformer.wte.weight", g), "init_exclude")
+		}
+	}
+	if len(f.InitExclude) > 0 && s.InitFrom == "" {
+		bad("init_exclude needs init_from: it names tensors of the checkpoint not to load", "init_exclude")
+	}
+	s.InitExclude = f.InitExclude
 	s.Collective = &pb.Collective{BucketBytes: DefaultBucketBytes, Wire: "f32"}
 	if c := f.Collective; c != nil {
 		if c.BucketBytes != nil {

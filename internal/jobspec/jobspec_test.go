@@ -176,6 +176,8 @@ func TestParseRefuses(t *testing.T) {
 		{"grad_accum above batch", base + "batch_size: 4\ngrad_accum: 8\n", "grad_accum", "between 1 and batch_size (4)"},
 		{"init_from and resume", base + "resume: a\ninit_from: b\n", "init_from", "not both"},
 		{"init_from bad url", base + "init_from: ftp://x/y\n", "init_from", "not supported"},
+		{"init_exclude without init_from", base + "init_exclude: [fc2.*]\n", "init_exclude", "needs init_from"},
+		{"bad init_exclude glob", base + "init_from: a\ninit_exclude: ['fc[']\n", "init_exclude", "not a glob"},
 		{"bad wire", base + "collective:\n  wire: fp8\n", "collective.wire", "allowed: f32, bf16"},
 		{"negative bucket", base + "collective:\n  bucket_bytes: -1\n", "collective.bucket_bytes", "out of range"},
 		{"empty", "", "", "empty document"},

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/internal/jobspec"
 	"github.com/ringmaster/ringmaster/internal/state"
 	"github.com/ringmaster/ringmaster/pkg/allreduce"
 	"github.com/ringmaster/ringmaster/pkg/checkpoint"
@@ -102,15 +103,22 @@ func (w *Worker) runJob(ctx context.Context, c *pb.Claim, claimValue string, log
 	if rank >= world || asg.Ranks[rank].WorkerId != w.cfg.ID {
 		return fmt.Errorf("assignment does not give rank %d to this worker", rank)
 	}
-	data, err := w.dataset(spec.Dataset)
+	train, eval, closeData, err := w.openData(ctx, &spec, log)
 	if err != nil {
 		return err
 	}
+	defer closeData()
 	timeout := time.Duration(spec.CollectiveTimeoutMs) * time.Millisecond
 
 	start, err := w.startState(ctx, &spec, &st, c.JobId, rank, world, log)
 	if err != nil {
 		return err
+	}
+	var init *checkpoint.State
+	if start == nil && spec.InitFrom != "" {
+		if init, err = w.initState(ctx, &spec, log); err != nil {
+			return err
+		}
 	}
 	var mgr *checkpoint.Manager
 	if rank == 0 {
@@ -133,7 +141,11 @@ func (w *Worker) runJob(ctx context.Context, c *pb.Claim, claimValue string, log
 	if err != nil {
 		return err
 	}
-	comm, err := allreduce.New(allreduce.Config{Rank: rank, World: world, Generation: c.Generation, Timeout: timeout}, tr)
+	wire := allreduce.WireF32
+	if spec.Collective.GetWire() == "bf16" {
+		wire = allreduce.WireBF16
+	}
+	comm, err := allreduce.New(allreduce.Config{Rank: rank, World: world, Generation: c.Generation, Timeout: timeout, Wire: wire}, tr)
 	if err != nil {
 		cctx, ccancel := context.WithCancel(ctx)
 		ccancel()
@@ -144,7 +156,7 @@ func (w *Worker) runJob(ctx context.Context, c *pb.Claim, claimValue string, log
 
 	t := &Trainer{
 		JobID: c.JobId, Spec: &spec, Rank: rank, World: world, Generation: c.Generation,
-		Comm: comm, Data: data, Backend: w.be, Checkpoints: mgr, Start: start, Log: log,
+		Comm: comm, Train: train, Eval: eval, Backend: w.be, Checkpoints: mgr, Start: start, Init: init, Log: log,
 		Reporter: &etcdReporter{w: w, jobID: c.JobId, claimKey: k.Claim(w.cfg.ID), claimValue: claimValue, log: log},
 	}
 	_, err = t.Run(ctx)
@@ -172,55 +184,30 @@ func (w *Worker) manager(store checkpoint.Store, prefix string, spec *pb.JobSpec
 // checkpoint URL); nil to start fresh. A checkpoint that cannot continue
 // on world workers is refused here, before any training.
 func (w *Worker) startState(ctx context.Context, spec *pb.JobSpec, st *pb.JobStatus, jobID string, rank, world int, log *zap.Logger) (*checkpoint.State, error) {
-	var storeURL, prefix string
+	var mgr *checkpoint.Manager
 	step := int64(-1) // the newest valid
 	switch {
 	case st.Resume:
-		storeURL, prefix = spec.Checkpoint.Store, jobID
+		store, err := checkpoint.Open(spec.Checkpoint.Store)
+		if err != nil {
+			return nil, err
+		}
+		mgr = w.manager(store, jobID, spec, log)
 		if st.ResumeStep > 0 {
 			step = st.ResumeStep
 		}
 	case spec.Resume == "":
 		return nil, nil
-	case strings.Contains(spec.Resume, "://"):
-		// A store URL: the directory of a job's checkpoints, or one
-		// checkpoint in it.
-		storeURL, step = checkpoint.SplitCheckpointURL(spec.Resume)
 	default:
-		// Another job's checkpoints, in that job's store.
-		rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
-		resp, err := w.etcd.Get(rctx, w.keys.Spec(spec.Resume))
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("resume: reading job %s: %w", spec.Resume, err)
+		var err error
+		if mgr, step, err = w.locate(ctx, spec.Resume, spec, log); err != nil {
+			return nil, fmt.Errorf("resume: %w", err)
 		}
-		if len(resp.Kvs) == 0 {
-			return nil, fmt.Errorf("resume: job %s does not exist", spec.Resume)
-		}
-		var other pb.JobSpec
-		if err := state.Unmarshal(resp.Kvs[0].Value, &other); err != nil {
-			return nil, err
-		}
-		storeURL, prefix = other.Checkpoint.Store, spec.Resume
 	}
-	store, err := checkpoint.Open(storeURL)
-	if err != nil {
-		return nil, err
-	}
-	mgr := w.manager(store, prefix, spec, log)
-	var cs *checkpoint.State
-	var info checkpoint.Info
-	if step >= 0 {
-		cs, info, err = mgr.LoadStep(ctx, step)
-	} else {
-		cs, info, err = mgr.Load(ctx, -1)
-	}
-	if errors.Is(err, checkpoint.ErrNoCheckpoint) && step < 0 {
-		if st.Resume {
-			log.Warn("no valid checkpoint to resume from; starting from step 0")
-			return nil, nil
-		}
-		return nil, fmt.Errorf("resume: no valid checkpoint under %s", mgr.URL())
+	cs, info, err := load(ctx, mgr, step)
+	if errors.Is(err, checkpoint.ErrNoCheckpoint) && step < 0 && st.Resume {
+		log.Warn("no valid checkpoint to resume from; starting from step 0")
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("resume: %w", err)
@@ -248,6 +235,104 @@ func (w *Worker) startState(ctx context.Context, spec *pb.JobSpec, st *pb.JobSta
 	}
 	log.Info("resuming from checkpoint", zap.Int64("step", cs.Step), zap.String("url", info.URL), zap.Int("saved_world", cs.World), zap.Int("world", world))
 	return cs, nil
+}
+
+// locate finds the checkpoints a job refers to by source: a checkpoint
+// store URL (the directory of a job's checkpoints, or one checkpoint in
+// it), or another job's id (its checkpoints, in its store). step is the
+// checkpoint the URL names, or -1 for the newest valid.
+func (w *Worker) locate(ctx context.Context, source string, spec *pb.JobSpec, log *zap.Logger) (*checkpoint.Manager, int64, error) {
+	storeURL, prefix, step := "", "", int64(-1)
+	if strings.Contains(source, "://") {
+		storeURL, step = checkpoint.SplitCheckpointURL(source)
+	} else {
+		rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
+		resp, err := w.etcd.Get(rctx, w.keys.Spec(source))
+		cancel()
+		if err != nil {
+			return nil, 0, fmt.Errorf("reading job %s: %w", source, err)
+		}
+		if len(resp.Kvs) == 0 {
+			return nil, 0, fmt.Errorf("job %s does not exist", source)
+		}
+		var other pb.JobSpec
+		if err := state.Unmarshal(resp.Kvs[0].Value, &other); err != nil {
+			return nil, 0, err
+		}
+		storeURL, prefix = other.Checkpoint.Store, source
+	}
+	store, err := checkpoint.Open(storeURL)
+	if err != nil {
+		return nil, 0, err
+	}
+	return w.manager(store, prefix, spec, log), step, nil
+}
+
+// load reads the checkpoint at step, or the newest valid one for step < 0.
+func load(ctx context.Context, mgr *checkpoint.Manager, step int64) (*checkpoint.State, checkpoint.Info, error) {
+	if step >= 0 {
+		return mgr.LoadStep(ctx, step)
+	}
+	cs, info, err := mgr.Load(ctx, -1)
+	if errors.Is(err, checkpoint.ErrNoCheckpoint) {
+		err = fmt.Errorf("%w under %s", err, mgr.URL())
+	}
+	return cs, info, err
+}
+
+// initState loads the checkpoint a job's init_from names.
+func (w *Worker) initState(ctx context.Context, spec *pb.JobSpec, log *zap.Logger) (*checkpoint.State, error) {
+	mgr, step, err := w.locate(ctx, spec.InitFrom, spec, log)
+	if err != nil {
+		return nil, fmt.Errorf("init_from: %w", err)
+	}
+	cs, info, err := load(ctx, mgr, step)
+	if err != nil {
+		return nil, fmt.Errorf("init_from: %w", err)
+	}
+	log.Info("initialising from checkpoint", zap.Int64("step", cs.Step), zap.String("url", info.URL), zap.String("model", cs.Meta["model"]))
+	return cs, nil
+}
+
+// openData opens a job's training and evaluation sets; close releases
+// them.
+func (w *Worker) openData(ctx context.Context, spec *pb.JobSpec, log *zap.Logger) (train, eval Data, close func(), err error) {
+	d := spec.GetDataset()
+	if d.GetName() != "tokens" {
+		ds, err := w.dataset(d)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return MNISTData(digitFilter(ds.Train, d.GetDigits())), MNISTData(digitFilter(ds.Test, d.GetDigits())), func() {}, nil
+	}
+	cfg := jobspec.ModelConfig(spec)
+	var closers []func() error
+	closeAll := func() {
+		for _, c := range closers {
+			if err := c(); err != nil {
+				log.Warn("closing the dataset", zap.Error(err))
+			}
+		}
+	}
+	open := func(loc string) (Data, error) {
+		src, err := openTokens(ctx, loc, cfg.Ctx)
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, src.Close)
+		return TokenData(src, cfg.Ctx, cfg.Vocab), nil
+	}
+	if train, err = open(d.GetPath()); err != nil {
+		closeAll()
+		return nil, nil, nil, fmt.Errorf("dataset.path: %w", err)
+	}
+	if d.GetValPath() != "" {
+		if eval, err = open(d.GetValPath()); err != nil {
+			closeAll()
+			return nil, nil, nil, fmt.Errorf("dataset.val_path: %w", err)
+		}
+	}
+	return train, eval, closeAll, nil
 }
 
 func (w *Worker) dataset(d *pb.Dataset) (*mnist.Dataset, error) {

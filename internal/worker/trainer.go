@@ -3,10 +3,12 @@ package worker
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"math"
+	"path"
 	"strconv"
 	"time"
 	"unsafe"
@@ -15,9 +17,9 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/internal/jobspec"
 	"github.com/ringmaster/ringmaster/pkg/allreduce"
 	"github.com/ringmaster/ringmaster/pkg/checkpoint"
-	"github.com/ringmaster/ringmaster/pkg/mnist"
 	"github.com/ringmaster/ringmaster/pkg/model"
 	"github.com/ringmaster/ringmaster/pkg/shard"
 )
@@ -25,6 +27,9 @@ import (
 // Collective is what the trainer needs of the ring.
 type Collective interface {
 	AllReduce(ctx context.Context, buf []float32, op allreduce.Op) error
+	// NewBucketer reduces buf in buckets as parts of it are marked ready,
+	// overlapping communication with the backward pass.
+	NewBucketer(ctx context.Context, buf []float32, op allreduce.Op, bucketBytes int) *allreduce.Bucketer
 }
 
 // Reporter receives what rank 0 reports about training. Errors from it do
@@ -41,8 +46,10 @@ type Reporter interface {
 }
 
 // Trainer runs one rank of a data-parallel job: a straight loop of batch,
-// forward, backward, all-reduce, optimizer step, report, checkpoint, and at
-// the end an evaluation.
+// forward and backward (in micro-batches with gradient accumulation, the
+// last one overlapping its backward pass with the all-reduce of finished
+// gradient buckets), all-reduce, clipping, optimizer step, report,
+// checkpoint, and at the end an evaluation.
 type Trainer struct {
 	JobID      string
 	Spec       *pb.JobSpec
@@ -50,12 +57,17 @@ type Trainer struct {
 	World      int
 	Generation uint64
 	Comm       Collective
-	Data       *mnist.Dataset
-	Backend    model.Backend
+	// Train is the training set; Eval, if not nil, the set the job is
+	// evaluated on at the end.
+	Train, Eval Data
+	Backend     model.Backend
 	// Checkpoints is where rank 0 saves; nil disables saving.
 	Checkpoints *checkpoint.Manager
 	// Start is the state to continue from; nil starts fresh.
-	Start    *checkpoint.State
+	Start *checkpoint.State
+	// Init, if not nil, holds weights to start from (init_from): tensors
+	// matching the model's by name and shape are loaded.
+	Init     *checkpoint.State
 	Reporter Reporter
 	Log      *zap.Logger
 	// ReplicaCheckEvery compares a checksum of the parameters across ranks
@@ -72,18 +84,32 @@ type Trainer struct {
 // ErrReplicaMismatch means the ranks' parameters diverged.
 var ErrReplicaMismatch = errors.New("replicas diverged")
 
+// maxEvalTerms bounds the evaluation: the first samples of the evaluation
+// set up to this many loss terms (all of MNIST's test set; 2048 sequences
+// of 64 tokens).
+const maxEvalTerms = 1 << 17
+
 // Run trains to the end of the job and returns its result.
 func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 	spec := t.Spec
-	m, err := model.New(model.Config{Name: spec.Model}, t.Backend, spec.Seed)
+	cfg := jobspec.ModelConfig(spec)
+	m, err := model.New(cfg, t.Backend, spec.Seed)
 	if err != nil {
 		return nil, err
 	}
-	opt := &model.SGD{LR: spec.Optimizer.Lr, Momentum: spec.Optimizer.Momentum, WeightDecay: spec.Optimizer.WeightDecay, Nesterov: spec.Optimizer.Nesterov}
-	if err := opt.Validate(); err != nil {
+	opt, err := newOptimizer(spec.Optimizer, m, t.Backend)
+	if err != nil {
 		return nil, err
 	}
-	train := t.Data.Train
+	if t.Init != nil && t.Start == nil {
+		if err := t.initFrom(m); err != nil {
+			return nil, err
+		}
+	}
+	n := t.Train.Len()
+	if n == 0 {
+		return nil, errors.New("the training set is empty")
+	}
 	pos := shard.Position{}
 	var step, global int64
 	if st := t.Start; st != nil {
@@ -95,7 +121,7 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 		}
 		pos = shard.Position{Epoch: st.Epoch, Pos: int(st.EpochSamples)}
 		step, global = st.Step, st.GlobalSamples
-		if pos.Pos >= train.N {
+		if pos.Pos >= n {
 			pos = shard.Position{Epoch: pos.Epoch + 1}
 		}
 	}
@@ -103,14 +129,15 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 	if err := t.agree(ctx, "resume step", float64(step)); err != nil {
 		return nil, err
 	}
-	total := t.totalSteps(step, pos, train.N)
+	total := t.totalSteps(step, pos, n)
 	// The job trains with the global batch it was submitted with, however
 	// many workers run it now: each rank takes its share of it.
 	batch := globalBatch(spec)
-	share := (batch + t.World - 1) / t.World
-	t.Log.Info("training", zap.Int("rank", t.Rank), zap.Int("world", t.World), zap.Int64("from_step", step),
+	accum := max(int(spec.GradAccum), 1)
+	terms := t.Train.TermsPerSample()
+	t.Log.Info("training", zap.Int("rank", t.Rank), zap.Int("world", t.World), zap.String("model", cfg.Name), zap.Int64("from_step", step),
 		zap.Int64("total_steps", total), zap.Int("epoch", pos.Epoch), zap.Int("epoch_pos", pos.Pos), zap.Int("params", len(m.Params())),
-		zap.Int("global_batch", batch))
+		zap.Int("global_batch", batch), zap.Int("grad_accum", accum), zap.Int("samples", n))
 
 	var saver *checkpoint.AsyncSaver
 	if t.Rank == 0 && t.Checkpoints != nil && !spec.Checkpoint.GetSynchronous() {
@@ -123,11 +150,10 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 	}
 
 	params, grads := m.Params(), m.Grads()
-	P := len(params)
-	comm := make([]float32, P+1) // gradients, then the loss sum
-	x := make([]float32, share*mnist.Pixels)
-	y := make([]int32, share)
-	sampler := shard.NewSampler(train.N, spec.Seed)
+	bucketBytes := int(spec.Collective.GetBucketBytes())
+	var b model.Batch
+	stats := make([]float32, 1) // the loss sum of the step, all-reduced
+	sampler := t.Train.Sampler(spec.Seed)
 	checkEvery := t.ReplicaCheckEvery
 	if checkEvery <= 0 {
 		checkEvery = 100
@@ -144,33 +170,73 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 		if err != nil {
 			return nil, err
 		}
+		t.Train.Prefetch(sampler.Upcoming(next))
 		lo, hi := shard.Split(0, g, t.World, t.Rank)
 		idx := all[lo:hi]
 		if t.SampleHook != nil {
 			t.SampleHook(step+1, idx)
 		}
-		n := len(idx)
-		train.Gather(idx, x[:n*mnist.Pixels], y[:n])
-		opt.LR = learningRate(spec.Optimizer, step, total)
+		opt.SetLR(learningRate(spec.Optimizer, step, total))
 		m.ZeroGrads()
-		st, err := m.ForwardBackward(model.Batch{N: n, X: x[:n*mnist.Pixels], Targets: y[:n]}, 1/float32(g))
-		if err != nil {
-			return nil, err
+		// scale makes the all-reduce SUM the mean gradient over every loss
+		// term of the step, however the batch is split.
+		scale := 1 / float32(g*terms)
+		var loss float64
+		var bk *allreduce.Bucketer
+		var hookErr error
+		for k := range accum {
+			mlo, mhi := len(idx)*k/accum, len(idx)*(k+1)/accum
+			if err := t.Train.Fill(ctx, idx[mlo:mhi], &b); err != nil {
+				return nil, fmt.Errorf("step %d: reading the batch: %w", step+1, err)
+			}
+			if k == accum-1 && bucketBytes > 0 && t.World > 1 {
+				// The last micro-batch's backward pass finishes the
+				// gradient tensor by tensor; each finished bucket is
+				// all-reduced while the rest is computed.
+				bk = t.Comm.NewBucketer(ctx, grads, allreduce.Sum, bucketBytes)
+				m.SetGradReadyHook(func(lo, hi int) {
+					if err := bk.Ready(ctx, lo, hi); err != nil && hookErr == nil {
+						hookErr = err
+					}
+				})
+			}
+			st, err := m.ForwardBackward(b, scale)
+			m.SetGradReadyHook(nil)
+			if err != nil {
+				if bk != nil {
+					bk.Wait(ctx) //nolint:errcheck // the model's error is the one to report
+				}
+				return nil, err
+			}
+			loss += st.Loss
 		}
-		copy(comm, grads)
-		comm[P] = float32(st.Loss)
-		if err := t.Comm.AllReduce(ctx, comm, allreduce.Sum); err != nil {
+		if bk != nil {
+			err = bk.Wait(ctx)
+			if err == nil {
+				err = hookErr
+			}
+		} else {
+			err = t.Comm.AllReduce(ctx, grads, allreduce.Sum)
+		}
+		if err != nil {
 			return nil, fmt.Errorf("step %d: %w", step+1, err)
 		}
-		copy(grads, comm[:P])
+		stats[0] = float32(loss)
+		if err := t.Comm.AllReduce(ctx, stats, allreduce.Sum); err != nil {
+			return nil, fmt.Errorf("step %d: %w", step+1, err)
+		}
+		var gradNorm float64
+		if c := spec.Optimizer.GetGradClip(); c > 0 {
+			gradNorm = model.ClipGradNorm(t.Backend, grads, float64(c))
+		}
 		opt.Step(params, grads)
 		// The step is committed: every rank has finished its all-reduce.
 		step++
 		pos = next
 		global += int64(g)
-		lastLoss = float64(comm[P]) / float64(g)
+		lastLoss = float64(stats[0]) / float64(g*terms)
 		if math.IsNaN(lastLoss) || math.IsInf(lastLoss, 0) {
-			return nil, fmt.Errorf("step %d: loss is %v; lower optimizer.lr", step, lastLoss)
+			return nil, fmt.Errorf("step %d: loss is %v; lower optimizer.lr (or set optimizer.grad_clip)", step, lastLoss)
 		}
 		if t.StepHook != nil {
 			t.StepHook(step, m)
@@ -180,12 +246,19 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 			t.Reporter.Step(&pb.StepMetrics{Generation: t.Generation, Step: step, TotalSteps: total, Epoch: int32(pos.Epoch),
 				Epochs: spec.Epochs, Loss: lastLoss, SamplesPerSec: sps, GlobalSamples: global})
 			if spec.LogEvery > 0 && step%int64(spec.LogEvery) == 0 {
-				t.Log.Info("step", zap.Int64("step", step), zap.Int64("total", total), zap.Int("epoch", pos.Epoch),
-					zap.Float64("loss", lastLoss), zap.Float64("samples_per_s", sps))
+				fields := []zap.Field{zap.Int64("step", step), zap.Int64("total", total), zap.Int("epoch", pos.Epoch),
+					zap.Float64("loss", lastLoss), zap.Float64("samples_per_s", sps)}
+				if terms > 1 {
+					fields = append(fields, zap.Float64("tokens_per_s", sps*float64(terms)))
+				}
+				if gradNorm > 0 {
+					fields = append(fields, zap.Float64("grad_norm", gradNorm))
+				}
+				t.Log.Info("step", fields...)
 			}
 		}
 		if step%checkEvery == 0 || step == total {
-			if err := t.checkReplicas(ctx, step, params, opt.State()); err != nil {
+			if err := t.checkReplicas(ctx, step, params, opt); err != nil {
 				return nil, err
 			}
 		}
@@ -206,11 +279,11 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 		}
 	}
 
-	acc, count, err := t.evaluate(ctx, m)
+	ev, err := t.evaluate(ctx, m)
 	if err != nil {
 		return nil, err
 	}
-	res := &pb.JobResult{TestAccuracy: acc, TestSamples: count, FinalLoss: lastLoss, Steps: step}
+	res := &pb.JobResult{TestAccuracy: ev.Accuracy(), TestSamples: int64(ev.Terms), EvalLoss: ev.Mean(), FinalLoss: lastLoss, Steps: step}
 	if t.Rank == 0 {
 		if saver != nil {
 			// The final checkpoint is taken in line, after the one in flight.
@@ -228,7 +301,8 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 				res.LastCheckpoint = list[0].URL
 			}
 		}
-		t.Log.Info("job finished", zap.Int64("steps", step), zap.Float64("test_accuracy", acc), zap.Float64("final_loss", lastLoss))
+		t.Log.Info("job finished", zap.Int64("steps", step), zap.Float64("test_accuracy", res.TestAccuracy),
+			zap.Float64("eval_loss", res.EvalLoss), zap.Float64("final_loss", lastLoss))
 		err := t.Reporter.Progress(ctx, &pb.Progress{Generation: t.Generation, Step: step, TotalSteps: total, Epoch: int32(pos.Epoch),
 			EpochSamples: int64(pos.Pos), GlobalSamples: global, Loss: lastLoss, Done: true, Result: res})
 		if err != nil {
@@ -238,12 +312,32 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 	return res, nil
 }
 
+// newOptimizer builds the spec's optimizer for m.
+func newOptimizer(o *pb.Optimizer, m model.Model, be model.Backend) (model.Optimizer, error) {
+	var opt model.Optimizer
+	switch o.GetName() {
+	case "", "sgd":
+		opt = &model.SGD{LR: o.Lr, Momentum: o.Momentum, WeightDecay: o.WeightDecay, Nesterov: o.Nesterov}
+	case "adamw":
+		a := model.NewAdamW(be, len(m.Params()))
+		a.LR, a.Beta1, a.Beta2, a.Eps, a.WeightDecay = float64(o.Lr), float64(o.Beta1), float64(o.Beta2), float64(o.Eps), float64(o.WeightDecay)
+		a.NoDecay = model.NoDecayRanges(m.Tensors())
+		opt = a
+	default:
+		return nil, fmt.Errorf("optimizer.name: unknown optimizer %q", o.GetName())
+	}
+	if err := opt.Validate(); err != nil {
+		return nil, err
+	}
+	return opt, nil
+}
+
 // learningRate is the schedule's rate for the step after step (0-based)
 // of total: a linear warmup, then constant or a cosine decay to
 // min_lr_ratio of the base rate at the last step (model.Schedule).
-func learningRate(o *pb.Optimizer, step, total int64) float32 {
+func learningRate(o *pb.Optimizer, step, total int64) float64 {
 	s := model.Schedule{Base: float64(o.Lr), Warmup: o.WarmupSteps, Total: total, Cosine: o.Schedule == "cosine", MinRatio: float64(o.MinLrRatio)}
-	return float32(s.LR(step))
+	return s.LR(step)
 }
 
 // totalSteps is the step count at which the job ends.
@@ -294,12 +388,15 @@ func (t *Trainer) agree(ctx context.Context, what string, v float64) error {
 // checkReplicas compares a CRC32C of the parameters and optimizer state
 // across ranks. The checksum travels as two 16-bit halves so float32 sums
 // carry it exactly.
-func (t *Trainer) checkReplicas(ctx context.Context, step int64, params, optState []float32) error {
+func (t *Trainer) checkReplicas(ctx context.Context, step int64, params []float32, opt model.Optimizer) error {
 	if t.World == 1 {
 		return nil
 	}
 	tab := crc32.MakeTable(crc32.Castagnoli)
-	sum := crc32.Update(crc32.Checksum(floatBytes(params), tab), tab, floatBytes(optState))
+	sum := crc32.Checksum(floatBytes(params), tab)
+	for _, buf := range opt.Buffers() {
+		sum = crc32.Update(sum, tab, floatBytes(buf.Data))
+	}
 	buf := make([]float32, 2*t.World)
 	buf[2*t.Rank], buf[2*t.Rank+1] = float32(sum>>16), float32(sum&0xffff)
 	if err := t.Comm.AllReduce(ctx, buf, allreduce.Sum); err != nil {
@@ -314,45 +411,51 @@ func (t *Trainer) checkReplicas(ctx context.Context, step int64, params, optStat
 	return nil
 }
 
-// evaluate measures test accuracy, each rank on its share of the test set.
-func (t *Trainer) evaluate(ctx context.Context, m model.Model) (float64, int64, error) {
-	test := t.Data.Test
-	lo, hi := shard.Range(test.N, t.World, t.Rank)
-	const chunk = 256
-	x := make([]float32, chunk*mnist.Pixels)
-	y := make([]int32, chunk)
+// evaluate runs the model forward over the evaluation set (at most
+// maxEvalTerms of it), each rank on its share, and returns the summed
+// statistics: loss per term and accuracy (of images, or of next-token
+// predictions).
+func (t *Trainer) evaluate(ctx context.Context, m model.Model) (model.Stats, error) {
+	if t.Eval == nil {
+		return model.Stats{}, nil
+	}
+	lo, hi := shard.Range(min(t.Eval.Len(), max(1, maxEvalTerms/t.Eval.TermsPerSample())), t.World, t.Rank)
+	chunk := max(1, 16384/t.Eval.TermsPerSample())
+	chunk = min(chunk, 256)
 	idx := make([]int32, 0, chunk)
-	correct := 0
+	var b model.Batch
+	var sum model.Stats
 	for i := lo; i < hi; i += chunk {
 		if err := ctx.Err(); err != nil {
-			return 0, 0, err
+			return sum, err
 		}
 		n := min(chunk, hi-i)
 		idx = idx[:0]
 		for j := range n {
 			idx = append(idx, int32(i+j))
 		}
-		test.Gather(idx, x[:n*mnist.Pixels], y[:n])
-		st, err := m.Evaluate(model.Batch{N: n, X: x[:n*mnist.Pixels], Targets: y[:n]})
-		if err != nil {
-			return 0, 0, err
+		if err := t.Eval.Fill(ctx, idx, &b); err != nil {
+			return sum, fmt.Errorf("evaluation: %w", err)
 		}
-		correct += st.Correct
+		st, err := m.Evaluate(b)
+		if err != nil {
+			return sum, err
+		}
+		sum = sum.Add(st)
 	}
-	counts := []float32{float32(correct), float32(hi - lo)}
+	// float64 sums travel as float32: exact for counts below 2^24, and the
+	// loss needs no more than float32 precision.
+	counts := []float32{float32(sum.Loss), float32(sum.Terms), float32(sum.Correct)}
 	if err := t.Comm.AllReduce(ctx, counts, allreduce.Sum); err != nil {
-		return 0, 0, fmt.Errorf("evaluation: %w", err)
+		return sum, fmt.Errorf("evaluation: %w", err)
 	}
-	if counts[1] == 0 {
-		return 0, 0, nil
-	}
-	return float64(counts[0]) / float64(counts[1]), int64(counts[1]), nil
+	return model.Stats{Loss: float64(counts[0]), Terms: int(counts[1]), Correct: int(counts[2])}, nil
 }
 
 // save checkpoints the committed state after step: through the async
 // saver when there is one (the loop waits only for the copy into its host
 // buffer; the outcome arrives at saved), else in line.
-func (t *Trainer) save(ctx context.Context, saver *checkpoint.AsyncSaver, m model.Model, opt *model.SGD, step int64, pos shard.Position, global int64) error {
+func (t *Trainer) save(ctx context.Context, saver *checkpoint.AsyncSaver, m model.Model, opt model.Optimizer, step int64, pos shard.Position, global int64) error {
 	if t.Checkpoints == nil {
 		return nil
 	}
@@ -388,26 +491,30 @@ func (t *Trainer) saved(ctx context.Context, r checkpoint.Result) {
 
 // state is the committed training state after step. Its tensors are views
 // of the model's and optimizer's flat buffers: the model's tensors, then
-// the momentum's, each set one contiguous run of memory.
-func (t *Trainer) state(m model.Model, opt *model.SGD, step int64, pos shard.Position, global int64) *checkpoint.State {
+// each optimizer buffer's ("optim.<buffer>.<tensor>"), each set one
+// contiguous run of memory.
+func (t *Trainer) state(m model.Model, opt model.Optimizer, step int64, pos shard.Position, global int64) *checkpoint.State {
 	spec, _ := protojson.Marshal(t.Spec)
+	cfg, _ := json.Marshal(m.Config())
 	rng := make([]byte, 16) // the data order is a pure function of (seed, epoch)
 	binary.LittleEndian.PutUint64(rng, t.Spec.Seed)
 	binary.LittleEndian.PutUint64(rng[8:], uint64(pos.Epoch))
 	st := &checkpoint.State{
 		Step: step, Epoch: pos.Epoch, EpochSamples: int64(pos.Pos), GlobalSamples: global, World: t.World, Seed: t.Spec.Seed,
 		Spec: spec, RNG: []checkpoint.RNGState{{Name: "data_order", State: rng}},
-		Meta: map[string]string{"job": t.JobID, "model": t.Spec.Model, "optimizer": "sgd", "optimizer_steps": strconv.FormatInt(opt.Steps(), 10)},
+		Meta: map[string]string{"job": t.JobID, "model": m.Name(), "model_config": string(cfg),
+			"optimizer": opt.Name(), "optimizer_steps": strconv.FormatInt(opt.Steps(), 10)},
 	}
 	params := m.Params()
 	for _, ti := range m.Tensors() {
-		n := numel(ti.Shape)
-		st.Tensors = append(st.Tensors, checkpoint.Tensor{Name: "model." + ti.Name, Shape: ti.Shape, Data: params[ti.Offset : ti.Offset+n]})
+		st.Tensors = append(st.Tensors, checkpoint.Tensor{Name: "model." + ti.Name, Shape: ti.Shape, Data: ti.Slice(params)})
 	}
-	if mom := opt.State(); mom != nil {
+	for _, buf := range opt.Buffers() {
+		if buf.Data == nil {
+			continue
+		}
 		for _, ti := range m.Tensors() {
-			n := numel(ti.Shape)
-			st.Tensors = append(st.Tensors, checkpoint.Tensor{Name: "optim.momentum." + ti.Name, Shape: ti.Shape, Data: mom[ti.Offset : ti.Offset+n]})
+			st.Tensors = append(st.Tensors, checkpoint.Tensor{Name: "optim." + buf.Name + "." + ti.Name, Shape: ti.Shape, Data: ti.Slice(buf.Data)})
 		}
 	}
 	return st
@@ -415,40 +522,88 @@ func (t *Trainer) state(m model.Model, opt *model.SGD, step int64, pos shard.Pos
 
 // restore loads a checkpoint's tensors into the model and optimizer. A
 // checkpoint of another model, with tensors of other shapes, or with state
-// this job would not use is refused.
-func restore(st *checkpoint.State, m model.Model, opt *model.SGD) error {
+// this job would not use is refused: resuming never drops state silently.
+func restore(st *checkpoint.State, m model.Model, opt model.Optimizer) error {
+	if name := st.Meta["optimizer"]; name != "" && name != opt.Name() {
+		return fmt.Errorf("checkpoint at step %d holds %s optimizer state, the job uses %s; start a new job with init_from to change optimizers", st.Step, name, opt.Name())
+	}
 	params := m.Params()
-	var mom []float32
 	used := map[string]bool{}
 	for _, ti := range m.Tensors() {
-		n := numel(ti.Shape)
 		ct := st.Tensor("model." + ti.Name)
 		if ct == nil {
-			return fmt.Errorf("checkpoint at step %d has no tensor model.%s; it was not written by a %s model", st.Step, ti.Name, m.Name())
+			return fmt.Errorf("checkpoint at step %d has no tensor model.%s; it was not written by this %s model", st.Step, ti.Name, m.Name())
 		}
 		if !sameShape(ct.Shape, ti.Shape) {
 			return fmt.Errorf("checkpoint tensor model.%s has shape %v, the model needs %v", ti.Name, ct.Shape, ti.Shape)
 		}
-		copy(params[ti.Offset:ti.Offset+n], ct.Data)
+		copy(ti.Slice(params), ct.Data)
 		used[ct.Name] = true
-		if mt := st.Tensor("optim.momentum." + ti.Name); mt != nil {
-			if mom == nil {
-				mom = make([]float32, len(params))
+	}
+	bufs := map[string][]float32{}
+	for _, ob := range opt.Buffers() {
+		var data []float32
+		for _, ti := range m.Tensors() {
+			name := "optim." + ob.Name + "." + ti.Name
+			ct := st.Tensor(name)
+			if ct == nil {
+				continue
 			}
-			if !sameShape(mt.Shape, ti.Shape) {
-				return fmt.Errorf("checkpoint tensor optim.momentum.%s has shape %v, the model needs %v", ti.Name, mt.Shape, ti.Shape)
+			if !sameShape(ct.Shape, ti.Shape) {
+				return fmt.Errorf("checkpoint tensor %s has shape %v, the model needs %v", name, ct.Shape, ti.Shape)
 			}
-			copy(mom[ti.Offset:ti.Offset+n], mt.Data)
-			used[mt.Name] = true
+			if data == nil {
+				data = make([]float32, len(params))
+			}
+			copy(ti.Slice(data), ct.Data)
+			used[name] = true
+		}
+		if data != nil {
+			bufs[ob.Name] = data
 		}
 	}
 	for _, ct := range st.Tensors {
 		if !used[ct.Name] {
-			return fmt.Errorf("checkpoint at step %d holds tensor %s, which this job (a %s model with SGD) does not use; refusing to drop it", st.Step, ct.Name, m.Name())
+			return fmt.Errorf("checkpoint at step %d holds tensor %s, which this job (a %s model with %s) does not use; refusing to drop it", st.Step, ct.Name, m.Name(), opt.Name())
 		}
 	}
 	steps, _ := strconv.ParseInt(st.Meta["optimizer_steps"], 10, 64)
-	return opt.SetState(steps, mom)
+	return opt.Restore(steps, bufs)
+}
+
+// initFrom loads the weights of t.Init that match the model's tensors by
+// name and shape (init_from): pretrained layers come over, the rest (a new
+// classifier head, a resized embedding) keep their fresh initialisation.
+// Optimizer state is not loaded. At least one tensor must match, or the
+// checkpoint is of an unrelated model.
+func (t *Trainer) initFrom(m model.Model) error {
+	params := m.Params()
+	var loaded, fresh []string
+	for _, ti := range m.Tensors() {
+		ct := t.Init.Tensor("model." + ti.Name)
+		if ct == nil || !sameShape(ct.Shape, ti.Shape) || excluded(ti.Name, t.Spec.GetInitExclude()) {
+			fresh = append(fresh, ti.Name)
+			continue
+		}
+		copy(ti.Slice(params), ct.Data)
+		loaded = append(loaded, ti.Name)
+	}
+	if len(loaded) == 0 {
+		return fmt.Errorf("init_from: no tensor of the checkpoint at step %d (a %s model) matches this %s model by name and shape", t.Init.Step, t.Init.Meta["model"], m.Name())
+	}
+	t.Log.Info("initialised from a checkpoint", zap.Int64("step", t.Init.Step), zap.Int("loaded", len(loaded)),
+		zap.Strings("fresh", fresh))
+	return nil
+}
+
+// excluded reports whether name matches one of the globs.
+func excluded(name string, globs []string) bool {
+	for _, g := range globs {
+		if ok, _ := path.Match(g, name); ok {
+			return true
+		}
+	}
+	return false
 }
 
 func numel(shape []int) int {

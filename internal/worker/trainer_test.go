@@ -49,6 +49,7 @@ type memReporter struct {
 	progress []*pb.Progress
 	ckpts    []*pb.CheckpointRecord
 	failed   []int64
+	result   *pb.JobResult // rank 0's, set by runJob
 }
 
 func newMemReporter() *memReporter { return &memReporter{losses: map[int64]float64{}} }
@@ -143,7 +144,10 @@ func train(t *testing.T, spec *pb.JobSpec, mgr *checkpoint.Manager, start *check
 type run struct {
 	spec    *pb.JobSpec
 	world   int
-	data    *mnist.Dataset // nil: loadMNIST
+	data    *mnist.Dataset // nil: loadMNIST, unless train is set
+	train   Data
+	eval    Data
+	init    *checkpoint.State
 	mgr     *checkpoint.Manager
 	start   *checkpoint.State
 	hook    func(rank int, step int64, m model.Model)
@@ -155,10 +159,15 @@ type run struct {
 func runJob(t *testing.T, j run) (*memReporter, []float32, error) {
 	comms := ringOverGRPC(t, j.world, 1)
 	rep := newMemReporter()
-	ds := j.data
-	if ds == nil {
-		ds = loadMNIST(t)
+	if j.train == nil {
+		ds := j.data
+		if ds == nil {
+			ds = loadMNIST(t)
+		}
+		j.train, j.eval = MNISTData(ds.Train), MNISTData(ds.Test)
 	}
+	var results []*pb.JobResult
+	var resMu sync.Mutex
 	var params []float32
 	errs := make([]error, j.world)
 	var wg sync.WaitGroup
@@ -166,8 +175,8 @@ func runJob(t *testing.T, j run) (*memReporter, []float32, error) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tr := &Trainer{JobID: "t", Spec: j.spec, Rank: r, World: j.world, Generation: 1, Comm: comms[r], Data: ds,
-				Backend: model.NewCPU(2), Start: j.start, Reporter: rep, Log: zaptest.NewLogger(t), ReplicaCheckEvery: 5}
+			tr := &Trainer{JobID: "t", Spec: j.spec, Rank: r, World: j.world, Generation: 1, Comm: comms[r], Train: j.train, Eval: j.eval,
+				Backend: model.NewCPU(2), Start: j.start, Init: j.init, Reporter: rep, Log: zaptest.NewLogger(t), ReplicaCheckEvery: 5}
 			if r == 0 {
 				tr.Checkpoints = j.mgr
 			}
@@ -182,7 +191,13 @@ func runJob(t *testing.T, j run) (*memReporter, []float32, error) {
 			if j.samples != nil {
 				tr.SampleHook = func(step int64, idx []int32) { j.samples(r, step, idx) }
 			}
-			_, errs[r] = tr.Run(context.Background())
+			res, err := tr.Run(context.Background())
+			errs[r] = err
+			if r == 0 {
+				resMu.Lock()
+				results = append(results, res)
+				resMu.Unlock()
+			}
 		}()
 	}
 	wg.Wait()
@@ -191,6 +206,7 @@ func runJob(t *testing.T, j run) (*memReporter, []float32, error) {
 			return rep, params, fmt.Errorf("rank %d: %w", r, err)
 		}
 	}
+	rep.result = results[0]
 	return rep, params, nil
 }
 
@@ -274,7 +290,7 @@ func TestReplicaDivergenceIsDetected(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tr := &Trainer{JobID: "t", Spec: spec, Rank: r, World: world, Generation: 1, Comm: comms[r], Data: loadMNIST(t),
+			tr := &Trainer{JobID: "t", Spec: spec, Rank: r, World: world, Generation: 1, Comm: comms[r], Train: MNISTData(loadMNIST(t).Train), Eval: MNISTData(loadMNIST(t).Test),
 				Backend: model.NewCPU(1), Reporter: newMemReporter(), Log: zaptest.NewLogger(t), ReplicaCheckEvery: 5,
 				StepHook: func(step int64, m model.Model) {
 					if r == 1 && step == 3 {
@@ -297,7 +313,7 @@ func TestReplicaDivergenceIsDetected(t *testing.T) {
 func TestLearningRateSchedule(t *testing.T) {
 	near := func(a, b float32) bool { return math.Abs(float64(a-b)) < 1e-6 }
 	constant := &pb.Optimizer{Lr: 0.1, Schedule: "constant"}
-	if got := learningRate(constant, 57, 100); got != 0.1 {
+	if got := float32(learningRate(constant, 57, 100)); got != 0.1 {
 		t.Errorf("constant: %v", got)
 	}
 	cos := &pb.Optimizer{Lr: 0.1, Schedule: "cosine", MinLrRatio: 0.1}
@@ -305,21 +321,21 @@ func TestLearningRateSchedule(t *testing.T) {
 		step int64
 		want float32
 	}{{0, 0.1}, {99, 0.01}, {33, 0.01 + 0.09*0.5*(1+float32(math.Cos(math.Pi/3)))}} {
-		if got := learningRate(cos, c.step, 100); !near(got, c.want) {
+		if got := float32(learningRate(cos, c.step, 100)); !near(got, c.want) {
 			t.Errorf("cosine step %d: %v, want %v", c.step, got, c.want)
 		}
 	}
 	warm := &pb.Optimizer{Lr: 0.1, Schedule: "cosine", WarmupSteps: 10}
-	if got := learningRate(warm, 0, 100); !near(got, 0.01) {
+	if got := float32(learningRate(warm, 0, 100)); !near(got, 0.01) {
 		t.Errorf("warmup step 0: %v, want 0.01", got)
 	}
-	if got := learningRate(warm, 9, 100); !near(got, 0.1) {
+	if got := float32(learningRate(warm, 9, 100)); !near(got, 0.1) {
 		t.Errorf("warmup step 9: %v, want 0.1", got)
 	}
-	if got := learningRate(warm, 10, 100); !near(got, 0.1) {
+	if got := float32(learningRate(warm, 10, 100)); !near(got, 0.1) {
 		t.Errorf("first step after warmup: %v, want 0.1", got)
 	}
-	if got := learningRate(warm, 99, 100); !near(got, 0) {
+	if got := float32(learningRate(warm, 99, 100)); !near(got, 0) {
 		t.Errorf("last step: %v, want 0", got)
 	}
 }

@@ -979,6 +979,9 @@ type JobSpec struct {
 	// id) or of a checkpoint URL: tensors that match by name and shape are
 	// loaded, the rest initialised; optimizer state and step start fresh.
 	InitFrom string `protobuf:"bytes,16,opt,name=init_from,json=initFrom,proto3" json:"init_from,omitempty"`
+	// Tensors of the init_from checkpoint not to load, as globs over tensor
+	// names (e.g. "fc2.*" for a new classifier head).
+	InitExclude []string `protobuf:"bytes,18,rep,name=init_exclude,json=initExclude,proto3" json:"init_exclude,omitempty"`
 	// How gradients are all-reduced.
 	Collective    *Collective `protobuf:"bytes,17,opt,name=collective,proto3" json:"collective,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -1125,6 +1128,13 @@ func (x *JobSpec) GetInitFrom() string {
 		return x.InitFrom
 	}
 	return ""
+}
+
+func (x *JobSpec) GetInitExclude() []string {
+	if x != nil {
+		return x.InitExclude
+	}
+	return nil
 }
 
 func (x *JobSpec) GetCollective() *Collective {
@@ -2709,7 +2719,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"assignment\x18\x04 \x01(\v2\x19.ringmaster.v1.AssignmentR\n" +
 	"assignment\x123\n" +
 	"\bprogress\x18\x05 \x01(\v2\x17.ringmaster.v1.ProgressR\bprogress\x12A\n" +
-	"\vcheckpoints\x18\x06 \x03(\v2\x1f.ringmaster.v1.CheckpointRecordR\vcheckpoints\"\xf8\x04\n" +
+	"\vcheckpoints\x18\x06 \x03(\v2\x1f.ringmaster.v1.CheckpointRecordR\vcheckpoints\"\x9b\x05\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x120\n" +
@@ -2731,7 +2741,8 @@ const file_coordinator_proto_rawDesc = "" +
 	"\fmodel_config\x18\x0e \x01(\v2\x1a.ringmaster.v1.ModelConfigR\vmodelConfig\x12\x1d\n" +
 	"\n" +
 	"grad_accum\x18\x0f \x01(\x05R\tgradAccum\x12\x1b\n" +
-	"\tinit_from\x18\x10 \x01(\tR\binitFrom\x129\n" +
+	"\tinit_from\x18\x10 \x01(\tR\binitFrom\x12!\n" +
+	"\finit_exclude\x18\x12 \x03(\tR\vinitExclude\x129\n" +
 	"\n" +
 	"collective\x18\x11 \x01(\v2\x19.ringmaster.v1.CollectiveR\n" +
 	"collective\"\xc8\x01\n" +
