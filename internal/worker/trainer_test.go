@@ -26,7 +26,7 @@ var (
 	dataErr  error
 )
 
-func loadMNIST(t *testing.T) *mnist.Dataset {
+func loadMNIST(t testing.TB) *mnist.Dataset {
 	dataOnce.Do(func() {
 		dir, err := mnist.DefaultDir()
 		if err != nil {
@@ -85,7 +85,7 @@ func testSpec(workers, batch int, steps int64) *pb.JobSpec {
 
 // ringOverGRPC starts world hubs on loopback and returns a communicator per
 // rank.
-func ringOverGRPC(t *testing.T, world int, gen uint64) []*allreduce.Comm {
+func ringOverGRPC(t testing.TB, world int, gen uint64) []*allreduce.Comm {
 	addrs := make([]string, world)
 	hubs := make([]*allreduce.Hub, world)
 	for i := range hubs {
