@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -236,7 +237,7 @@ func printJob(w io.Writer, j *pb.Job) {
 			p.Step, p.TotalSteps, p.Epoch, p.GlobalSamples, p.Loss, p.SamplesPerSec, age(p.UpdatedMs))
 	}
 	if r := s.Result; r != nil {
-		fmt.Fprintf(w, "Result:     test accuracy %.2f%% on %d samples, final loss %.4f after %d steps\n", 100*r.TestAccuracy, r.TestSamples, r.FinalLoss, r.Steps)
+		fmt.Fprintf(w, "Result:     %s, final loss %.4f after %d steps\n", evalSummary(sp, r), r.FinalLoss, r.Steps)
 		if r.LastCheckpoint != "" {
 			fmt.Fprintf(w, "            last checkpoint %s\n", r.LastCheckpoint)
 		}
@@ -465,4 +466,18 @@ func oneLine(s string, n int) string {
 		return s[:n-3] + "..."
 	}
 	return s
+}
+
+// evalSummary says how a finished job did on its evaluation set: test
+// accuracy for the CNN, validation loss and perplexity for the language
+// models.
+func evalSummary(sp *pb.JobSpec, r *pb.JobResult) string {
+	if sp.GetDataset().GetName() != "tokens" {
+		return fmt.Sprintf("test accuracy %.2f%% (%d MNIST test images)", 100*r.TestAccuracy, r.TestSamples)
+	}
+	if r.TestSamples == 0 {
+		return "no validation set (dataset.val_path)"
+	}
+	return fmt.Sprintf("validation loss %.4f (perplexity %.2f, next-token accuracy %.2f%%, %d tokens)",
+		r.EvalLoss, math.Exp(r.EvalLoss), 100*r.TestAccuracy, r.TestSamples)
 }

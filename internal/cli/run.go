@@ -93,7 +93,13 @@ func newRunCommand() *cobra.Command {
 				return err
 			}
 			if r := final.Result; r != nil {
-				fmt.Fprintf(out, "test accuracy: %.2f%% (%d MNIST test images)\n", 100*r.TestAccuracy, r.TestSamples)
+				gctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+				job, err := cli.GetJob(gctx, &pb.GetJobRequest{JobId: resp.JobId})
+				cancel()
+				if err != nil {
+					return rpcError(err)
+				}
+				fmt.Fprintf(out, "%s\n", evalSummary(job.Spec, r))
 				fmt.Fprintf(out, "final loss: %.4f after %d steps\n", r.FinalLoss, r.Steps)
 				fmt.Fprintf(out, "last checkpoint: %s\n", r.LastCheckpoint)
 			}

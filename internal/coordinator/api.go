@@ -56,6 +56,13 @@ func (a *api) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) (*pb.Subm
 			return nil, err
 		}
 	}
+	if spec.InitFrom != "" && !isURL(spec.InitFrom) {
+		id, err := a.resolveJobRef(ctx, spec.InitFrom)
+		if err != nil {
+			return nil, err
+		}
+		spec.InitFrom = id
+	}
 	now := time.Now().UnixMilli()
 	st := &pb.JobStatus{State: pb.JobState_JOB_STATE_PENDING, CreatedMs: now, UpdatedMs: now,
 		Message: fmt.Sprintf("waiting for %d idle workers", spec.Workers)}
@@ -78,6 +85,37 @@ func (a *api) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) (*pb.Subm
 		}
 	}
 	return nil, status.Error(codes.Internal, "could not find a free job id")
+}
+
+// resolveJobRef turns init_from's job reference into a job id: an
+// existing job id, or the name of a job (the newest submitted under it),
+// so that a fine-tuning spec can name its pretraining job's spec name.
+func (a *api) resolveJobRef(ctx context.Context, ref string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, a.c.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := a.c.etcd.Get(ctx, a.c.keys.Jobs(), clientv3.WithPrefix())
+	if err != nil {
+		return "", status.Errorf(codes.Unavailable, "etcd: %v", err)
+	}
+	best, bestRev := "", int64(-1)
+	for _, kv := range resp.Kvs {
+		key := string(kv.Key)
+		if !strings.HasSuffix(key, "/spec") {
+			continue
+		}
+		id := strings.TrimSuffix(strings.TrimPrefix(key, a.c.keys.Jobs()), "/spec")
+		if id == ref {
+			return id, nil
+		}
+		var spec pb.JobSpec
+		if state.Unmarshal(kv.Value, &spec) == nil && spec.Name == ref && kv.CreateRevision > bestRev {
+			best, bestRev = id, kv.CreateRevision
+		}
+	}
+	if best == "" {
+		return "", status.Errorf(codes.InvalidArgument, "invalid job spec:\n  - init_from: no job has the id or name %q; give a job id or name from `coordinator list`, or a checkpoint URL", ref)
+	}
+	return best, nil
 }
 
 // checkResumeSource refuses a spec whose resume names a job that does not
