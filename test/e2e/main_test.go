@@ -121,6 +121,17 @@ func (c *cluster) dumpLogs() {
 	}
 }
 
+// logsContain reports whether any worker's log has s.
+func (c *cluster) logsContain(s string) bool {
+	files, _ := filepath.Glob(filepath.Join(c.dir, "*.log"))
+	for _, f := range files {
+		if b, _ := os.ReadFile(f); strings.Contains(string(b), s) {
+			return true
+		}
+	}
+	return false
+}
+
 // cli runs a coordinator CLI command in-process against this cluster.
 func (c *cluster) cli(args ...string) (string, error) {
 	cmd := cli.NewCoordinatorCommand()
