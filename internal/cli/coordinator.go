@@ -223,8 +223,11 @@ func printJob(w io.Writer, j *pb.Job) {
 	if sp.Steps > 0 {
 		length = fmt.Sprintf("%d steps", sp.Steps)
 	}
-	fmt.Fprintf(w, "Spec:       model %s, dataset %s, %d workers x batch %d, %s lr %g momentum %g, %s, seed %d\n",
-		sp.Model, sp.Dataset.Name, sp.Workers, sp.BatchSize, sp.Optimizer.Name, sp.Optimizer.Lr, sp.Optimizer.Momentum, length, sp.Seed)
+	fmt.Fprintf(w, "Spec:       model %s, dataset %s, %d workers x batch %d, %s lr %g, %s, seed %d\n",
+		modelSummary(sp), sp.Dataset.Name, sp.Workers, sp.BatchSize, sp.Optimizer.Name, sp.Optimizer.Lr, length, sp.Seed)
+	if sp.InitFrom != "" {
+		fmt.Fprintf(w, "Init from:  %s\n", sp.InitFrom)
+	}
 	fmt.Fprintf(w, "Checkpoint: every %d steps to %s, keep %d\n", sp.Checkpoint.EverySteps, sp.Checkpoint.Store, sp.Checkpoint.Keep)
 	if a := j.Assignment; a != nil {
 		fmt.Fprintf(w, "Assignment: generation %d\n", a.Generation)
@@ -480,4 +483,16 @@ func evalSummary(sp *pb.JobSpec, r *pb.JobResult) string {
 	}
 	return fmt.Sprintf("validation loss %.4f (perplexity %.2f, next-token accuracy %.2f%%, %d tokens)",
 		r.EvalLoss, math.Exp(r.EvalLoss), 100*r.TestAccuracy, r.TestSamples)
+}
+
+// modelSummary names the model and, for the language models, its shape.
+func modelSummary(sp *pb.JobSpec) string {
+	c := sp.GetModelConfig()
+	switch sp.Model {
+	case "gpt":
+		return fmt.Sprintf("gpt (%d layers, dim %d, %d heads, ctx %d, vocab %d)", c.GetLayers(), c.GetDim(), c.GetHeads(), c.GetCtx(), c.GetVocab())
+	case "lstm":
+		return fmt.Sprintf("lstm (%d layers, dim %d, hidden %d, ctx %d, vocab %d)", c.GetLayers(), c.GetDim(), c.GetHidden(), c.GetCtx(), c.GetVocab())
+	}
+	return sp.Model
 }
