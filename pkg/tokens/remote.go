@@ -62,6 +62,7 @@ type remote struct {
 	store        checkpoint.Store
 	dir          string // this source's staging directory (removed on Close)
 	fetchTimeout time.Duration
+	part         int64 // ranged-read size (fetchPart; tests make it small)
 	log          *zap.Logger
 	shards       []*remoteShard
 	starts       []int // starts[i] is shard i's first sample; starts[len] = Len
@@ -91,7 +92,7 @@ func newRemote(st checkpoint.Store, objs []checkpoint.ObjectInfo, o SourceOption
 	if len(objs) == 0 {
 		return nil, errNoShards
 	}
-	r := &remote{t: o.T, readAhead: o.ReadAhead, store: st, fetchTimeout: o.FetchTimeout, log: o.Log,
+	r := &remote{t: o.T, readAhead: o.ReadAhead, store: st, fetchTimeout: o.FetchTimeout, part: fetchPart, log: o.Log,
 		starts: make([]int, len(objs)+1)}
 	if r.readAhead <= 0 {
 		r.readAhead = DefaultReadAhead
@@ -317,8 +318,8 @@ func (r *remote) fetch(ctx context.Context, sh *remoteShard) (m *Shard, err erro
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(fetchParallel)
-	for off := int64(0); off < sh.size; off += fetchPart {
-		n := min(fetchPart, sh.size-off)
+	for off := int64(0); off < sh.size; off += r.part {
+		n := min(r.part, sh.size-off)
 		g.Go(func() error {
 			rc, err := r.store.Read(gctx, sh.key, off, n)
 			if err != nil {
