@@ -3,6 +3,7 @@ package tokens
 import (
 	"context"
 	"encoding/binary"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/ringmaster/ringmaster/internal/versitygw"
 	"github.com/ringmaster/ringmaster/pkg/checkpoint"
 	"github.com/ringmaster/ringmaster/pkg/shard"
 )
@@ -457,4 +459,58 @@ func BenchmarkBatch(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkFetch stages one shard of 16M tokens (32 MiB) from versitygw:
+// through a cold remote source (ranged reads, four at a time, then map and
+// check), and, as the peer, as one plain Store.Read copied to a file.
+func BenchmarkFetch(b *testing.B) {
+	dir := b.TempDir()
+	paths := writeShards(b, dir, "f", 1, 16<<20)
+	srv := versitygw.Start(b, bucket)
+	st, err := checkpoint.NewS3Store(srv.Config(bucket, "f"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := UploadShards(ctx, st, paths); err != nil {
+		b.Fatal(err)
+	}
+	objs, err := listShards(ctx, st, "f_train_*.bin")
+	if err != nil {
+		b.Fatal(err)
+	}
+	size := objs[0].Size
+	x, y := make([]int32, 8), make([]int32, 8)
+	b.Run("source", func(b *testing.B) {
+		b.SetBytes(size)
+		for range b.N {
+			r, err := newRemote(st, objs, SourceOptions{T: 8})
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := r.Batch(ctx, []int32{1}, x, y); err != nil {
+				b.Fatal(err)
+			}
+			r.Close()
+		}
+	})
+	b.Run("plain-read", func(b *testing.B) {
+		b.SetBytes(size)
+		for range b.N {
+			f, err := os.Create(filepath.Join(b.TempDir(), "copy"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			rc, err := st.Read(ctx, objs[0].Key, 0, -1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.Copy(f, rc); err != nil {
+				b.Fatal(err)
+			}
+			rc.Close()
+			f.Close()
+		}
+	})
 }
