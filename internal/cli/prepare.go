@@ -8,21 +8,27 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/ringmaster/ringmaster/pkg/checkpoint"
 	"github.com/ringmaster/ringmaster/pkg/tokens"
 )
 
 func newPrepareCommand() *cobra.Command {
 	o := tokens.PrepareOptions{}
-	var shardSize, valSize, maxSize string
+	var shardSize, valSize, maxSize, upload string
 	cmd := &cobra.Command{
-		Use:   "prepare --out DIR [--input PATH ...] [--include GLOB ...] [--exclude GLOB ...]",
+		Use:   "prepare --out DIR [--input PATH ...] [--include GLOB ...] [--exclude GLOB ...] [--upload URL]",
 		Short: "Turn text files into token shards (llm.c format, byte-level tokenizer, vocabulary 256)",
 		Long: `Turn text files into token shards for the language models.
 
 With no --input, prepare uses the demo corpus every machine with Go has: the
 Go source files under GOROOT (excluding tests). Files are read in lexical
 order and separated by token 0; the first --val-tokens tokens form
-NAME_val_000000.bin, the rest NAME_train_NNNNNN.bin.`,
+NAME_val_000000.bin, the rest NAME_train_NNNNNN.bin.
+
+With --upload, the shards written are then copied to an object store
+(s3://bucket/prefix?endpoint=...&path_style=true&tls=false, or
+file:///path; the same URLs and credentials as checkpoint stores), and
+jobs read them from there: data: s3://bucket/prefix/NAME_train_*.bin?...`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.OutDir == "" {
@@ -47,6 +53,13 @@ NAME_val_000000.bin, the rest NAME_train_NNNNNN.bin.`,
 			if o.MaxTokens, err = parseCount("--max-tokens", maxSize); err != nil {
 				return err
 			}
+			var store checkpoint.Store
+			if upload != "" {
+				// Checked before the work, so that a typo costs nothing.
+				if store, err = checkpoint.Open(upload); err != nil {
+					return fmt.Errorf("--upload: %w", err)
+				}
+			}
 			res, err := tokens.Prepare(cmd.Context(), o)
 			if err != nil {
 				return err
@@ -57,7 +70,10 @@ NAME_val_000000.bin, the rest NAME_train_NNNNNN.bin.`,
 				fmt.Fprintf(out, "validation: %s\n", res.ValShard)
 			}
 			fmt.Fprintf(out, "training:   %d shards, %s\n", len(res.TrainShards), filepath.Join(o.OutDir, o.Name+"_train_*.bin"))
-			return nil
+			if store == nil {
+				return nil
+			}
+			return uploadPrepared(cmd, store, o.Name, res)
 		},
 	}
 	f := cmd.Flags()
@@ -69,7 +85,47 @@ NAME_val_000000.bin, the rest NAME_train_NNNNNN.bin.`,
 	f.StringVar(&shardSize, "shard-tokens", "16M", "tokens per training shard (K, M, G suffixes)")
 	f.StringVar(&valSize, "val-tokens", "1M", "tokens in the validation shard (0: none)")
 	f.StringVar(&maxSize, "max-tokens", "0", "stop after this many tokens (0: no limit)")
+	f.StringVar(&upload, "upload", "", "copy the shards to this object store (s3://bucket/prefix?endpoint=... or file:///path)")
 	return cmd
+}
+
+// uploadPrepared copies what Prepare wrote to store and says where it
+// went. Objects of an earlier run that the dataset's glob would also match
+// are reported, not deleted.
+func uploadPrepared(cmd *cobra.Command, store checkpoint.Store, name string, res *tokens.PrepareResult) error {
+	ctx, out := cmd.Context(), cmd.OutOrStdout()
+	files := res.TrainShards
+	if res.ValShard != "" {
+		files = append([]string{res.ValShard}, files...)
+	}
+	urls, err := tokens.UploadShards(ctx, store, files)
+	if err != nil {
+		return err
+	}
+	if res.ValShard != "" {
+		fmt.Fprintf(out, "uploaded validation: %s\n", urls[0])
+		urls = urls[1:]
+	}
+	fmt.Fprintf(out, "uploaded training:   %d shards, %s\n", len(urls), checkpoint.ObjectURL(store, name+"_train_*.bin"))
+	objs, err := store.List(ctx, name+"_")
+	if err != nil {
+		return err
+	}
+	written := map[string]bool{}
+	for _, f := range files {
+		written[filepath.Base(f)] = true
+	}
+	var stale []string
+	for _, ob := range objs {
+		if ok, _ := filepath.Match(name+"_*_*.bin", ob.Key); ok && !written[ob.Key] && !strings.Contains(ob.Key, "/") {
+			stale = append(stale, ob.Key)
+		}
+	}
+	if len(stale) > 0 {
+		fmt.Fprintf(out, "warning: %d objects from an earlier run are still there and match the same globs (%s ... %s); delete them or upload under another prefix\n",
+			len(stale), stale[0], stale[len(stale)-1])
+	}
+	return nil
 }
 
 // parseCount reads counts like 512, 64K, 16M, 1G (powers of 1024).

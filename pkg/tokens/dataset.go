@@ -1,9 +1,11 @@
 package tokens
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"sort"
+	"sync/atomic"
 )
 
 // Dataset cuts each shard into samples of T+1 tokens starting every T
@@ -14,8 +16,11 @@ type Dataset struct {
 	T      int
 	shards []*Shard
 	// starts[i] is the index of shard i's first sample; starts[len] = Len.
-	starts []int
+	starts  []int
+	batches atomic.Int64
 }
+
+var _ Source = (*Dataset)(nil)
 
 // Open maps the shards matching pattern (a glob), in name order.
 func Open(pattern string, t int) (*Dataset, error) {
@@ -107,13 +112,48 @@ func (d *Dataset) Sample(i int, dst []int32) {
 	}
 }
 
-// Batch gathers samples idx into x (inputs, len(idx)*T) and y (targets,
-// the inputs shifted by one).
-func (d *Dataset) Batch(idx []int32, x, y []int32, scratch []int32) {
+// Prefetch implements Source. Local shards are mapped already; the page
+// cache reads them ahead.
+func (d *Dataset) Prefetch([]int32) {}
+
+// Batch implements Source: it gathers samples idx into x (inputs,
+// len(idx)*T) and y (targets, the inputs shifted by one). It never waits.
+func (d *Dataset) Batch(_ context.Context, idx []int32, x, y []int32) error {
+	if err := checkBatch(idx, x, y, d.T, d.Len()); err != nil {
+		return err
+	}
+	d.batches.Add(1)
 	for j, i := range idx {
-		d.Sample(int(i), scratch[:d.T+1])
-		copy(x[j*d.T:(j+1)*d.T], scratch[:d.T])
-		copy(y[j*d.T:(j+1)*d.T], scratch[1:d.T+1])
+		s := sort.SearchInts(d.starts, int(i)+1) - 1
+		gather(d.shards[s].Tokens(), (int(i)-d.starts[s])*d.T, d.T, x[j*d.T:], y[j*d.T:])
+	}
+	return nil
+}
+
+// Stats implements StatsSource; a local dataset never waits.
+func (d *Dataset) Stats() Stats { return Stats{Batches: d.batches.Load()} }
+
+// checkBatch checks Batch's arguments.
+func checkBatch(idx, x, y []int32, t, n int) error {
+	if len(x) < len(idx)*t || len(y) < len(idx)*t {
+		return fmt.Errorf("tokens: batch of %d samples of %d tokens needs x and y of %d, got %d and %d", len(idx), t, len(idx)*t, len(x), len(y))
+	}
+	for _, i := range idx {
+		if i < 0 || int(i) >= n {
+			return fmt.Errorf("tokens: sample %d of a dataset of %d", i, n)
+		}
+	}
+	return nil
+}
+
+// gather writes the sample of T+1 tokens at toks[off:] as T inputs into x
+// and T targets into y.
+func gather(toks []uint16, off, t int, x, y []int32) {
+	src := toks[off : off+t+1]
+	x, y = x[:t], y[:t]
+	for k := range t {
+		x[k] = int32(src[k])
+		y[k] = int32(src[k+1])
 	}
 }
 

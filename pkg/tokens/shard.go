@@ -65,7 +65,11 @@ type Shard struct {
 }
 
 // OpenShard maps a shard file and checks its header.
-func OpenShard(path string) (*Shard, error) {
+func OpenShard(path string) (*Shard, error) { return openShardAs(path, path) }
+
+// openShardAs is OpenShard naming the shard name in errors (a staged copy
+// of an object is reported as the object).
+func openShardAs(path, name string) (*Shard, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -77,31 +81,31 @@ func OpenShard(path string) (*Shard, error) {
 	}
 	size := st.Size()
 	if size < HeaderBytes {
-		return nil, fmt.Errorf("tokens: %s: %d bytes is shorter than the %d-byte header", path, size, HeaderBytes)
+		return nil, fmt.Errorf("tokens: %s: %d bytes is shorter than the %d-byte header", name, size, HeaderBytes)
 	}
 	data, err := syscall.Mmap(int(f.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED)
 	if err != nil {
-		return nil, fmt.Errorf("tokens: mapping %s: %w", path, err)
+		return nil, fmt.Errorf("tokens: mapping %s: %w", name, err)
 	}
 	s := &Shard{Path: path, data: data}
-	if err := s.check(size); err != nil {
+	if err := s.check(name, size); err != nil {
 		s.Close()
 		return nil, err
 	}
 	return s, nil
 }
 
-func (s *Shard) check(size int64) error {
+func (s *Shard) check(name string, size int64) error {
 	magic := int32(binary.LittleEndian.Uint32(s.data[0:]))
 	version := int32(binary.LittleEndian.Uint32(s.data[4:]))
 	n := int64(int32(binary.LittleEndian.Uint32(s.data[8:])))
 	switch {
 	case magic != Magic:
-		return fmt.Errorf("tokens: %s: magic %d, want %d (not an llm.c token shard)", s.Path, magic, Magic)
+		return fmt.Errorf("tokens: %s: magic %d, want %d (not an llm.c token shard)", name, magic, Magic)
 	case version != Version:
-		return fmt.Errorf("tokens: %s: version %d, want %d", s.Path, version, Version)
+		return fmt.Errorf("tokens: %s: version %d, want %d", name, version, Version)
 	case n < 0 || HeaderBytes+2*n != size:
-		return fmt.Errorf("tokens: %s: header says %d tokens (%d bytes) but the file has %d bytes", s.Path, n, HeaderBytes+2*n, size)
+		return fmt.Errorf("tokens: %s: header says %d tokens (%d bytes) but the file has %d bytes", name, n, HeaderBytes+2*n, size)
 	}
 	if n > 0 {
 		s.toks = unsafe.Slice((*uint16)(unsafe.Pointer(&s.data[HeaderBytes])), n)

@@ -86,9 +86,20 @@ func TestDatasetSamplesPerShard(t *testing.T) {
 		t.Errorf("sample 2 = %v", got)
 	}
 	x, y := make([]int32, 8), make([]int32, 8)
-	d.Batch([]int32{1, 0}, x, y, make([]int32, 5))
+	if err := d.Batch(context.Background(), []int32{1, 0}, x, y); err != nil {
+		t.Fatal(err)
+	}
 	if !slices.Equal(x, []int32{4, 5, 6, 7, 0, 1, 2, 3}) || !slices.Equal(y, []int32{5, 6, 7, 8, 1, 2, 3, 4}) {
 		t.Errorf("batch x=%v y=%v", x, y)
+	}
+	if err := d.Batch(context.Background(), []int32{3}, x, y); err == nil || !strings.Contains(err.Error(), "sample 3 of") {
+		t.Errorf("sample out of range: %v", err)
+	}
+	if err := d.Batch(context.Background(), []int32{0, 1}, x[:7], y); err == nil {
+		t.Error("a short x was accepted")
+	}
+	if st := d.Stats(); st.Batches != 1 || st.Waits != 0 {
+		t.Errorf("stats %+v, want 1 batch and no wait", st)
 	}
 	if _, err := Open(filepath.Join(dir, "nothing*"), 4); err == nil || !strings.Contains(err.Error(), "prepare") {
 		t.Errorf("no shards: %v", err)
