@@ -46,6 +46,7 @@ func NewWorkerCommand() *cobra.Command {
 	f.StringVar(&cfg.Advertise, "advertise", "", "ring address peers dial (default: the bound address)")
 	f.StringVar(&cfg.Device, "device", "cpu", "compute device")
 	f.IntVar(&cfg.Threads, "threads", 0, "goroutines per compute kernel (0: all CPUs)")
+	f.StringVar(&cfg.CacheDir, "cache-dir", "", "where dataset shards from object storage are staged while in use (default: the temporary directory)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "registration lease TTL: a dead worker is noticed within it")
 	addLogFlags(cmd, &lf)
 	return cmd

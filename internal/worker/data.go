@@ -57,20 +57,12 @@ func digitFilter(s *mnist.Set, digits []int32) *mnist.Set {
 	return s.Filter(func(l uint8) bool { return int(l) < len(keep) && keep[l] })
 }
 
-// TokenSource is a token dataset in shards (pkg/tokens).
-type TokenSource interface {
-	Len() int
-	BlockSizes() []int
-	Prefetch(upcoming []int32)
-	Batch(ctx context.Context, idx []int32, x, y []int32) error
-}
-
 // TokenData serves sequences of t tokens from src to a model with a
 // vocabulary of vocab ids.
-func TokenData(src TokenSource, t, vocab int) Data { return &tokenData{src: src, t: t, vocab: vocab} }
+func TokenData(src tokens.Source, t, vocab int) Data { return &tokenData{src: src, t: t, vocab: vocab} }
 
 type tokenData struct {
-	src      TokenSource
+	src      tokens.Source
 	t, vocab int
 }
 
@@ -104,30 +96,9 @@ func (d *tokenData) Fill(ctx context.Context, idx []int32, b *model.Batch) error
 	return nil
 }
 
-// localTokens adapts a local tokens.Dataset.
-type localTokens struct{ *tokens.Dataset }
-
-func (l localTokens) Prefetch([]int32) {}
-func (l localTokens) Batch(_ context.Context, idx []int32, x, y []int32) error {
-	l.Dataset.Batch(idx, x, y, make([]int32, l.T+1))
-	return nil
-}
-
 func grow[T any](buf []T, n int) []T {
 	if cap(buf) < n {
 		return make([]T, n)
 	}
 	return buf[:n]
-}
-
-// openTokens opens the token shards at loc for samples of t tokens.
-func openTokens(_ context.Context, loc string, t int) (interface {
-	TokenSource
-	Close() error
-}, error) {
-	ds, err := tokens.Open(loc, t)
-	if err != nil {
-		return nil, err
-	}
-	return localTokens{ds}, nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/ringmaster/ringmaster/pkg/allreduce"
 	"github.com/ringmaster/ringmaster/pkg/checkpoint"
 	"github.com/ringmaster/ringmaster/pkg/mnist"
+	"github.com/ringmaster/ringmaster/pkg/tokens"
 )
 
 // jobRun is one rank of one job generation running on this worker.
@@ -315,7 +316,7 @@ func (w *Worker) openData(ctx context.Context, spec *pb.JobSpec, log *zap.Logger
 		}
 	}
 	open := func(loc string) (Data, error) {
-		src, err := openTokens(ctx, loc, cfg.Ctx)
+		src, err := tokens.OpenSource(ctx, loc, tokens.SourceOptions{T: cfg.Ctx, CacheDir: w.cfg.CacheDir, Log: log})
 		if err != nil {
 			return nil, err
 		}

@@ -5,12 +5,14 @@ import (
 	"math"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 
 	"go.uber.org/zap/zaptest"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 	"github.com/ringmaster/ringmaster/internal/jobspec"
+	"github.com/ringmaster/ringmaster/internal/versitygw"
 	"github.com/ringmaster/ringmaster/pkg/checkpoint"
 	"github.com/ringmaster/ringmaster/pkg/mnist"
 	"github.com/ringmaster/ringmaster/pkg/model"
@@ -34,7 +36,7 @@ func corpus(t *testing.T, name, dir string, include []string, shardTokens, valTo
 
 func openTokenData(t *testing.T, glob string, cfg model.Config) Data {
 	t.Helper()
-	src, err := openTokens(context.Background(), glob, cfg.Ctx)
+	src, err := tokens.OpenSource(context.Background(), glob, tokens.SourceOptions{T: cfg.Ctx})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,4 +298,54 @@ func loadFullMNIST() (*mnist.Dataset, error) {
 		return nil, err
 	}
 	return mnist.Load(dir)
+}
+
+// Two workers training a GPT on shards streamed from a real S3 server
+// (versitygw) reach the parameters of the same job on the local files, bit
+// for bit, fetching the shards as the job reaches them.
+func TestTrainingFromS3EqualsLocal(t *testing.T) {
+	srv := versitygw.Start(t, "data")
+	for _, kv := range versitygw.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	// Shards of 128 samples: the job's 24 steps of 8 samples cross one.
+	train, _ := corpus(t, "strings", "strings", []string{"*.go"}, 1<<12, 0)
+	paths, err := filepath.Glob(train)
+	if err != nil || len(paths) < 3 {
+		t.Fatalf("want several shards, got %v (%v)", paths, err)
+	}
+	store, err := checkpoint.NewS3Store(srv.Config("data", "corpus"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tokens.UploadShards(context.Background(), store, paths); err != nil {
+		t.Fatal(err)
+	}
+	spec := lmSpec("gpt", 2, 4, 24)
+	cfg := jobspec.ModelConfig(spec)
+	_, local, err := runJob(t, run{spec: spec, world: 2, train: openTokenData(t, train, cfg)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	loc := strings.Replace(srv.URL("data", "corpus"), "?", "/strings_train_*.bin?", 1)
+	src, err := tokens.OpenSource(context.Background(), loc, tokens.SourceOptions{T: cfg.Ctx, CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	_, remote, err := runJob(t, run{spec: spec, world: 2, train: TokenData(src, cfg.Ctx, cfg.Vocab)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range local {
+		if local[i] != remote[i] {
+			t.Fatalf("parameter %d: %v from S3, %v from local files", i, remote[i], local[i])
+		}
+	}
+	st := src.(tokens.StatsSource).Stats()
+	t.Logf("remote source: %+v", st)
+	if st.Fetches < 2 || st.Fetches >= int64(len(paths)) {
+		t.Errorf("%d fetches of %d shards; the job reads 2 and fetches a few ahead, not all", st.Fetches, len(paths))
+	}
 }

@@ -44,6 +44,9 @@ type Config struct {
 	LeaseTTL time.Duration
 	// RequestTimeout bounds each call to etcd and the coordinator.
 	RequestTimeout time.Duration
+	// CacheDir is where dataset shards read from object storage are
+	// staged while in use ("": the system's temporary directory).
+	CacheDir string
 }
 
 // Worker registers itself in etcd under a lease, waits for the coordinator
