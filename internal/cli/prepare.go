@@ -21,8 +21,9 @@ func newPrepareCommand() *cobra.Command {
 		Long: `Turn text files into token shards for the language models.
 
 With no --input, prepare uses the demo corpus every machine with Go has: the
-Go source files under GOROOT (excluding tests). Files are read in lexical
-order and separated by token 0; the first --val-tokens tokens form
+Go source files under GOROOT (excluding tests). Files are taken in a
+permutation drawn from --seed (in lexical order with --shuffle=false) and
+separated by token 0; the first --val-tokens tokens form
 NAME_val_000000.bin, the rest NAME_train_NNNNNN.bin.
 
 With --upload, the shards written are then copied to an object store
@@ -78,6 +79,8 @@ jobs read them from there: data: s3://bucket/prefix/NAME_train_*.bin?...`,
 	}
 	f := cmd.Flags()
 	f.StringSliceVar(&o.Inputs, "input", nil, "files or directories to read (default: $GOROOT/src)")
+	f.BoolVar(&o.Shuffle, "shuffle", true, "order the files by a seeded permutation, so every shard samples the whole corpus (false: by name)")
+	f.Uint64Var(&o.Seed, "seed", 1, "seed of the --shuffle permutation")
 	f.StringSliceVar(&o.Include, "include", nil, "keep only files whose name matches these globs (default with no --input: *.go)")
 	f.StringSliceVar(&o.Exclude, "exclude", nil, "drop files whose name matches these globs (default with no --input: *_test.go)")
 	f.StringVar(&o.OutDir, "out", "", "output directory")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -27,6 +28,12 @@ type PrepareOptions struct {
 	ValTokens int
 	// MaxTokens stops after this many tokens (0: no limit).
 	MaxTokens int
+	// Shuffle orders the documents by a permutation drawn from Seed
+	// instead of by name, so that every shard (and the validation shard)
+	// is a sample of the whole corpus rather than one range of it: a short
+	// run, which reads few shards, then sees all of it.
+	Shuffle bool
+	Seed    uint64
 }
 
 // PrepareResult says what Prepare wrote.
@@ -39,7 +46,7 @@ type PrepareResult struct {
 
 // Prepare tokenizes text files byte by byte into shards. Documents (files)
 // are separated by EOT. The output is a pure function of the inputs'
-// contents and names.
+// contents and names (and of Seed, with Shuffle).
 func Prepare(ctx context.Context, o PrepareOptions) (*PrepareResult, error) {
 	if o.Name == "" {
 		o.Name = "corpus"
@@ -56,6 +63,10 @@ func Prepare(ctx context.Context, o PrepareOptions) (*PrepareResult, error) {
 	}
 	if len(files) == 0 {
 		return nil, fmt.Errorf("tokens: no input files under %v match %v", o.Inputs, o.Include)
+	}
+	if o.Shuffle {
+		rng := rand.New(rand.NewPCG(o.Seed, 0x70726570617265)) // "prepare"
+		rng.Shuffle(len(files), func(i, j int) { files[i], files[j] = files[j], files[i] })
 	}
 	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
 		return nil, err

@@ -3,6 +3,8 @@ package tokens
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -147,4 +149,46 @@ func bytesToTokens(s string) []uint16 {
 		out[i] = uint16(s[i])
 	}
 	return out
+}
+
+// Shuffled preparation takes the documents in a seeded order: the same
+// seed gives the same shards, another seed others, and every document's
+// bytes are there either way.
+func TestPrepareShuffle(t *testing.T) {
+	in := t.TempDir()
+	for i := range 20 {
+		if err := os.WriteFile(filepath.Join(in, fmt.Sprintf("f%02d.txt", i)), []byte(strings.Repeat(string(rune('a'+i)), 10)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(shuffle bool, seed uint64) []uint16 {
+		out := t.TempDir()
+		res, err := Prepare(context.Background(), PrepareOptions{Inputs: []string{in}, OutDir: out, ShardTokens: 1 << 10, Shuffle: shuffle, Seed: seed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := OpenShard(res.TrainShards[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		return append([]uint16(nil), s.Tokens()...)
+	}
+	sorted, a, a2, b := read(false, 0), read(true, 1), read(true, 1), read(true, 2)
+	if !slices.Equal(a, a2) {
+		t.Error("the same seed gave different shards")
+	}
+	if slices.Equal(a, sorted) || slices.Equal(a, b) {
+		t.Error("shuffled shards equal the sorted ones or another seed's")
+	}
+	count := func(toks []uint16) map[uint16]int {
+		m := map[uint16]int{}
+		for _, tok := range toks {
+			m[tok]++
+		}
+		return m
+	}
+	if !maps.Equal(count(a), count(sorted)) {
+		t.Error("shuffling changed the tokens, not just their documents' order")
+	}
 }
