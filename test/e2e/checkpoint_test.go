@@ -27,8 +27,8 @@ func TestCheckpointsInS3ResumeOnMoreWorkers(t *testing.T) {
 	}
 	c := startCluster(t)
 	losses := c.recordLosses()
-	c.startWorker("a0", 3*time.Second)
-	c.startWorker("a1", 3*time.Second)
+	c.startWorker("a0", testLease)
+	c.startWorker("a1", testLease)
 	c.waitWorkers("a0", "a1")
 	const steps = 42
 	spec := fmt.Sprintf(`
@@ -173,7 +173,7 @@ log_every: 1000
 	if err != nil || !strings.Contains(out, "pending") || !strings.Contains(out, "3 idle workers") {
 		t.Fatalf("resume: %v: %s", err, out)
 	}
-	c.startWorker("a2", 3*time.Second)
+	c.startWorker("a2", testLease)
 	second := stopAfter(id, newest)
 	j := c.job(id)
 	if len(j.Assignment.Ranks) != 3 || j.Assignment.Generation != 2 {

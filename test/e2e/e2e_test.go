@@ -29,8 +29,8 @@ log_every: 1000
 // both workers train, checkpoints are recorded, the result is stored.
 func TestJobRunsEndToEnd(t *testing.T) {
 	c := startCluster(t)
-	c.startWorker("w0", 3*time.Second)
-	c.startWorker("w1", 3*time.Second)
+	c.startWorker("w0", testLease)
+	c.startWorker("w1", testLease)
 	c.waitWorkers("w0", "w1")
 	losses := c.recordLosses()
 
@@ -91,8 +91,8 @@ func TestJobRunsEndToEnd(t *testing.T) {
 func TestResumeAfterKilledWorkersIsExact(t *testing.T) {
 	c := startCluster(t)
 	losses := c.recordLosses()
-	c.startWorker("a0", 2*time.Second)
-	c.startWorker("a1", 2*time.Second)
+	c.startWorker("a0", testLease)
+	c.startWorker("a1", testLease)
 	c.waitWorkers("a0", "a1")
 
 	// The reference: an uninterrupted run.
@@ -142,8 +142,8 @@ func TestResumeAfterKilledWorkersIsExact(t *testing.T) {
 		t.Fatalf("the job finished before the kill (checkpoint %d)", k)
 	}
 
-	c.startWorker("b0", 2*time.Second)
-	c.startWorker("b1", 2*time.Second)
+	c.startWorker("b0", testLease)
+	c.startWorker("b1", testLease)
 	c.waitWorkers("b0", "b1")
 	if out, err := c.cli("resume", id); err != nil || !strings.Contains(out, "pending") {
 		t.Fatalf("resume: %v: %s", err, out)

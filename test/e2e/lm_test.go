@@ -19,8 +19,8 @@ import (
 // validation loss.
 func TestGPTPretrainThenFineTune(t *testing.T) {
 	c := startCluster(t)
-	c.startWorker("w0", 3*time.Second)
-	c.startWorker("w1", 3*time.Second)
+	c.startWorker("w0", testLease)
+	c.startWorker("w1", testLease)
 	c.waitWorkers("w0", "w1")
 
 	data := t.TempDir()

@@ -81,7 +81,14 @@ func startCluster(t *testing.T) *cluster {
 	return cl
 }
 
-// startWorker starts a worker process with a short lease.
+// testLease is the lease of workers in tests that do not measure how fast
+// a dead worker is noticed (TestKilledWorkerLeavesWithinTTL does): long
+// enough that a machine busy with other tests does not miss keep-alives
+// (under a load average of 10 to 20, 2 and 3 s leases expired on live
+// workers), short enough that killed workers are noticed quickly.
+const testLease = 8 * time.Second
+
+// startWorker starts a worker process with a lease of ttl.
 func (c *cluster) startWorker(id string, ttl time.Duration) *exec.Cmd {
 	c.t.Helper()
 	logf := filepath.Join(c.dir, id+".log")
