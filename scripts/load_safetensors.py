@@ -1,7 +1,7 @@
 """Loads a safetensors file written by `coordinator export` into the
 equivalent PyTorch module, with load_state_dict(strict=True), and runs it.
 
-Usage: /usr/bin/python3 scripts/load_safetensors.py FILE.safetensors
+Usage: /usr/bin/python3 scripts/load_safetensors.py FILE.safetensors [--mnist DIR]
 
 It needs torch and numpy only: the safetensors format (an 8-byte
 little-endian header length, a JSON header, then the raw tensors) is parsed
@@ -11,13 +11,14 @@ model_config) and is the one the model parity tests use
 
 It prints the parameter count and the mean cross-entropy of a forward pass
 on a fixed input that needs no random generator, so that the Go side can
-compute the same (pkg/export's TestSampleExports does, see docs/models.md):
+compute the same (pkg/export's TestSampleExports does, see docs/models.md),
+and, for a CNN with --mnist DIR, its accuracy on MNIST's test set:
 
   cnn   8 images, x[n,0,i,j] = sin(0.1*(n*784 + 28*i + j) + n), label n
   lstm, gpt  the bytes of scripts/testdata/fixed_input.txt (mod vocab), 2 rows of ctx tokens
         (at most 64); the target of each is the next byte
 """
-import json, math, os, struct, sys
+import argparse, gzip, json, math, os, struct, sys
 
 import numpy as np
 import torch
@@ -81,7 +82,32 @@ def fixed_batch(cfg):
     return torch.from_numpy(tokens), torch.from_numpy(targets)
 
 
-def main(path):
+def read_idx(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        buf = f.read()
+    dims = buf[3]
+    shape = struct.unpack(">" + "I" * dims, buf[4:4 + 4 * dims])
+    return np.frombuffer(buf, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def mnist_test(model, d):
+    """Accuracy and mean loss on MNIST's 10000 test images, normalised as pkg/mnist does."""
+    def find(base):
+        for name in (base, base + ".gz"):
+            if os.path.exists(os.path.join(d, name)):
+                return os.path.join(d, name)
+        sys.exit(f"no {base}[.gz] in {d}")
+    x = read_idx(find("t10k-images-idx3-ubyte")).astype(np.float32)
+    y = torch.from_numpy(read_idx(find("t10k-labels-idx1-ubyte")).astype(np.int64))
+    x = torch.from_numpy(((x / 255 - 0.1307) / 0.3081).astype(np.float32)).reshape(-1, 1, 28, 28)
+    with torch.no_grad():
+        logits = torch.cat([model(x[i:i + 1000]) for i in range(0, len(x), 1000)])
+    acc = (logits.argmax(1) == y).double().mean().item()
+    return acc, F.cross_entropy(logits, y).item()
+
+
+def main(path, mnist_dir=None):
     tensors, meta = read_safetensors(path)
     cfg = with_defaults(json.loads(meta.get("model_config") or json.dumps({"name": meta["model"]})))
     model = build(cfg)
@@ -96,9 +122,14 @@ def main(path):
           f"job={meta.get('job', '-')} step={meta.get('step', '-')} model_config={json.dumps(cfg, separators=(',', ':'))}")
     print(f"torch {torch.__version__} params={params} tensors={len(tensors)} fixed_input_loss={loss:.6f} "
           f"(uniform would be {math.log(logits.shape[-1]):.4f})")
+    if mnist_dir and cfg["name"] == "cnn":
+        acc, loss = mnist_test(model, mnist_dir)
+        print(f"mnist test: accuracy={100 * acc:.2f}% loss={loss:.6f} on 10000 images")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit(__doc__)
-    main(sys.argv[1])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("file")
+    ap.add_argument("--mnist", metavar="DIR", help="for a CNN, also evaluate on MNIST's test set (idx files, gzipped or not)")
+    a = ap.parse_args()
+    main(a.file, a.mnist)
