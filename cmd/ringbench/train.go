@@ -164,7 +164,9 @@ func (b *trainBench) run(ctx context.Context) error {
 	}
 	metric := ""
 	if b.peer {
-		if metric = b.peerMetric(); metric == "" {
+		if err := b.peerAvailable(); err != nil {
+			fmt.Fprintf(b.out, "peer: skipped: %v\n", err)
+		} else if metric = b.peerMetric(); metric == "" {
 			fmt.Fprintf(b.out, "peer: skipped: torch_train.py trains only the CNN at batch 64 and the GPT with 4 layers, width 128, 4 heads, context 64, vocabulary 256 at batch 16\n")
 		}
 	}
@@ -274,16 +276,25 @@ func syntheticBatch(cfg model.Config, n int, seed uint64) model.Batch {
 	return b
 }
 
-var peerLine = regexp.MustCompile(`\b(samples_per_s|tokens_per_s)=([0-9.]+)`)
+var peerLine = regexp.MustCompile(`\b(samples_per_s|tokens_per_s)=([0-9.eE+-]+)`)
+
+// peerAvailable says why the peer cannot run, if it cannot: no python, or
+// no script.
+func (b *trainBench) peerAvailable() error {
+	if _, err := exec.LookPath(b.python); err != nil {
+		return fmt.Errorf("no python at %s (install Debian's python3-torch, see shared/BENCHMARKS.md): %w", b.python, err)
+	}
+	if _, err := os.Stat(b.script); err != nil {
+		return fmt.Errorf("no peer script: %w", err)
+	}
+	return nil
+}
 
 // runPeer runs torch_train.py with the same number of threads and returns
 // its figure for metric.
 func (b *trainBench) runPeer(ctx context.Context, metric string) (float64, error) {
-	if _, err := exec.LookPath(b.python); err != nil {
-		return 0, fmt.Errorf("no python at %s (install Debian's python3-torch, see shared/BENCHMARKS.md): %w", b.python, err)
-	}
-	if _, err := os.Stat(b.script); err != nil {
-		return 0, fmt.Errorf("no peer script: %w", err)
+	if err := b.peerAvailable(); err != nil {
+		return 0, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.peerTimeout)
 	defer cancel()
