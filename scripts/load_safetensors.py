@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.dont_write_bytecode = True  # no __pycache__ in the repository
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "pkg", "model", "testdata"))
 from torch_cnn_reference import CNN  # noqa: E402
 from torch_lm_reference import GPT, LSTMLM  # noqa: E402
