@@ -21,7 +21,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newAllReduceCmd(), newAllReduceRankCmd(), newCheckpointCommand())
+	root.AddCommand(newAllReduceCmd(), newAllReduceRankCmd(), newCheckpointCommand(), newTrainCommand())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "ringbench:", err)
 		os.Exit(1)
