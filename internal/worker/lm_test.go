@@ -108,18 +108,38 @@ func maxRelDiff(a, b []float32) (float64, int) {
 }
 
 // Overlapping the all-reduce with the backward pass in buckets gives the
-// parameters of one all-reduce after it, bit for bit.
+// parameters of one all-reduce after it, bit for bit, for the CNN and the
+// GPT.
 func TestBucketedAllReduceIsExact(t *testing.T) {
-	whole := testSpec(2, 16, 6)
-	_, a := train(t, whole, nil, nil, nil)
-	bucketed := testSpec(2, 16, 6)
-	bucketed.Collective = &pb.Collective{BucketBytes: 64 << 10}
-	_, b := train(t, bucketed, nil, nil, nil)
-	for i := range a {
-		if a[i] != b[i] {
-			t.Fatalf("parameter %d: %v with buckets, %v without", i, b[i], a[i])
+	same := func(t *testing.T, a, b []float32) {
+		for i := range a {
+			if a[i] != b[i] {
+				t.Fatalf("parameter %d: %v with buckets, %v without", i, b[i], a[i])
+			}
 		}
 	}
+	t.Run("cnn", func(t *testing.T) {
+		_, a := train(t, testSpec(2, 8, 3), nil, nil, nil)
+		bucketed := testSpec(2, 8, 3)
+		bucketed.Collective = &pb.Collective{BucketBytes: 64 << 10}
+		_, b := train(t, bucketed, nil, nil, nil)
+		same(t, a, b)
+	})
+	t.Run("gpt", func(t *testing.T) {
+		spec := lmSpec("gpt", 2, 4, 6)
+		tr, _ := corpus(t, "strings", "strings", []string{"*.go"}, 1<<15, 0)
+		data := openTokenData(t, tr, jobspec.ModelConfig(spec))
+		_, a, err := runJob(t, run{spec: spec, world: 2, train: data})
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec.Collective = &pb.Collective{BucketBytes: 16 << 10}
+		_, b, err := runJob(t, run{spec: spec, world: 2, train: data})
+		if err != nil {
+			t.Fatal(err)
+		}
+		same(t, a, b)
+	})
 }
 
 // A GPT trained with AdamW resumes bit for bit: the moments and step
@@ -209,10 +229,7 @@ func TestGPTFineTuneBeatsScratch(t *testing.T) {
 // better than the same steps from scratch.
 func TestCNNFineTuneOnNewDigits(t *testing.T) {
 	full := loadMNIST(t)
-	ds, err := loadFullMNIST()
-	if err != nil {
-		t.Fatal(err)
-	}
+	fullTest := data.Test // loadMNIST's cache holds the whole test set
 	low, high := []int32{0, 1, 2, 3, 4}, []int32{5, 6, 7, 8, 9}
 	store, err := checkpoint.NewFileStore(t.TempDir())
 	if err != nil {
@@ -231,7 +248,7 @@ func TestCNNFineTuneOnNewDigits(t *testing.T) {
 	// occur.
 	ft := testSpec(1, 32, 10)
 	ft.InitFrom, ft.InitExclude = "pretrained", []string{"fc2.*"}
-	test5to9 := digitFilter(ds.Test, high)
+	test5to9 := digitFilter(fullTest, high)
 	test5to9 = &mnist.Set{N: 500, Images: test5to9.Images[:500*mnist.Pixels], Labels: test5to9.Labels[:500]}
 	train, test := MNISTData(digitFilter(full.Train, high)), MNISTData(test5to9)
 	scratch, _, err := runJob(t, run{spec: ft, world: 1, train: train, eval: test})
@@ -290,14 +307,6 @@ func TestInitFromLoadsMatchingTensors(t *testing.T) {
 	if err := tr.initFrom(cnn); err == nil {
 		t.Fatal("a CNN was initialised from a GPT checkpoint")
 	}
-}
-
-func loadFullMNIST() (*mnist.Dataset, error) {
-	dir, err := mnist.DefaultDir()
-	if err != nil {
-		return nil, err
-	}
-	return mnist.Load(dir)
 }
 
 // Two workers training a GPT on shards streamed from a real S3 server
