@@ -98,8 +98,8 @@ func (a *AsyncSaver) Save(ctx context.Context, st *State) (time.Duration, error)
 type Pending struct {
 	a      *AsyncSaver
 	chunks []span
-	next   atomic.Int64 // the next chunk to claim
-	left   atomic.Int64 // chunks not yet copied
+	next   atomic.Int64  // the next chunk to claim
+	left   atomic.Int64  // chunks not yet copied
 	copied chan struct{} // closed when every chunk is copied
 
 	abortOnce sync.Once
