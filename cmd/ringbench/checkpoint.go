@@ -26,6 +26,7 @@ import (
 
 	"github.com/ringmaster/ringmaster/internal/versitygw"
 	"github.com/ringmaster/ringmaster/pkg/checkpoint"
+	"github.com/ringmaster/ringmaster/pkg/model"
 )
 
 type ckptBench struct {
@@ -35,11 +36,13 @@ type ckptBench struct {
 	partSize          int64
 	parallel, tensors int
 	out               io.Writer
+	train             *ckptTrain // --train-model: the training-loop measurement instead
 }
 
 func newCheckpointCommand() *cobra.Command {
 	b := &ckptBench{}
 	var size, stall, part, cpuProfile string
+	tb := ckptTrain{cfg: model.Config{Vocab: 256, Ctx: 64}}
 	cmd := &cobra.Command{
 		Use:   "checkpoint --size 512M --store URL",
 		Short: "Save and load GB/s of checkpoints against a plain copy of the same bytes, and the training stall of asynchronous saves",
@@ -51,6 +54,15 @@ func newCheckpointCommand() *cobra.Command {
                   the same bytes with minio-go to the same server;
   both            the time the training loop is blocked by an asynchronous save
                   of --stall-size bytes against the same save done synchronously.
+
+With --train-model, it measures instead what checkpoints cost a real training
+loop: the model (pkg/model, AdamW, synthetic tokens) trains with no
+checkpoints, with a synchronous save every --every steps, with
+AsyncSaver.Save and with AsyncSaver.Begin/Pending.Wait, the modes alternated
+for --rounds rounds; it prints each mode's stall (the extra time of the
+checkpoint step over a plain step, median) against the synchronous save's,
+the time the loop was blocked, the slowdown of the step that overlaps the
+copy and the mean step time of each mode.
 
 --store versitygw starts a versitygw S3 server on loopback serving a temporary
 directory (versitygw must be installed) and uses it.
@@ -68,6 +80,12 @@ Medians over --iterations; GB/s is 1e9 bytes per second.`,
 				return err
 			}
 			b.out = cmd.OutOrStdout()
+			if tb.cfg.Name != "" {
+				if tb.cfg.Name != "gpt" {
+					tb.cfg.Heads = 0
+				}
+				b.train = &tb
+			}
 			if cpuProfile != "" {
 				f, err := os.Create(cpuProfile)
 				if err != nil {
@@ -91,6 +109,16 @@ Medians over --iterations; GB/s is 1e9 bytes per second.`,
 	f.IntVar(&b.parallel, "parallel", checkpoint.DefaultParallelism, "parts in flight")
 	f.IntVar(&b.tensors, "tensors", 16, "tensors the state is split into")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	f.StringVar(&tb.cfg.Name, "train-model", "", "measure the stall in a training loop of this model (gpt, lstm)")
+	f.IntVar(&tb.cfg.Layers, "layers", 8, "--train-model: layers")
+	f.IntVar(&tb.cfg.Dim, "dim", 512, "--train-model: width")
+	f.IntVar(&tb.cfg.Heads, "heads", 8, "--train-model: attention heads (gpt)")
+	f.IntVar(&tb.batch, "batch", 4, "--train-model: sequences per step")
+	f.IntVar(&tb.every, "every", 4, "--train-model: checkpoint every this many steps")
+	f.IntVar(&tb.ckpt, "checkpoints", 3, "--train-model: checkpoints per mode and round")
+	f.IntVar(&tb.rounds, "rounds", 3, "--train-model: rounds of the four modes")
+	f.IntVar(&tb.workers, "workers", 2, "--train-model: CPU backend workers")
+	f.BoolVar(&tb.verbose, "verbose", false, "--train-model: print every step's time")
 	_ = cmd.MarkFlagRequired("store")
 	return cmd
 }
@@ -190,6 +218,10 @@ func (b *ckptBench) run(ctx context.Context) error {
 	cleanup()
 	defer cleanup()
 
+	if b.train != nil {
+		fmt.Fprintf(b.out, "checkpoint stall in a training loop: store %s, part %d x %d in flight\n", store.URL(), b.partSize, b.parallel)
+		return b.runTrain(ctx, mgr, *b.train)
+	}
 	fmt.Fprintf(b.out, "checkpoint benchmark: store %s, %d bytes in %d tensors, part %d x %d in flight, %d iterations, medians\n",
 		store.URL(), b.size, b.tensors, b.partSize, b.parallel, b.iterations)
 	st := state(b.size, b.tensors, 0)

@@ -579,8 +579,18 @@ func TestDiscardNewer(t *testing.T) {
 // A newer save waits for or skips the one in flight, by policy; the
 // snapshot is taken when Save returns, whatever the caller does next.
 func TestAsyncSaverPolicies(t *testing.T) {
-	for _, policy := range []checkpoint.BusyPolicy{checkpoint.WaitIfBusy, checkpoint.SkipIfBusy} {
-		t.Run(fmt.Sprint(policy), func(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		policy checkpoint.BusyPolicy
+		begin  bool // Begin and Pending.Wait instead of Save
+	}{
+		{"save/wait", checkpoint.WaitIfBusy, false},
+		{"save/skip", checkpoint.SkipIfBusy, false},
+		{"begin/wait", checkpoint.WaitIfBusy, true},
+		{"begin/skip", checkpoint.SkipIfBusy, true},
+	} {
+		policy := tc.policy
+		t.Run(tc.name, func(t *testing.T) {
 			ts := fileStore(t)
 			ctx := context.Background()
 			release := make(chan struct{})
@@ -594,20 +604,29 @@ func TestAsyncSaverPolicies(t *testing.T) {
 			results := make(chan checkpoint.Result, 4)
 			saver := checkpoint.NewAsyncSaver(m, policy, func(r checkpoint.Result) { results <- r })
 			defer saver.Close()
+			save := func(st *checkpoint.State) error {
+				if !tc.begin {
+					_, err := saver.Save(ctx, st)
+					return err
+				}
+				p, err := saver.Begin(ctx, st)
+				if err != nil {
+					return err
+				}
+				_, err = p.Wait(ctx)
+				return err
+			}
 
 			st := randomState(1, 1, 10_000)
 			want := randomState(1, 1, 10_000)
-			if _, err := saver.Save(ctx, st); err != nil {
+			if err := save(st); err != nil {
 				t.Fatal(err)
 			}
 			for i := range st.Tensors[0].Data {
 				st.Tensors[0].Data[i] = 42 // training moves on
 			}
 			second := make(chan error, 1)
-			go func() {
-				_, err := saver.Save(ctx, randomState(2, 2, 10_000))
-				second <- err
-			}()
+			go func() { second <- save(randomState(2, 2, 10_000)) }()
 			switch policy {
 			case checkpoint.SkipIfBusy:
 				if err := <-second; !errors.Is(err, checkpoint.ErrBusy) {

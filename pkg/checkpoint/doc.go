@@ -38,16 +38,20 @@
 // straddles two tensors is copied into one of Parallelism part buffers) and
 // a load reads straight into the one buffer that backs the returned
 // tensors. Memory beyond the state is therefore bounded by part size x
-// parallelism, never by the checkpoint size. CRC32C is computed per part,
-// by goroutines beside the ones that move the parts (a file's writes are
-// serialized by the kernel; S3's wait on the network), and the parts'
-// CRCs are combined (crc32cCombine).
+// parallelism, never by the checkpoint size. CRC32C is computed per part
+// and the parts' CRCs are combined (crc32cCombine). A file store checksums
+// each 256 KiB piece of a part right before writing it, while the piece is
+// in cache (one pass over memory, not two), with one writer per processor
+// since the kernel serializes writes to one file; for S3 goroutines of
+// their own checksum beside the ones that send the parts.
 //
-// AsyncSaver keeps saves off the training loop: the caller waits only
-// while the state is copied into a host buffer reused from save to save;
-// the upload runs in the background, one at a time (a newer save waits or
-// is skipped, by BusyPolicy), and a failure is reported without stopping
-// anything.
+// AsyncSaver keeps saves off the training loop: Save waits only while the
+// state is copied into a host buffer reused from save to save, and Begin
+// not even for that: the copy runs in the background, in 1 MiB chunks, and
+// Pending.Wait, which the trainer calls before its next optimizer step,
+// waits for (and helps with) what is left of it. The upload runs in the
+// background, one at a time (a newer save waits or is skipped, by
+// BusyPolicy), and a failure is reported without stopping anything.
 //
 // # Stores
 //

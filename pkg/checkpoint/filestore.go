@@ -106,6 +106,13 @@ type fileUpload struct {
 }
 
 func (u *fileUpload) WritePart(ctx context.Context, n int, p []byte) error {
+	return u.WritePartHashed(ctx, n, p, len(p), nil)
+}
+
+// WritePartHashed implements pieceWriter: it writes part n in pieces of
+// piece bytes (pwrite at the piece's offset), calling hash, if set, on
+// each piece right before writing it.
+func (u *fileUpload) WritePartHashed(ctx context.Context, n int, p []byte, piece int, hash func([]byte)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -119,8 +126,15 @@ func (u *fileUpload) WritePart(ctx context.Context, n int, p []byte) error {
 	if f == nil {
 		return fmt.Errorf("checkpoint: writing %s: the upload is over", u.key)
 	}
-	if _, err := f.WriteAt(p, off); err != nil {
-		return fmt.Errorf("checkpoint: writing %s part %d: %w", u.key, n, err)
+	piece = max(piece, 1)
+	for at := 0; at < len(p); at += piece {
+		b := p[at:min(at+piece, len(p))]
+		if hash != nil {
+			hash(b)
+		}
+		if _, err := f.WriteAt(b, off+int64(at)); err != nil {
+			return fmt.Errorf("checkpoint: writing %s part %d: %w", u.key, n, err)
+		}
 	}
 	if !u.s.noSync {
 		startWriteback(f, off, int64(len(p)))

@@ -91,6 +91,19 @@ func (s *source) each(off, n int64, fn func([]byte)) {
 	}
 }
 
+// pieceWriter is implemented by uploads that can write a part in pieces
+// (a file, by pwrite at each piece's offset): WritePartHashed writes part
+// n like WritePart, in pieces of piece bytes, and calls hash, if not nil,
+// on each piece right before writing it.
+type pieceWriter interface {
+	WritePartHashed(ctx context.Context, n int, p []byte, piece int, hash func([]byte)) error
+}
+
+// hashPiece is the piece a fused checksum-and-write works on: it stays in
+// the core's L2 cache between the checksum and the write's copy, and is
+// large enough that the system call costs little.
+const hashPiece = 256 << 10
+
 // part is one part of one object.
 type part struct {
 	obj, n    int   // object index, 1-based part number
@@ -151,9 +164,25 @@ func (m *Manager) writeObjects(ctx context.Context, dir string, man *Manifest, s
 	for i := range parts {
 		crcs[i] = make([]uint32, len(parts[i]))
 	}
+	// A store that takes a part in pieces (a file) gets each piece
+	// checksummed right before it is written, while it is in the cache the
+	// write copies it from: one pass over memory instead of two. Writes to
+	// one file are serialized by the kernel, so more writers than
+	// processors only queue; up to one per processor, one checksums while
+	// another writes.
+	fused := man.Checksum == ChecksumCRC32C
+	for _, u := range ups {
+		if _, ok := u.(pieceWriter); !ok {
+			fused = false
+		}
+	}
+	writers := m.parallel
+	if fused {
+		writers = min(m.parallel, runtime.GOMAXPROCS(0))
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	ch := feed(gctx, g, parts)
-	for range m.parallel {
+	for range writers {
 		g.Go(func() error {
 			var buf []byte
 			for p := range ch {
@@ -162,17 +191,25 @@ func (m *Manager) writeObjects(ctx context.Context, dir string, man *Manifest, s
 					buf = make([]byte, m.partSize)
 				}
 				data := src.bytes(o.Offset+p.off, p.size, buf)
-				if err := ups[p.obj].WritePart(gctx, p.n, data); err != nil {
+				var err error
+				if fused {
+					var c uint32
+					err = ups[p.obj].(pieceWriter).WritePartHashed(gctx, p.n, data, hashPiece, func(b []byte) { c = crc32.Update(c, castagnoli, b) })
+					crcs[p.obj][p.n-1] = c
+				} else {
+					err = ups[p.obj].WritePart(gctx, p.n, data)
+				}
+				if err != nil {
 					return fmt.Errorf("object %s part %d: %w", o.Key, p.n, err)
 				}
 			}
 			return gctx.Err()
 		})
 	}
-	// The checksums are computed from the source by goroutines of their
-	// own, so that they run while writers wait on the store (a file's
-	// writes are serialized by the kernel; S3's wait on the network).
-	if man.Checksum == ChecksumCRC32C {
+	// Otherwise the checksums are computed from the source by goroutines
+	// of their own, so that they run while writers wait on the store
+	// (S3's wait on the network).
+	if man.Checksum == ChecksumCRC32C && !fused {
 		hch := feed(gctx, g, parts)
 		for range hashers() {
 			g.Go(func() error {
