@@ -162,6 +162,7 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 	lastProgress := time.Time{}
 	var lastLoss float64
 	lastSaved := int64(-1)
+	var snapshot *checkpoint.Pending // a checkpoint's copy in progress
 	for step < total {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -229,6 +230,15 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 		if c := spec.Optimizer.GetGradClip(); c > 0 {
 			gradNorm = model.ClipGradNorm(t.Backend, grads, float64(c))
 		}
+		if snapshot != nil {
+			// The previous checkpoint's copy of the parameters and
+			// optimizer state overlapped this step's forward and backward
+			// pass; it must end before the optimizer writes them.
+			if _, err := snapshot.Wait(ctx); err != nil {
+				return nil, err
+			}
+			snapshot = nil
+		}
 		opt.Step(params, grads)
 		// The step is committed: every rank has finished its all-reduce.
 		step++
@@ -264,12 +274,12 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 		}
 		every := spec.Checkpoint.GetEverySteps()
 		if t.Rank == 0 && every > 0 && step%every == 0 && step < total {
-			if err := t.save(ctx, saver, m, opt, step, pos, global); err != nil {
+			if p, err := t.save(ctx, saver, m, opt, step, pos, global); err != nil {
 				// A failed save does not stop training; the next one may
 				// succeed.
 				t.Log.Warn("checkpoint failed; training goes on", zap.Int64("step", step), zap.Error(err))
 			} else {
-				lastSaved = step
+				snapshot, lastSaved = p, step
 			}
 		}
 		if t.Rank == 0 && (time.Since(lastProgress) > time.Second || lastSaved == step) {
@@ -292,7 +302,7 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 			}
 		}
 		if lastSaved != step && t.Checkpoints != nil {
-			if err := t.save(ctx, nil, m, opt, step, pos, global); err != nil {
+			if _, err := t.save(ctx, nil, m, opt, step, pos, global); err != nil {
 				return nil, fmt.Errorf("final checkpoint: %w", err)
 			}
 		}
@@ -453,25 +463,22 @@ func (t *Trainer) evaluate(ctx context.Context, m model.Model) (model.Stats, err
 }
 
 // save checkpoints the committed state after step: through the async
-// saver when there is one (the loop waits only for the copy into its host
-// buffer; the outcome arrives at saved), else in line.
-func (t *Trainer) save(ctx context.Context, saver *checkpoint.AsyncSaver, m model.Model, opt model.Optimizer, step int64, pos shard.Position, global int64) error {
+// saver when there is one, else in line. An asynchronous save returns at
+// once with the snapshot still being copied (it overlaps the next step's
+// forward and backward pass); the caller must Wait on it before the
+// parameters or optimizer state change. The outcome arrives at saved.
+func (t *Trainer) save(ctx context.Context, saver *checkpoint.AsyncSaver, m model.Model, opt model.Optimizer, step int64, pos shard.Position, global int64) (*checkpoint.Pending, error) {
 	if t.Checkpoints == nil {
-		return nil
+		return nil, nil
 	}
 	st := t.state(m, opt, step, pos, global)
 	if saver != nil {
-		stall, err := saver.Save(ctx, st)
-		if err != nil {
-			return err
-		}
-		t.Log.Debug("checkpoint snapshot taken; uploading in the background", zap.Int64("step", step), zap.Duration("stall", stall))
-		return nil
+		return saver.Begin(ctx, st)
 	}
 	start := time.Now()
 	info, err := t.Checkpoints.Save(ctx, st)
 	t.saved(ctx, checkpoint.Result{Step: step, Info: info, Err: err, Stall: time.Since(start), Upload: time.Since(start)})
-	return err
+	return nil, err
 }
 
 // saved reports the outcome of a save. It runs on the async saver's
