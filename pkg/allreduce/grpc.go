@@ -21,12 +21,20 @@ import (
 
 // Tuning of the gRPC transport for bulk transfer on one connection per
 // ordered pair of ranks. Static windows larger than a ring chunk mean a
-// sender never waits for a window update in the middle of a step; large
-// read and write buffers mean few system calls per megabyte.
+// sender never waits for a window update in the middle of a step.
+//
+// The read and write buffers are 64 KiB, shared (a connection holds its
+// write buffer only while it writes): with 512 KiB private buffers a rank
+// held 4.5 to 4.9x a 1 MiB buffer in extra memory during an all-reduce,
+// with these 2.1 to 2.2x, at the same or less CPU time per call
+// (ringbench --cpu, all ranks together, 4 alternating runs: 1 MiB 11.0 to
+// 12.2 ms against 12.3 to 13.0; 16 MiB 145 to 148 against 150 to 163; 64
+// MiB 583 to 602 against 548 to 620). The loopback socket hands over
+// about 64 KiB per read anyway.
 const (
 	streamWindow = 32 << 20
 	connWindow   = 64 << 20 // above the stream window: aborts never wait behind data
-	ioBufferSize = 512 << 10
+	ioBufferSize = 64 << 10
 	inboundDepth = 64 // frames queued per peer before gRPC's flow control applies
 )
 
@@ -109,6 +117,7 @@ func ServerOptions() []grpc.ServerOption {
 		grpc.InitialConnWindowSize(connWindow),
 		grpc.ReadBufferSize(ioBufferSize),
 		grpc.WriteBufferSize(ioBufferSize),
+		grpc.SharedWriteBuffer(true),
 	}
 }
 
@@ -119,6 +128,7 @@ func dialOptions() []grpc.DialOption {
 		grpc.WithInitialConnWindowSize(connWindow),
 		grpc.WithReadBufferSize(ioBufferSize),
 		grpc.WithWriteBufferSize(ioBufferSize),
+		grpc.WithSharedWriteBuffer(true),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(1<<30), grpc.MaxCallRecvMsgSize(1<<30), grpc.ForceCodecV2(rawCodec{})),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
