@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/experimental"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -118,10 +120,11 @@ func ServerOptions() []grpc.ServerOption {
 		grpc.ReadBufferSize(ioBufferSize),
 		grpc.WriteBufferSize(ioBufferSize),
 		grpc.SharedWriteBuffer(true),
+		experimental.BufferPool(newDirtyPool()),
 	}
 }
 
-func dialOptions() []grpc.DialOption {
+func dialOptions(pool mem.BufferPool) []grpc.DialOption {
 	return []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithInitialWindowSize(streamWindow),
@@ -129,6 +132,7 @@ func dialOptions() []grpc.DialOption {
 		grpc.WithReadBufferSize(ioBufferSize),
 		grpc.WithWriteBufferSize(ioBufferSize),
 		grpc.WithSharedWriteBuffer(true),
+		experimental.WithBufferPool(pool),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(1<<30), grpc.MaxCallRecvMsgSize(1<<30), grpc.ForceCodecV2(rawCodec{})),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
@@ -157,7 +161,7 @@ func (h *Hub) Dial(ctx context.Context, p Peering) (Transport, error) {
 	if len(p.Addrs) != p.World {
 		return nil, fmt.Errorf("allreduce: %d addresses for a world of %d", len(p.Addrs), p.World)
 	}
-	t := &grpcTransport{hub: h, p: p, closed: make(chan struct{}),
+	t := &grpcTransport{hub: h, p: p, closed: make(chan struct{}), pool: newDirtyPool(),
 		notices: make(chan Notice, 4*p.World),
 		in:      make([]*inLink, p.World), out: make([]*outLink, p.World)}
 	for i := range p.World {
@@ -365,6 +369,7 @@ type outLink struct {
 
 type grpcTransport struct {
 	hub     *Hub
+	pool    *dirtyPool // for the frames of its outbound connections
 	p       Peering
 	in      []*inLink
 	out     []*outLink
@@ -380,7 +385,7 @@ func (t *grpcTransport) connect(ctx context.Context, peer int) error {
 		return fmt.Errorf("allreduce: rank %d: connecting to rank %d (%s) for job %s generation %d: %w",
 			t.p.Rank, peer, addr, t.p.Job, t.p.Generation, err)
 	}
-	conn, err := grpc.NewClient(addr, dialOptions()...)
+	conn, err := grpc.NewClient(addr, dialOptions(t.pool)...)
 	if err != nil {
 		return fail(err)
 	}
