@@ -36,6 +36,7 @@ type allreduceOpts struct {
 	directMax int
 	wire      string
 	mem       bool
+	cpu       bool
 	profile   string
 }
 
@@ -51,12 +52,13 @@ func (o *allreduceOpts) flags(cmd *cobra.Command) {
 	f.StringVar(&o.wire, "wire", "f32", "wire encoding: f32 or bf16")
 	f.StringVar(&o.profile, "cpuprofile", "", "write each rank's CPU profile to this path plus .rankN")
 	f.BoolVar(&o.mem, "mem", false, "also report each rank's peak extra resident memory during the calls, as a multiple of the buffer")
+	f.BoolVar(&o.cpu, "cpu", false, "also report the CPU time (user+system) of all ranks together per timed iteration, in ms: a figure that, unlike sec, hardly depends on what else the machine runs")
 }
 
 func (o *allreduceOpts) args() []string {
 	return []string{"--world", strconv.Itoa(o.world), "--sizes", o.sizes, "--iters", strconv.Itoa(o.iters),
 		"--warmup", strconv.Itoa(o.warmup), "--timeout", o.timeout.String(), "--slice", strconv.Itoa(o.slice),
-		"--direct-max", strconv.Itoa(o.directMax), "--wire", o.wire, "--mem=" + strconv.FormatBool(o.mem), "--cpuprofile", o.profile}
+		"--direct-max", strconv.Itoa(o.directMax), "--wire", o.wire, "--mem=" + strconv.FormatBool(o.mem), "--cpu=" + strconv.FormatBool(o.cpu), "--cpuprofile", o.profile}
 }
 
 func parseSizes(s string) ([]int, error) {
@@ -208,13 +210,13 @@ func runAllReduceParent(ctx context.Context, o *allreduceOpts, stdout io.Writer)
 		}
 	}
 	for _, size := range sizes {
-		worst, worstMem := 0.0, 0.0
+		worst, worstMem, cpu := 0.0, 0.0, 0.0
 		for r := range procs {
 			f, err := next(r, "result")
 			if err != nil {
 				return err
 			}
-			if len(f) < 3 {
+			if len(f) < 4 {
 				return fmt.Errorf("rank %d: bad result %v", r, f)
 			}
 			if f[0] == "error" {
@@ -222,13 +224,17 @@ func runAllReduceParent(ctx context.Context, o *allreduceOpts, stdout io.Writer)
 			}
 			sec, _ := strconv.ParseFloat(f[1], 64)
 			mem, _ := strconv.ParseFloat(f[2], 64)
-			worst, worstMem = max(worst, sec), max(worstMem, mem)
+			c, _ := strconv.ParseFloat(f[3], 64)
+			worst, worstMem, cpu = max(worst, sec), max(worstMem, mem), cpu+c
 		}
 		alg := float64(size) / worst / 1e9
 		bus := alg * 2 * float64(o.world-1) / float64(o.world)
 		line := fmt.Sprintf("allreduce world=%d bytes=%d sec=%.6f algbw=%.3f busbw=%.3f", o.world, size, worst, alg, bus)
 		if o.mem && size > 0 {
 			line += fmt.Sprintf(" extra_mem=%.2fx", worstMem/float64(size))
+		}
+		if o.cpu {
+			line += fmt.Sprintf(" cpu_ms=%.3f", cpu*1e3)
 		}
 		fmt.Fprintln(stdout, line)
 	}
@@ -287,20 +293,21 @@ func runAllReduceRank(ctx context.Context, o *allreduceOpts, rank int, stdin io.
 	}
 	defer comm.Close()
 	for _, size := range sizes {
-		sec, mem, err := timeAllReduce(ctx, comm, o, size)
+		sec, mem, cpu, err := timeAllReduce(ctx, comm, o, size)
 		if err != nil {
 			fmt.Fprintf(stdout, "result error %s\n", strings.ReplaceAll(err.Error(), "\n", " "))
 			return err
 		}
-		fmt.Fprintf(stdout, "result %d %.9f %.0f\n", size, sec, mem)
+		fmt.Fprintf(stdout, "result %d %.9f %.0f %.9f\n", size, sec, mem, cpu)
 	}
 	return comm.Barrier(ctx)
 }
 
 // timeAllReduce checks one all-reduce for correctness, then times
-// iterations of barrier + all-reduce and returns the median, and the peak
-// resident memory above what the process held before (buffer included).
-func timeAllReduce(ctx context.Context, comm *allreduce.Comm, o *allreduceOpts, size int) (float64, float64, error) {
+// iterations of barrier + all-reduce and returns the median, the peak
+// resident memory above what the process held before (buffer included),
+// and the process's CPU seconds per iteration (barrier included).
+func timeAllReduce(ctx context.Context, comm *allreduce.Comm, o *allreduceOpts, size int) (float64, float64, float64, error) {
 	n := size / 4
 	buf := make([]float32, n)
 	w, r := comm.World(), comm.Rank()
@@ -308,12 +315,12 @@ func timeAllReduce(ctx context.Context, comm *allreduce.Comm, o *allreduceOpts, 
 		buf[i] = float32(r + 1)
 	}
 	if err := comm.AllReduce(ctx, buf, allreduce.Sum); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	want := float32(w * (w + 1) / 2)
 	for i, v := range buf {
 		if v != want {
-			return 0, 0, fmt.Errorf("rank %d: element %d of %d is %v after the all-reduce, want %v", r, i, n, v, want)
+			return 0, 0, 0, fmt.Errorf("rank %d: element %d of %d is %v after the all-reduce, want %v", r, i, n, v, want)
 		}
 	}
 	for i := range buf {
@@ -325,7 +332,7 @@ func timeAllReduce(ctx context.Context, comm *allreduce.Comm, o *allreduceOpts, 
 	}
 	for range o.warmup {
 		if err := comm.AllReduce(ctx, buf, allreduce.Sum); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 	}
 	var base float64
@@ -336,16 +343,18 @@ func timeAllReduce(ctx context.Context, comm *allreduce.Comm, o *allreduceOpts, 
 		base = procStatus("VmRSS")
 	}
 	times := make([]float64, 0, iters)
+	cpu0 := cpuSeconds()
 	for range iters {
 		if err := comm.Barrier(ctx); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		start := time.Now()
 		if err := comm.AllReduce(ctx, buf, allreduce.Sum); err != nil {
-			return 0, 0, err
+			return 0, 0, 0, err
 		}
 		times = append(times, time.Since(start).Seconds())
 	}
+	cpu := (cpuSeconds() - cpu0) / float64(iters)
 	var extra float64
 	if o.mem {
 		extra = procStatus("VmHWM") - base
@@ -355,7 +364,7 @@ func timeAllReduce(ctx context.Context, comm *allreduce.Comm, o *allreduceOpts, 
 	if len(times)%2 == 0 {
 		med = (times[len(times)/2-1] + times[len(times)/2]) / 2
 	}
-	return med, extra, nil
+	return med, extra, cpu, nil
 }
 
 // procStatus reads a memory line of /proc/self/status, in bytes (0 where

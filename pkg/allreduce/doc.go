@@ -58,8 +58,20 @@
 // ordered pair of ranks, a raw codec (codec.go) that hands gRPC the
 // caller's float32 memory without copying and lets the ring add straight
 // out of gRPC's receive buffers, static flow-control windows larger than a
-// chunk, large read and write buffers, and an Abort method for notices.
-// NewInmemNetwork is the in-memory twin for tests, with Kill and Partition.
+// chunk, 64 KiB shared read and write buffers, a receive buffer pool that
+// does not zero what gRPC overwrites anyway (pool.go), and an Abort method
+// for notices. NewInmemNetwork is the in-memory twin for tests, with Kill
+// and Partition.
+//
+// What the gRPC transport costs: grpc-go copies every byte once more on
+// each side than a raw socket does (into its write buffer, and out of its
+// read buffer into a 16 KiB frame buffer), in 16 KiB HTTP/2 frames, with a
+// goroutine hand-off per message on each side (BenchmarkHopGRPC against
+// BenchmarkHopRawTCP: a hop takes about 1.7x the CPU time of a raw
+// socket). On a machine where the ranks share few cores that CPU time is
+// the ring's speed; docs/benchmarks.md has the measurements. A data plane
+// on raw TCP behind the same Transport interface (gRPC kept for setup,
+// generations and aborts) is the way to close that gap.
 //
 // # Compression
 //
