@@ -223,21 +223,8 @@ func TestDataParallelEquivalence(t *testing.T) {
 	// Relative to the parameter's scale, with a floor at the typical
 	// magnitude so that parameters near zero do not make a relative test
 	// meaningless.
-	var maxAbs, rms float64
-	for _, v := range one {
-		rms += float64(v) * float64(v)
-	}
-	rms = math.Sqrt(rms / float64(len(one)))
-	worst, worstAt := 0.0, 0
-	for i := range one {
-		d := math.Abs(float64(one[i]) - float64(two[i]))
-		scale := math.Max(math.Abs(float64(one[i])), rms)
-		if rel := d / scale; rel > worst {
-			worst, worstAt = rel, i
-		}
-		maxAbs = math.Max(maxAbs, d)
-	}
-	t.Logf("max relative difference %.3g (at %d: %v vs %v), max absolute %.3g, rms %.3g", worst, worstAt, one[worstAt], two[worstAt], maxAbs, rms)
+	worst, worstAt := maxRelDiff(one, two)
+	t.Logf("max relative difference %.3g (at %d: %v vs %v)", worst, worstAt, one[worstAt], two[worstAt])
 	if worst > 1e-5 {
 		t.Fatalf("2x32 and 1x64 differ by %.3g relative at parameter %d (%v vs %v); want <= 1e-5", worst, worstAt, one[worstAt], two[worstAt])
 	}
