@@ -80,6 +80,24 @@ func rpcError(err error) error {
 	return err
 }
 
+// call dials the coordinator, makes one request with a deadline of timeout,
+// closes the connection, and turns a gRPC status into its message.
+func call[T any](ctx context.Context, client clientFunc, timeout time.Duration, req func(context.Context, pb.CoordinatorClient) (T, error)) (T, error) {
+	var zero T
+	cli, done, err := client()
+	if err != nil {
+		return zero, err
+	}
+	defer done()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	resp, err := req(ctx, cli)
+	if err != nil {
+		return zero, rpcError(err)
+	}
+	return resp, nil
+}
+
 func newServeCommand() *cobra.Command {
 	var cfg coordinator.Config
 	var lf logFlags
@@ -131,16 +149,11 @@ func newSubmitCommand(client clientFunc) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cli, done, err := client()
+			resp, err := call(cmd.Context(), client, rpcTimeout, func(ctx context.Context, c pb.CoordinatorClient) (*pb.SubmitJobResponse, error) {
+				return c.SubmitJob(ctx, &pb.SubmitJobRequest{SpecYaml: spec})
+			})
 			if err != nil {
-				return err
-			}
-			defer done()
-			ctx, cancel := context.WithTimeout(cmd.Context(), rpcTimeout)
-			defer cancel()
-			resp, err := cli.SubmitJob(ctx, &pb.SubmitJobRequest{SpecYaml: spec})
-			if err != nil {
-				return fmt.Errorf("%s: %w", args[0], rpcError(err))
+				return fmt.Errorf("%s: %w", args[0], err)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), resp.JobId)
 			return nil
@@ -154,16 +167,11 @@ func newListCommand(client clientFunc) *cobra.Command {
 		Short: "List jobs",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cli, done, err := client()
+			resp, err := call(cmd.Context(), client, rpcTimeout, func(ctx context.Context, c pb.CoordinatorClient) (*pb.ListJobsResponse, error) {
+				return c.ListJobs(ctx, &pb.ListJobsRequest{})
+			})
 			if err != nil {
 				return err
-			}
-			defer done()
-			ctx, cancel := context.WithTimeout(cmd.Context(), rpcTimeout)
-			defer cancel()
-			resp, err := cli.ListJobs(ctx, &pb.ListJobsRequest{})
-			if err != nil {
-				return rpcError(err)
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "JOB\tSTATE\tMODEL\tWORKERS\tSTEP\tLOSS\tAGE\tMESSAGE")
@@ -188,16 +196,11 @@ func newStatusCommand(client clientFunc) *cobra.Command {
 		Short: "Show a job's spec, state, assignment, progress and checkpoints",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, done, err := client()
+			j, err := call(cmd.Context(), client, rpcTimeout, func(ctx context.Context, c pb.CoordinatorClient) (*pb.Job, error) {
+				return c.GetJob(ctx, &pb.GetJobRequest{JobId: args[0]})
+			})
 			if err != nil {
 				return err
-			}
-			defer done()
-			ctx, cancel := context.WithTimeout(cmd.Context(), rpcTimeout)
-			defer cancel()
-			j, err := cli.GetJob(ctx, &pb.GetJobRequest{JobId: args[0]})
-			if err != nil {
-				return rpcError(err)
 			}
 			if asJSON {
 				b, _ := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(j)
@@ -311,17 +314,12 @@ checkpoints, so that the new run's checkpoints never mix with them; it
 needs --discard-newer to say so.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, done, err := client()
+			req.JobId = args[0]
+			j, err := call(cmd.Context(), client, rpcTimeout, func(ctx context.Context, c pb.CoordinatorClient) (*pb.Job, error) {
+				return c.ResumeJob(ctx, &req)
+			})
 			if err != nil {
 				return err
-			}
-			defer done()
-			ctx, cancel := context.WithTimeout(cmd.Context(), rpcTimeout)
-			defer cancel()
-			req.JobId = args[0]
-			j, err := cli.ResumeJob(ctx, &req)
-			if err != nil {
-				return rpcError(err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "%s %s: %s\n", j.Id, state.StateName(j.Status.State), j.Status.Message)
 			return nil
@@ -346,16 +344,11 @@ exists with its size; --verify also reads every object and checks its
 checksum (slow for large checkpoints).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cli, done, err := client()
+			resp, err := call(cmd.Context(), client, timeout, func(ctx context.Context, c pb.CoordinatorClient) (*pb.ListCheckpointsResponse, error) {
+				return c.ListCheckpoints(ctx, &pb.ListCheckpointsRequest{JobId: args[0], Verify: verify})
+			})
 			if err != nil {
 				return err
-			}
-			defer done()
-			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
-			defer cancel()
-			resp, err := cli.ListCheckpoints(ctx, &pb.ListCheckpointsRequest{JobId: args[0], Verify: verify})
-			if err != nil {
-				return rpcError(err)
 			}
 			if asJSON {
 				b, _ := protojson.MarshalOptions{Multiline: true, UseProtoNames: true}.Marshal(resp)
@@ -417,16 +410,11 @@ func newWorkersCommand(client clientFunc) *cobra.Command {
 		Short: "List registered workers",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cli, done, err := client()
+			resp, err := call(cmd.Context(), client, rpcTimeout, func(ctx context.Context, c pb.CoordinatorClient) (*pb.ListWorkersResponse, error) {
+				return c.ListWorkers(ctx, &pb.ListWorkersRequest{})
+			})
 			if err != nil {
 				return err
-			}
-			defer done()
-			ctx, cancel := context.WithTimeout(cmd.Context(), rpcTimeout)
-			defer cancel()
-			resp, err := cli.ListWorkers(ctx, &pb.ListWorkersRequest{})
-			if err != nil {
-				return rpcError(err)
 			}
 			if asJSON {
 				return json.NewEncoder(cmd.OutOrStdout()).Encode(resp.Workers)

@@ -115,16 +115,11 @@ torch module from it and loads the file.`,
 // one asked for (step >= 0), or -1 for the newest valid one. Errors name
 // the steps there are.
 func jobCheckpoint(ctx context.Context, client clientFunc, job string, step int64) (string, int64, error) {
-	cli, done, err := client()
+	resp, err := call(ctx, client, rpcTimeout, func(ctx context.Context, c pb.CoordinatorClient) (*pb.ListCheckpointsResponse, error) {
+		return c.ListCheckpoints(ctx, &pb.ListCheckpointsRequest{JobId: job})
+	})
 	if err != nil {
 		return "", 0, err
-	}
-	defer done()
-	rctx, cancel := context.WithTimeout(ctx, rpcTimeout)
-	defer cancel()
-	resp, err := cli.ListCheckpoints(rctx, &pb.ListCheckpointsRequest{JobId: job})
-	if err != nil {
-		return "", 0, rpcError(err)
 	}
 	if len(resp.Checkpoints) == 0 {
 		return "", 0, fmt.Errorf("job %s has no checkpoints in %s yet; it saves one every checkpoint.every_steps steps", job, resp.Store)
