@@ -5,6 +5,7 @@ import (
 	"math"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/ringmaster/ringmaster/pkg/checkpoint"
 	"github.com/ringmaster/ringmaster/pkg/mnist"
 	"github.com/ringmaster/ringmaster/pkg/model"
+	"github.com/ringmaster/ringmaster/pkg/shard"
 	"github.com/ringmaster/ringmaster/pkg/tokens"
 )
 
@@ -356,5 +358,42 @@ func TestTrainingFromS3EqualsLocal(t *testing.T) {
 	t.Logf("remote source: %+v", st)
 	if st.Fetches < 2 || st.Fetches >= int64(len(paths)) {
 		t.Errorf("%d fetches of %d shards; the job reads 2 and fetches a few ahead, not all", st.Fetches, len(paths))
+	}
+}
+
+// prefetchRecorder keeps what the trainer tells the data it will read.
+type prefetchRecorder struct {
+	Data
+	calls [][]int32
+}
+
+func (p *prefetchRecorder) Prefetch(up []int32) { p.calls = append(p.calls, slices.Clone(up)) }
+
+// In an epoch's last steps the trainer tells the data about the next
+// epoch's first samples too, so a new epoch's first shard is fetched ahead.
+func TestPrefetchLooksIntoTheNextEpoch(t *testing.T) {
+	full := loadMNIST(t)
+	const n, batch = 64 * 3, 8
+	set := &mnist.Set{N: n, Images: full.Train.Images[:n*mnist.Pixels], Labels: full.Train.Labels[:n]}
+	rec := &prefetchRecorder{Data: MNISTData(set)}
+	spec := testSpec(1, batch, 30) // 24 steps an epoch
+	if _, _, err := runJob(t, run{spec: spec, world: 1, train: rec}); err != nil {
+		t.Fatal(err)
+	}
+	span := prefetchSteps * batch
+	order0, order1 := shard.Order(spec.Seed, 0, n), shard.Order(spec.Seed, 1, n)
+	for i, got := range rec.calls[:n/batch] { // the calls made during epoch 0
+		rest := order0[min((i+1)*batch, n):]
+		if (i+1)*batch == n {
+			rest = order1 // the last step's next position is the new epoch
+		}
+		want := rest
+		if len(rest) < span {
+			want = append(slices.Clone(rest), order1[:span]...)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("step %d: prefetch of %d samples, want %d (the rest of the epoch%s)", i+1, len(got), len(want),
+				map[bool]string{true: " and the next epoch's first ones", false: ""}[len(rest) < span])
+		}
 	}
 }

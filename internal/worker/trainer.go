@@ -154,6 +154,7 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 	var b model.Batch
 	stats := make([]float32, 1) // the loss sum of the step, all-reduced
 	sampler := t.Train.Sampler(spec.Seed)
+	ahead := &readAhead{next: t.Train.Sampler(spec.Seed), span: prefetchSteps * batch}
 	checkEvery := t.ReplicaCheckEvery
 	if checkEvery <= 0 {
 		checkEvery = 100
@@ -171,7 +172,7 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 		if err != nil {
 			return nil, err
 		}
-		t.Train.Prefetch(sampler.Upcoming(next))
+		ahead.prefetch(t.Train, sampler, next)
 		lo, hi := shard.Split(0, g, t.World, t.Rank)
 		idx := all[lo:hi]
 		if t.SampleHook != nil {
@@ -320,6 +321,30 @@ func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
 		}
 	}
 	return res, nil
+}
+
+// prefetchSteps is how many steps before the end of an epoch the trainer
+// starts telling the data about the next epoch's first samples.
+const prefetchSteps = 8
+
+// readAhead tells the data which samples the next steps read: the rest of
+// the epoch and, in its last steps, the beginning of the next one, so that
+// a new epoch does not start by waiting for its first shard.
+type readAhead struct {
+	next *shard.Sampler // a second sampler, for the next epoch's order
+	span int            // samples from the end of the epoch to look across
+	buf  []int32
+}
+
+func (r *readAhead) prefetch(d Data, s *shard.Sampler, pos shard.Position) {
+	up := s.Upcoming(pos)
+	if len(up) >= r.span {
+		d.Prefetch(up)
+		return
+	}
+	head := r.next.Upcoming(shard.Position{Epoch: pos.Epoch + 1})
+	r.buf = append(append(r.buf[:0], up...), head[:min(len(head), r.span)]...)
+	d.Prefetch(r.buf)
 }
 
 // newOptimizer builds the spec's optimizer for m.
