@@ -7,7 +7,9 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"go.uber.org/zap/zaptest"
 
@@ -395,5 +397,48 @@ func TestPrefetchLooksIntoTheNextEpoch(t *testing.T) {
 			t.Fatalf("step %d: prefetch of %d samples, want %d (the rest of the epoch%s)", i+1, len(got), len(want),
 				map[bool]string{true: " and the next epoch's first ones", false: ""}[len(rest) < span])
 		}
+	}
+}
+
+// A rank that leaves mid-job while gradients are all-reduced in overlapped
+// buckets makes the other rank's step fail with an error that names it,
+// rather than hang.
+func TestBucketedStepFailsWhenAPeerLeaves(t *testing.T) {
+	const world = 2
+	spec := testSpec(world, 8, 20)
+	spec.Collective = &pb.Collective{BucketBytes: 64 << 10}
+	comms := ringOverGRPC(t, world, 1)
+	ds := loadMNIST(t)
+	errs := make([]error, world)
+	var wg sync.WaitGroup
+	for r := range world {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tr := &Trainer{JobID: "t", Spec: spec, Rank: r, World: world, Generation: 1, Comm: comms[r], Train: MNISTData(ds.Train),
+				Backend: model.NewCPU(1), Reporter: newMemReporter(), Log: zaptest.NewLogger(t),
+				StepHook: func(step int64, _ model.Model) {
+					if r == 1 && step == 3 {
+						comms[1].Close() // rank 1 goes away
+					}
+				}}
+			_, errs[r] = tr.Run(context.Background())
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("a rank is still running two minutes after its peer left")
+	}
+	for r, err := range errs {
+		if err == nil {
+			t.Fatalf("rank %d finished the job without its peer", r)
+		}
+		t.Logf("rank %d: %v", r, err)
+	}
+	if !strings.Contains(errs[0].Error(), "rank 1") {
+		t.Errorf("rank 0's error does not name rank 1: %v", errs[0])
 	}
 }
