@@ -39,11 +39,11 @@
 // a load reads straight into the one buffer that backs the returned
 // tensors. Memory beyond the state is therefore bounded by part size x
 // parallelism, never by the checkpoint size. CRC32C is computed per part
-// and the parts' CRCs are combined (crc32cCombine). A file store checksums
-// each 256 KiB piece of a part right before writing it, while the piece is
-// in cache (one pass over memory, not two), with one writer per processor
-// since the kernel serializes writes to one file; for S3 goroutines of
-// their own checksum beside the ones that send the parts.
+// and the parts' CRCs are combined (crc32cCombine). A file store writes
+// each part with one pwrite from a single writer (the kernel serializes
+// writes to one file, and concurrent writers contend for it) while a
+// goroutine beside it checksums the same part on the other core; for S3
+// goroutines of their own checksum beside the ones that send the parts.
 //
 // AsyncSaver keeps saves off the training loop: Save waits only while the
 // state is copied into a host buffer reused from save to save, and Begin

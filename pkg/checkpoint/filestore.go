@@ -109,9 +109,9 @@ func (u *fileUpload) WritePart(ctx context.Context, n int, p []byte) error {
 	return u.WritePartHashed(ctx, n, p, len(p), nil)
 }
 
-// WritePartHashed implements pieceWriter: it writes part n in pieces of
-// piece bytes (pwrite at the piece's offset), calling hash, if set, on
-// each piece right before writing it.
+// WritePartHashed implements pieceWriter: it writes part n with one pwrite
+// at its offset while a goroutine of its own calls hash, if set, on the
+// part's pieces of piece bytes, in order; it returns when both are done.
 func (u *fileUpload) WritePartHashed(ctx context.Context, n int, p []byte, piece int, hash func([]byte)) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -127,14 +127,22 @@ func (u *fileUpload) WritePartHashed(ctx context.Context, n int, p []byte, piece
 		return fmt.Errorf("checkpoint: writing %s: the upload is over", u.key)
 	}
 	piece = max(piece, 1)
-	for at := 0; at < len(p); at += piece {
-		b := p[at:min(at+piece, len(p))]
-		if hash != nil {
-			hash(b)
-		}
-		if _, err := f.WriteAt(b, off+int64(at)); err != nil {
-			return fmt.Errorf("checkpoint: writing %s part %d: %w", u.key, n, err)
-		}
+	var hashed chan struct{}
+	if hash != nil {
+		hashed = make(chan struct{})
+		go func() {
+			defer close(hashed)
+			for at := 0; at < len(p); at += piece {
+				hash(p[at:min(at+piece, len(p))])
+			}
+		}()
+	}
+	_, err = f.WriteAt(p, off)
+	if hashed != nil {
+		<-hashed
+	}
+	if err != nil {
+		return fmt.Errorf("checkpoint: writing %s part %d: %w", u.key, n, err)
 	}
 	if !u.s.noSync {
 		startWriteback(f, off, int64(len(p)))
