@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"runtime"
 	"runtime/debug"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -250,17 +249,15 @@ func runAllReduceRank(ctx context.Context, o *allreduceOpts, rank int, stdin io.
 	if err != nil {
 		return err
 	}
+	profile := ""
 	if o.profile != "" {
-		pf, err := os.Create(fmt.Sprintf("%s.rank%d", o.profile, rank))
-		if err != nil {
-			return err
-		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+		profile = fmt.Sprintf("%s.rank%d", o.profile, rank)
 	}
+	stop, err := startCPUProfile(profile)
+	if err != nil {
+		return err
+	}
+	defer stop()
 	hub := allreduce.NewHub(zap.NewNop())
 	srv := grpc.NewServer(allreduce.ServerOptions()...)
 	hub.Register(srv)
