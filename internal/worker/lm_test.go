@@ -293,7 +293,7 @@ func TestInitFromLoadsMatchingTensors(t *testing.T) {
 	for _, ti := range dst.Tensors() {
 		got := ti.Slice(dst.Params())
 		want := ti.Slice(fresh)
-		if ct := init.Tensor("model." + ti.Name); ct != nil && sameShape(ct.Shape, ti.Shape) {
+		if ct := init.Tensor("model." + ti.Name); ct != nil && slices.Equal(ct.Shape, ti.Shape) {
 			want = ct.Data
 		}
 		for i := range got {

@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"math"
 	"path"
+	"slices"
 	"strconv"
 	"time"
 	"unsafe"
@@ -566,7 +567,7 @@ func restore(st *checkpoint.State, m model.Model, opt model.Optimizer) error {
 		if ct == nil {
 			return fmt.Errorf("checkpoint at step %d has no tensor model.%s; it was not written by this %s model", st.Step, ti.Name, m.Name())
 		}
-		if !sameShape(ct.Shape, ti.Shape) {
+		if !slices.Equal(ct.Shape, ti.Shape) {
 			return fmt.Errorf("checkpoint tensor model.%s has shape %v, the model needs %v", ti.Name, ct.Shape, ti.Shape)
 		}
 		copy(ti.Slice(params), ct.Data)
@@ -581,7 +582,7 @@ func restore(st *checkpoint.State, m model.Model, opt model.Optimizer) error {
 			if ct == nil {
 				continue
 			}
-			if !sameShape(ct.Shape, ti.Shape) {
+			if !slices.Equal(ct.Shape, ti.Shape) {
 				return fmt.Errorf("checkpoint tensor %s has shape %v, the model needs %v", name, ct.Shape, ti.Shape)
 			}
 			if data == nil {
@@ -613,7 +614,7 @@ func (t *Trainer) initFrom(m model.Model) error {
 	var loaded, fresh []string
 	for _, ti := range m.Tensors() {
 		ct := t.Init.Tensor("model." + ti.Name)
-		if ct == nil || !sameShape(ct.Shape, ti.Shape) || excluded(ti.Name, t.Spec.GetInitExclude()) {
+		if ct == nil || !slices.Equal(ct.Shape, ti.Shape) || excluded(ti.Name, t.Spec.GetInitExclude()) {
 			fresh = append(fresh, ti.Name)
 			continue
 		}
@@ -636,26 +637,6 @@ func excluded(name string, globs []string) bool {
 		}
 	}
 	return false
-}
-
-func numel(shape []int) int {
-	n := 1
-	for _, d := range shape {
-		n *= d
-	}
-	return n
-}
-
-func sameShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func floatBytes(f []float32) []byte {
