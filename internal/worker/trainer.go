@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"math"
 	"path"
 	"slices"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/internal/crc32c"
 	"github.com/ringmaster/ringmaster/internal/jobspec"
 	"github.com/ringmaster/ringmaster/pkg/allreduce"
 	"github.com/ringmaster/ringmaster/pkg/checkpoint"
@@ -428,10 +428,9 @@ func (t *Trainer) checkReplicas(ctx context.Context, step int64, params []float3
 	if t.World == 1 {
 		return nil
 	}
-	tab := crc32.MakeTable(crc32.Castagnoli)
-	sum := crc32.Checksum(floatBytes(params), tab)
+	sum := crc32c.Checksum(floatBytes(params))
 	for _, buf := range opt.Buffers() {
-		sum = crc32.Update(sum, tab, floatBytes(buf.Data))
+		sum = crc32c.Update(sum, floatBytes(buf.Data))
 	}
 	buf := make([]float32, 2*t.World)
 	buf[2*t.Rank], buf[2*t.Rank+1] = float32(sum>>16), float32(sum&0xffff)

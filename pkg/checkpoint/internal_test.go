@@ -1,38 +1,20 @@
 package checkpoint
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"syscall"
 	"testing"
-	"testing/quick"
 	"time"
 
 	"github.com/minio/minio-go/v7"
 )
-
-// The CRC of a concatenation equals the combination of the parts' CRCs.
-func TestCRC32CCombine(t *testing.T) {
-	f := func(a, b []byte) bool {
-		whole := crc32.Checksum(append(append([]byte(nil), a...), b...), castagnoli)
-		return crc32cCombine(crc32.Checksum(a, castagnoli), crc32.Checksum(b, castagnoli), int64(len(b))) == whole
-	}
-	if err := quick.Check(f, &quick.Config{MaxCount: 500}); err != nil {
-		t.Error(err)
-	}
-	big := bytes.Repeat([]byte("ringmaster"), 1<<20)
-	if got, want := crc32cCombine(crc32.Checksum(big[:3<<20], castagnoli), crc32.Checksum(big[3<<20:], castagnoli), int64(len(big)-3<<20)), crc32.Checksum(big, castagnoli); got != want {
-		t.Errorf("10 MiB split at 3 MiB: %08x, want %08x", got, want)
-	}
-}
 
 // The source hands out byte ranges of the concatenated tensors, without a
 // copy when a range lies in one.

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"runtime"
 	"sort"
@@ -14,6 +13,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sync/errgroup"
+
+	"github.com/ringmaster/ringmaster/internal/crc32c"
 )
 
 // source is the data of a save: segments of memory (the tensors), back to
@@ -195,7 +196,7 @@ func (m *Manager) writeObjects(ctx context.Context, dir string, man *Manifest, s
 				var err error
 				if fused {
 					var c uint32
-					err = ups[p.obj].(pieceWriter).WritePartHashed(gctx, p.n, data, hashPiece, func(b []byte) { c = crc32.Update(c, castagnoli, b) })
+					err = ups[p.obj].(pieceWriter).WritePartHashed(gctx, p.n, data, hashPiece, func(b []byte) { c = crc32c.Update(c, b) })
 					crcs[p.obj][p.n-1] = c
 				} else {
 					err = ups[p.obj].WritePart(gctx, p.n, data)
@@ -216,7 +217,7 @@ func (m *Manager) writeObjects(ctx context.Context, dir string, man *Manifest, s
 			g.Go(func() error {
 				for p := range hch {
 					var c uint32
-					src.each(man.Objects[p.obj].Offset+p.off, p.size, func(b []byte) { c = crc32.Update(c, castagnoli, b) })
+					src.each(man.Objects[p.obj].Offset+p.off, p.size, func(b []byte) { c = crc32c.Update(c, b) })
 					crcs[p.obj][p.n-1] = c
 				}
 				return gctx.Err()
@@ -270,7 +271,7 @@ func combineParts(crcs []uint32, parts []part) uint32 {
 			c = crcs[0]
 			continue
 		}
-		c = crc32cCombine(c, crcs[i], p.size)
+		c = crc32c.Combine(c, crcs[i], p.size)
 	}
 	return c
 }
@@ -301,7 +302,7 @@ func (m *Manager) readObjects(ctx context.Context, dir string, man *Manifest, ds
 			g.Go(func() error {
 				for p := range landed {
 					o := man.Objects[p.obj]
-					crcs[p.obj][p.n-1] = crc32.Checksum(dst[o.Offset+p.off:o.Offset+p.off+p.size], castagnoli)
+					crcs[p.obj][p.n-1] = crc32c.Checksum(dst[o.Offset+p.off : o.Offset+p.off+p.size])
 				}
 				return gctx.Err()
 			})
@@ -334,7 +335,7 @@ func (m *Manager) readObjects(ctx context.Context, dir string, man *Manifest, ds
 						return gctx.Err()
 					}
 				case man.Checksum == ChecksumCRC32C:
-					crcs[p.obj][p.n-1] = crc32.Checksum(buf, castagnoli)
+					crcs[p.obj][p.n-1] = crc32c.Checksum(buf)
 				}
 			}
 			return gctx.Err()
