@@ -266,6 +266,7 @@ func (a *AsyncSaver) prepare(st *State) (*State, []span) {
 	if cap(a.buf) < n {
 		a.buf = nil // let the old buffer go before allocating the new one
 		a.buf = make([]float32, n)
+		adviseHuge(floatBytes(a.buf))
 	}
 	a.buf = a.buf[:n]
 	snap := *st

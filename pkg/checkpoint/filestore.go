@@ -47,6 +47,10 @@ func NewFileStore(dir string) (*FileStore, error) {
 // every checksum, so a torn checkpoint is never used: the previous one is.
 func (s *FileStore) SkipSync() { s.noSync = true }
 
+// Syncs reports whether the store makes its writes durable (fsync) before
+// a save commits: true unless SkipSync or fsync=false.
+func (s *FileStore) Syncs() bool { return !s.noSync }
+
 // URL implements Store.
 func (s *FileStore) URL() string {
 	u := "file://" + filepath.ToSlash(s.root)
@@ -86,7 +90,7 @@ func (s *FileStore) Create(ctx context.Context, key string, size, partSize int64
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint: writing %s: %w", key, err)
 	}
-	if err := f.Truncate(size); err != nil {
+	if err := preallocate(f, size); err != nil {
 		f.Close()
 		os.Remove(tmp)
 		return nil, fmt.Errorf("checkpoint: writing %s: %w", key, err)

@@ -458,6 +458,7 @@ func (m *Manager) load(ctx context.Context, step int64, objs []ObjectInfo) (*Sta
 	}
 	// One allocation holds every tensor; the objects are read into it.
 	backing := make([]float32, (man.Size+3)/4)
+	adviseHuge(floatBytes(backing))
 	data := floatBytes(backing)[:man.Size]
 	if err := m.readObjects(ctx, info.Key, man, data); err != nil {
 		return nil, info, err
