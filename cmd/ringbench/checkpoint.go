@@ -36,6 +36,7 @@ type ckptBench struct {
 	parallel, tensors int
 	out               io.Writer
 	train             *ckptTrain // --train-model: the training-loop measurement instead
+	verbose           bool
 }
 
 func newCheckpointCommand() *cobra.Command {
@@ -82,6 +83,7 @@ line gives the median over --iterations, after one round not counted, and
 				return err
 			}
 			b.out = cmd.OutOrStdout()
+			b.verbose = tb.verbose
 			if tb.cfg.Name != "" {
 				if tb.cfg.Name != "gpt" {
 					tb.cfg.Heads = 0
@@ -114,7 +116,7 @@ line gives the median over --iterations, after one round not counted, and
 	f.IntVar(&tb.ckpt, "checkpoints", 3, "--train-model: checkpoints per mode and round")
 	f.IntVar(&tb.rounds, "rounds", 3, "--train-model: rounds of the four modes")
 	f.IntVar(&tb.workers, "workers", 2, "--train-model: CPU backend workers")
-	f.BoolVar(&tb.verbose, "verbose", false, "--train-model: print every step's time")
+	f.BoolVar(&tb.verbose, "verbose", false, "print every round's times (with --train-model: every step's)")
 	_ = cmd.MarkFlagRequired("store")
 	return cmd
 }
@@ -251,7 +253,7 @@ func (b *ckptBench) run(ctx context.Context) error {
 		st.Step = step
 		var w, r time.Duration
 		ours := func() error {
-			settle()
+			settle(b.size)
 			start := time.Now()
 			if _, err := mgr.Save(ctx, st); err != nil {
 				return err
@@ -283,6 +285,10 @@ func (b *ckptBench) run(ctx context.Context) error {
 		}
 		if err := second(); err != nil {
 			return err
+		}
+		if b.verbose {
+			fmt.Fprintf(b.out, "  round %d: save %.3f s, load %.3f s; peer write %.3f s, write+fsync %.3f s, read %.3f s\n",
+				i, w.Seconds(), r.Seconds(), tw.Seconds(), tws.Seconds(), tr.Seconds())
 		}
 		if i >= 0 {
 			ow, or = append(ow, w), append(or, r)
@@ -331,7 +337,7 @@ func (b *ckptBench) stall(ctx context.Context, mgr *checkpoint.Manager, step int
 	for i := -1; i < b.iterations; i++ {
 		step++
 		st.Step = step
-		settle()
+		settle(b.stallSize)
 		stall, err := saver.Save(ctx, st)
 		if err != nil {
 			return err
@@ -353,7 +359,7 @@ func (b *ckptBench) stall(ctx context.Context, mgr *checkpoint.Manager, step int
 		}
 		step++
 		st.Step = step
-		settle()
+		settle(b.stallSize)
 		start := time.Now()
 		if _, err := mgr.Save(ctx, st); err != nil {
 			return err
@@ -390,7 +396,7 @@ func (p *filePeer) writeRead(_ context.Context, data []byte) (w, wsync, r time.D
 	path := p.path
 	defer os.Remove(path)
 	write := func(sync bool) (time.Duration, error) {
-		settle()
+		settle(int64(len(data)))
 		start := time.Now()
 		f, err := os.Create(path)
 		if err != nil {
@@ -470,7 +476,7 @@ func (p *s3Peer) name() string { return "minio-go multipart PUT/GET" }
 
 func (p *s3Peer) writeRead(ctx context.Context, data []byte) (w, wsync, r time.Duration, err error) {
 	defer p.c.RemoveObject(context.WithoutCancel(ctx), p.bucket, p.key, minio.RemoveObjectOptions{})
-	settle()
+	settle(int64(len(data)))
 	start := time.Now()
 	if _, err = p.c.PutObject(ctx, p.bucket, p.key, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{}); err != nil {
 		return
@@ -490,7 +496,29 @@ func (p *s3Peer) writeRead(ctx context.Context, data []byte) (w, wsync, r time.D
 	return
 }
 
-// settle flushes every dirty page to disk before a timed write, so that no
-// write pays for the dirty data of the one before (the kernel throttles
-// writers when dirty pages pile up).
-func settle() { syscall.Sync() }
+// settle prepares the machine the same way before every timed write, ours
+// or a peer's. It flushes every dirty page to disk, so that no write pays
+// for the dirty data of the one before (the kernel throttles writers when
+// dirty pages pile up), and then writes and deletes a scratch file of the
+// size about to be written, so that the write finds that much free memory
+// recently used. On virtual machines that hand free memory back to the
+// host (virtio-balloon free page reporting, as on the development VM),
+// memory free for more than about 2 s costs a host fault per page when it
+// is touched again: there a plain 512 MiB write took 77 to 94 ms right
+// after another and 411 to 943 ms after a 3 s pause, which would measure
+// the hypervisor's timing rather than the code under test.
+func settle(size int64) {
+	syscall.Sync()
+	f, err := os.CreateTemp("", "ringbench-warm-")
+	if err != nil {
+		return
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	chunk := make([]byte, 4<<20)
+	for left := size; left > 0; left -= int64(len(chunk)) {
+		if _, err := f.Write(chunk[:min(int64(len(chunk)), left)]); err != nil {
+			return
+		}
+	}
+}
