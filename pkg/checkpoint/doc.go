@@ -40,11 +40,15 @@
 // tensors. Memory beyond the state is therefore bounded by part size x
 // parallelism, never by the checkpoint size. CRC32C is computed per part
 // and the parts' CRCs are combined (crc32c.Combine); internal/crc32c
-// checksums at memory speed with 512-bit carry-less multiplies. A file store writes
-// each part with one pwrite from a single writer (the kernel serializes
-// writes to one file, and concurrent writers contend for it) while a
-// goroutine beside it checksums the same part on the other core; for S3
-// goroutines of their own checksum beside the ones that send the parts.
+// checksums at memory speed with 512-bit carry-less multiplies. A file
+// store preallocates each object (fallocate: a full disk fails the save at
+// its start) and writes each part with one pwrite from a single writer
+// (the kernel serializes writes to one file, and concurrent writers
+// contend for it) while a goroutine beside it checksums the same part on
+// the other core; for S3 goroutines of their own checksum beside the ones
+// that send the parts. The buffers a load fills and the async saver's copy
+// ask for transparent huge pages, so that filling fresh memory does not
+// fault once per 4 KiB page.
 //
 // AsyncSaver keeps saves off the training loop: Save waits only while the
 // state is copied into a host buffer reused from save to save, and Begin
