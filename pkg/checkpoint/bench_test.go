@@ -14,28 +14,35 @@ import (
 	"github.com/ringmaster/ringmaster/internal/crc32c"
 )
 
-// BenchmarkFileSave decomposes a file save of 512 MiB into the page cache
-// (fsync off, so that the disk does not dominate): a plain write of the
-// bytes, the CRC32C pass followed by the write, the manager's save (which
-// checksums each piece right before writing it), and the same save with
-// the checksums computed by goroutines of their own beside the writers
-// (the path S3 takes). Dirty pages are flushed before every iteration,
-// outside the timer.
-//
-//	go test -run '^$' -bench FileSave -benchtime 9x ./pkg/checkpoint
-func BenchmarkFileSave(b *testing.B) {
-	const size = 512 << 20
-	dir := b.TempDir()
+// benchState is a state of size bytes in 16 tensors cut from one buffer,
+// as a model's parameters are, and that buffer's bytes.
+func benchState(size int) (*State, []byte) {
 	flat := make([]float32, size/4)
 	for i := range flat {
 		flat[i] = float32(i)
 	}
-	raw := floatBytes(flat)
 	st := &State{World: 1}
 	per := len(flat) / 16
 	for i := range 16 {
 		st.Tensors = append(st.Tensors, Tensor{Name: string(rune('a' + i)), Shape: []int{per}, Data: flat[i*per : (i+1)*per]})
 	}
+	return st, floatBytes(flat)
+}
+
+// BenchmarkFileSave decomposes a file save of 512 MiB into the page cache
+// (fsync off, so that the disk does not dominate): a plain write of the
+// bytes, the CRC32C pass followed by the write, the manager's save (one
+// writer, each part checksummed beside its pwrite), and the same save with
+// the checksums computed by goroutines of their own beside 4 writers (the
+// path S3 takes). Dirty pages are flushed before every iteration, and the
+// files removed after it, outside the timer. Sub-benchmarks run one after
+// the other; BenchmarkFileSaveAgainstPlainWrite pairs them instead.
+//
+//	go test -run '^$' -bench FileSave -benchtime 9x ./pkg/checkpoint
+func BenchmarkFileSave(b *testing.B) {
+	const size = 512 << 20
+	dir := b.TempDir()
+	st, raw := benchState(size)
 	write := func(b *testing.B, p string, crc bool) {
 		if crc {
 			crc32c.Checksum(raw)
@@ -116,16 +123,7 @@ func (s wholeParts) Create(ctx context.Context, key string, size, partSize int64
 func BenchmarkFileSaveAgainstPlainWrite(b *testing.B) {
 	const size = 512 << 20
 	dir := b.TempDir()
-	flat := make([]float32, size/4)
-	for i := range flat {
-		flat[i] = float32(i)
-	}
-	raw := floatBytes(flat)
-	st := &State{World: 1}
-	per := len(flat) / 16
-	for i := range 16 {
-		st.Tensors = append(st.Tensors, Tensor{Name: string(rune('a' + i)), Shape: []int{per}, Data: flat[i*per : (i+1)*per]})
-	}
+	st, raw := benchState(size)
 	scratch := make([]byte, 4<<20)
 	prepare := func() {
 		syscall.Sync()
