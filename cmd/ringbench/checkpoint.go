@@ -67,9 +67,9 @@ copy and the mean step time of each mode.
 --store versitygw starts a versitygw S3 server on loopback serving a temporary
 directory (versitygw must be installed) and uses it.
 A file store that fsyncs (the default) is compared with the plain write
-followed by fsync, one with ?fsync=false with the plain write alone. Each
-line gives the median over --iterations, after one round not counted, and
-[min-max]; GB/s is 1e9 bytes per second.`,
+followed by fsync (and, without a target, the plain write), one with
+?fsync=false with the plain write alone. Each line gives the median over
+--iterations, after one round not counted, and [min-max]; GB/s is 1e9 bytes per second.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
@@ -308,8 +308,8 @@ func (b *ckptBench) run(ctx context.Context) error {
 	if fs, ok := store.(*checkpoint.FileStore); ok {
 		// Like against like: a store that fsyncs before it commits (the
 		// default) against the plain write followed by fsync; one with
-		// fsync=false against the plain write alone. The other pairing is
-		// printed too, without a target.
+		// fsync=false against the plain write alone. A store that fsyncs
+		// is also shown against the plain write, without a target.
 		line(peer.name()+" write + fsync", pwSync, nil, "")
 		if fs.Syncs() {
 			line("ringmaster save (fsync) vs write + fsync", ow, pwSync, target)

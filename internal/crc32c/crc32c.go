@@ -2,9 +2,6 @@ package crc32c
 
 import "hash/crc32"
 
-// Size is the size of a CRC-32C in bytes.
-const Size = 4
-
 var table = crc32.MakeTable(crc32.Castagnoli)
 
 // Checksum returns the CRC-32C of p.

@@ -1,9 +1,11 @@
 package crc32c
 
 import (
+	"bytes"
 	"hash/crc32"
 	"math/rand/v2"
 	"testing"
+	"testing/quick"
 )
 
 func reference(crc uint32, p []byte) uint32 { return crc32.Update(crc, table, p) }
@@ -58,7 +60,19 @@ func TestFoldKernelRuns(t *testing.T) {
 	}
 }
 
+// The CRC of a concatenation equals the combination of the parts' CRCs.
 func TestCombine(t *testing.T) {
+	f := func(a, b []byte) bool {
+		whole := crc32.Checksum(append(append([]byte(nil), a...), b...), table)
+		return Combine(crc32.Checksum(a, table), crc32.Checksum(b, table), int64(len(b))) == whole
+	}
+	if err := quick.Check(f, &quick.Config{MaxCount: 500}); err != nil {
+		t.Error(err)
+	}
+	big := bytes.Repeat([]byte("ringmaster"), 1<<20)
+	if got, want := Combine(Checksum(big[:3<<20]), Checksum(big[3<<20:]), int64(len(big)-3<<20)), crc32.Checksum(big, table); got != want {
+		t.Errorf("10 MiB split at 3 MiB: %08x, want %08x", got, want)
+	}
 	r := rand.New(rand.NewPCG(3, 4))
 	for range 200 {
 		a := make([]byte, r.IntN(3000))
