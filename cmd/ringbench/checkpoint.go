@@ -69,7 +69,8 @@ directory (versitygw must be installed) and uses it.
 A file store that fsyncs (the default) is compared with the plain write
 followed by fsync (and, without a target, the plain write), one with
 ?fsync=false with the plain write alone. Each line gives the median over
---iterations, after one round not counted, and [min-max]; GB/s is 1e9 bytes per second.`,
+--iterations, after one round not counted, and [min-max]; GB/s is 1e9
+bytes per second.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
