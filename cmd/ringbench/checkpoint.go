@@ -65,7 +65,8 @@ the time the loop was blocked, the slowdown of the step that overlaps the
 copy and the mean step time of each mode.
 
 --store versitygw starts a versitygw S3 server on loopback serving a temporary
-directory (versitygw must be installed) and uses it.
+directory and uses it (a missing versitygw is installed first with go install,
+as the tests do; see internal/versitygw).
 A file store that fsyncs (the default) is compared with the plain write
 followed by fsync (and, without a target, the plain write), one with
 ?fsync=false with the plain write alone. Each line gives the median over

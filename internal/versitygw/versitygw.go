@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -25,8 +26,16 @@ import (
 // Version is the versitygw release the project tests against.
 const Version = "v1.8.0"
 
-// InstallHint says how to get the binary.
-const InstallHint = "install it with `go install github.com/versity/versitygw/cmd/versitygw@" + Version + "` (.ci/run does)"
+// Package is what `go install` builds.
+const Package = "github.com/versity/versitygw/cmd/versitygw"
+
+// InstallHint says how to install the binary by hand; Binary runs the same
+// command itself when the binary is missing.
+const InstallHint = "install it with `go install " + Package + "@" + Version + "` (Binary runs this itself when versitygw is missing)"
+
+// installTimeout bounds the `go install` that Binary runs: a cold module
+// cache downloads and builds versitygw and its dependencies.
+const installTimeout = 10 * time.Minute
 
 // Credentials of the root account of every server started here.
 const (
@@ -35,19 +44,128 @@ const (
 	Region    = "us-east-1"
 )
 
-// Binary returns the path of the versitygw executable, from $PATH or
-// $GOPATH/bin.
-func Binary() (string, error) {
+var binary = sync.OnceValues(findOrInstall)
+
+// Binary returns the path of the versitygw executable, found on $PATH, in
+// $(go env GOBIN) or in each $(go env GOPATH)/bin. When it is in none of
+// them, Binary installs Version there with `go install` (once per machine:
+// a file lock serialises the test processes of `go test ./...`, and each
+// looks again after taking it). The answer, or the error, is kept for the
+// life of the process.
+func Binary() (string, error) { return binary() }
+
+// exe is the executable's name on this system.
+var exe = func() string {
+	if runtime.GOOS == "windows" {
+		return "versitygw.exe"
+	}
+	return "versitygw"
+}()
+
+func findOrInstall() (string, error) {
 	if p, err := exec.LookPath("versitygw"); err == nil {
 		return p, nil
 	}
-	for _, gp := range filepath.SplitList(build.Default.GOPATH) {
-		p := filepath.Join(gp, "bin", "versitygw")
+	gocmd := goCommand()
+	dirs := binDirs(gocmd)
+	if p := findIn(dirs); p != "" {
+		return p, nil
+	}
+	return install(gocmd, dirs)
+}
+
+// goCommand is the go command of the toolchain running this (the tests'),
+// or the one on $PATH.
+func goCommand() string {
+	name := "go"
+	if runtime.GOOS == "windows" {
+		name += ".exe"
+	}
+	// runtime.GOROOT is deprecated, but the toolchain running the tests is
+	// the one wanted when it is still there; go test sets $GOROOT to it.
+	if root := runtime.GOROOT(); root != "" {
+		p := filepath.Join(root, "bin", name)
 		if st, err := os.Stat(p); err == nil && !st.IsDir() {
-			return p, nil
+			return p
 		}
 	}
-	return "", fmt.Errorf("versitygw is not on $PATH or in $GOPATH/bin; %s", InstallHint)
+	return "go"
+}
+
+// binDirs are the directories where `go install` puts binaries: GOBIN if
+// set, then each GOPATH's bin, as the go command reports them (it also
+// reads its configuration file); without a go command, as the environment
+// says. `go install` writes into the first.
+func binDirs(gocmd string) []string {
+	gobin, gopath := os.Getenv("GOBIN"), build.Default.GOPATH
+	if out, err := exec.Command(gocmd, "env", "GOBIN", "GOPATH").Output(); err == nil {
+		if lines := strings.Split(strings.TrimRight(string(out), "\r\n"), "\n"); len(lines) == 2 {
+			gobin, gopath = strings.TrimSpace(lines[0]), strings.TrimSpace(lines[1])
+		}
+	}
+	var dirs []string
+	if gobin != "" {
+		dirs = append(dirs, gobin)
+	}
+	for _, gp := range filepath.SplitList(gopath) {
+		if gp != "" {
+			dirs = append(dirs, filepath.Join(gp, "bin"))
+		}
+	}
+	return dirs
+}
+
+func findIn(dirs []string) string {
+	for _, d := range dirs {
+		p := filepath.Join(d, exe)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p
+		}
+	}
+	return ""
+}
+
+// install runs `go install Package@Version` under an exclusive lock on a
+// file named for the version, unless another process installed it while
+// this one waited for the lock.
+func install(gocmd string, dirs []string) (string, error) {
+	if len(dirs) == 0 {
+		return "", fmt.Errorf("versitygw is not on $PATH and the go command names no GOBIN or GOPATH to install it into; %s", InstallHint)
+	}
+	lockPath := filepath.Join(os.TempDir(), "ringmaster-versitygw-"+Version+".lock")
+	unlock, err := lockFile(lockPath, func() {
+		fmt.Fprintf(os.Stderr, "versitygw: waiting for another process that is installing it (lock %s)\n", lockPath)
+	})
+	if err != nil {
+		return "", fmt.Errorf("locking %s to install versitygw: %w", lockPath, err)
+	}
+	defer unlock()
+	if p := findIn(dirs); p != "" {
+		return p, nil
+	}
+	dir := dirs[0]
+	args := []string{"install", Package + "@" + Version}
+	fmt.Fprintf(os.Stderr, "versitygw: not on $PATH or in %s; installing it into %s: %s %s\n", strings.Join(dirs, ", "), dir, gocmd, strings.Join(args, " "))
+	ctx, cancel := context.WithTimeout(context.Background(), installTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, gocmd, args...)
+	// Outside this repository, so that its go.mod plays no part; GOBIN
+	// names the directory looked in above.
+	cmd.Dir = os.TempDir()
+	cmd.Env = append(os.Environ(), "GOBIN="+dir)
+	out, err := cmd.CombinedOutput()
+	command := gocmd + " " + strings.Join(args, " ")
+	if ctx.Err() != nil {
+		return "", fmt.Errorf("installing versitygw: `GOBIN=%s %s` did not finish within %v: %s", dir, command, installTimeout, strings.TrimSpace(string(out)))
+	}
+	if err != nil {
+		return "", fmt.Errorf("installing versitygw: `GOBIN=%s %s`: %v: %s", dir, command, err, strings.TrimSpace(string(out)))
+	}
+	p := filepath.Join(dir, exe)
+	if _, err := os.Stat(p); err != nil {
+		return "", fmt.Errorf("installing versitygw: `GOBIN=%s %s` succeeded but left no binary: %w", dir, command, err)
+	}
+	return p, nil
 }
 
 // Server is a running (or killed) versitygw process.
@@ -64,7 +182,9 @@ type Server struct {
 }
 
 // Run starts a server that serves dir on a free loopback port and waits
-// until it answers. Stop it with Close.
+// until it answers. Stop it with Close. The first Run in a process may
+// install versitygw (Binary), which ctx does not bound; call Binary first
+// to keep that out of ctx's time.
 func Run(ctx context.Context, dir string) (*Server, error) {
 	bin, err := Binary()
 	if err != nil {
@@ -222,13 +342,19 @@ func (s *Server) ObjectPath(bucket, object string) string {
 }
 
 // Start runs a server for a test, serving a fresh temporary directory,
-// with one bucket, and stops it when the test ends. A missing versitygw
-// fails the test with the install command; only `go test -short` skips
-// such tests (CI does not use -short).
+// with one bucket, and stops it when the test ends. A missing versitygw is
+// installed (Binary); one that cannot be installed fails the test with the
+// command that failed. Only `go test -short` skips such tests (CI does not
+// use -short).
 func Start(t testing.TB, bucket string) *Server {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("needs a versitygw S3 server; -short skips the tests that do")
+	}
+	// Installing versitygw may take minutes; the minute below is for
+	// starting it.
+	if _, err := Binary(); err != nil {
+		t.Fatalf("S3 test server: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
