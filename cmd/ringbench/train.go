@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
@@ -55,11 +56,14 @@ CNN, random tokens and targets for the language models; throughput does not
 depend on the values. --warmup steps are not timed; sec_per_step is the
 median of the --steps timed ones, as the peer reports it.
 
---peer runs /usr/bin/python3 torch_train.py THREADS (shared/bench; --peer-script)
-after each round, alternating, and prints PyTorch's figure and the ratio for
-the CNN at batch 64 and the GPT with 4 layers, width 128, 4 heads, context
-64, vocabulary 256 (the configurations the peer trains); without python3 or
-torch it says so and skips.`,
+--peer runs /usr/bin/python3 torch_train.py THREADS after each round,
+alternating, and prints PyTorch's figure and the ratio for the CNN at batch
+64 and the GPT with 4 layers, width 128, 4 heads, context 64, vocabulary 256
+(the configurations the peer trains); without python3 or torch it says so
+and skips. Without --peer-script the script is ../shared/bench/torch_train.py
+beside the repository (the nearest directory at or above the working
+directory whose go.mod is module ` + modulePath + `); --peer
+fails when that script is missing.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			b.out = cmd.OutOrStdout()
@@ -88,7 +92,7 @@ torch it says so and skips.`,
 	f.IntVar(&b.rounds, "rounds", 1, "rounds, each with a fresh model (and the peer after it with --peer)")
 	f.BoolVar(&b.peer, "peer", false, "also run PyTorch's torch_train.py after each round and print the ratio")
 	f.StringVar(&b.python, "python", "/usr/bin/python3", "python with torch, for --peer")
-	f.StringVar(&b.script, "peer-script", "/work/shared/bench/torch_train.py", "the PyTorch peer, for --peer")
+	f.StringVar(&b.script, "peer-script", "", "the PyTorch peer, for --peer (default: ../shared/bench/torch_train.py beside the repository holding the working directory)")
 	f.DurationVar(&b.peerTimeout, "peer-timeout", 10*time.Minute, "give up on one run of the peer after this long")
 	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	return cmd
@@ -157,10 +161,12 @@ func (b *trainBench) run(ctx context.Context) error {
 	}
 	metric := ""
 	if b.peer {
-		if err := b.peerAvailable(); err != nil {
+		if err := b.pythonAvailable(); err != nil {
 			fmt.Fprintf(b.out, "peer: skipped: %v\n", err)
 		} else if metric = b.peerMetric(); metric == "" {
 			fmt.Fprintf(b.out, "peer: skipped: torch_train.py trains only the CNN at batch 64 and the GPT with 4 layers, width 128, 4 heads, context 64, vocabulary 256 at batch 16\n")
+		} else if err := b.findScript(); err != nil {
+			return err
 		}
 	}
 	var sizes string
@@ -271,24 +277,73 @@ func syntheticBatch(cfg model.Config, n int, seed uint64) model.Batch {
 
 var peerLine = regexp.MustCompile(`\b(samples_per_s|tokens_per_s)=([0-9.eE+-]+)`)
 
-// peerAvailable says why the peer cannot run, if it cannot: no python, or
-// no script.
-func (b *trainBench) peerAvailable() error {
+// pythonAvailable says why the peer cannot run, if there is no python.
+func (b *trainBench) pythonAvailable() error {
 	if _, err := exec.LookPath(b.python); err != nil {
 		return fmt.Errorf("no python at %s (install Debian's python3-torch, see shared/BENCHMARKS.md): %w", b.python, err)
 	}
-	if _, err := os.Stat(b.script); err != nil {
-		return fmt.Errorf("no peer script: %w", err)
-	}
 	return nil
+}
+
+// modulePath is this repository's module.
+const modulePath = "github.com/ringmaster/ringmaster"
+
+// findScript checks --peer-script, or, without it, finds the default:
+// ../shared/bench/torch_train.py beside the repository root, the nearest
+// directory at or above the working directory whose go.mod is
+// modulePath's.
+func (b *trainBench) findScript() error {
+	if b.script != "" {
+		if _, err := os.Stat(b.script); err != nil {
+			return fmt.Errorf("--peer-script: %w", err)
+		}
+		return nil
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return fmt.Errorf("--peer: finding torch_train.py: %w; pass --peer-script PATH", err)
+	}
+	root := repoRoot(wd)
+	if root == "" {
+		return fmt.Errorf("--peer: no go.mod of %s at or above %s to find ../shared/bench/torch_train.py beside; pass --peer-script PATH", modulePath, wd)
+	}
+	p := filepath.Join(filepath.Dir(root), "shared", "bench", "torch_train.py")
+	if _, err := os.Stat(p); err != nil {
+		return fmt.Errorf("--peer: no PyTorch peer beside the repository %s: %w; pass --peer-script PATH", root, err)
+	}
+	b.script = p
+	return nil
+}
+
+// repoRoot is the nearest directory at or above dir holding a go.mod whose
+// module is modulePath, or "".
+func repoRoot(dir string) string {
+	for {
+		if data, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil && modfileModule(data) == modulePath {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return ""
+		}
+		dir = parent
+	}
+}
+
+// modfileModule is the path on the module line of a go.mod.
+func modfileModule(data []byte) string {
+	for line := range strings.Lines(string(data)) {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] == "module" {
+			return strings.Trim(f[1], `"`+"`")
+		}
+	}
+	return ""
 }
 
 // runPeer runs torch_train.py with the same number of threads and returns
 // its figure for metric.
 func (b *trainBench) runPeer(ctx context.Context, metric string) (float64, error) {
-	if err := b.peerAvailable(); err != nil {
-		return 0, err
-	}
 	ctx, cancel := context.WithTimeout(ctx, b.peerTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, b.python, b.script, strconv.Itoa(b.threads))

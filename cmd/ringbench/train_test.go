@@ -88,3 +88,60 @@ func TestTrainPeer(t *testing.T) {
 		t.Errorf("--peer without python: %v\n%s", err, out)
 	}
 }
+
+// Without --peer-script, the peer is ../shared/bench/torch_train.py beside
+// the nearest directory at or above the working directory whose go.mod is
+// this module's; when there is none, --peer fails and says to pass
+// --peer-script, but only for a configuration the peer trains.
+func TestTrainPeerScriptDefault(t *testing.T) {
+	sh := "/bin/sh"
+	if _, err := os.Stat(sh); err != nil {
+		t.Skip("needs /bin/sh")
+	}
+	top := t.TempDir()
+	write := func(path, body string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repo := filepath.Join(top, "main")
+	write(filepath.Join(repo, "go.mod"), "// a comment\nmodule "+modulePath+"\n\ngo 1.26.0\n")
+	// A go.mod of another module on the way up is passed over.
+	write(filepath.Join(repo, "examples", "go.mod"), "module example.com/other\n")
+	write(filepath.Join(top, "shared", "bench", "torch_train.py"), "echo torch threads=$1 cnn_batch=64 samples_per_s=1.0e3\n")
+	wd := filepath.Join(repo, "examples", "deep")
+	if err := os.MkdirAll(wd, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(wd)
+	out, err := runTrain(t, "--model", "cnn", "--steps", "1", "--warmup", "0", "--peer", "--python", sh)
+	if err != nil || !regexp.MustCompile(`\npeer torch samples_per_s=1000.0 ratio=`).MatchString(out) {
+		t.Fatalf("default peer script from %s: %v\n%s", wd, err, out)
+	}
+
+	if err := os.Remove(filepath.Join(top, "shared", "bench", "torch_train.py")); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runTrain(t, "--model", "cnn", "--steps", "1", "--warmup", "0", "--peer", "--python", sh)
+	if err == nil || !regexp.MustCompile(`pass --peer-script PATH`).MatchString(err.Error()) {
+		t.Errorf("no torch_train.py beside the repository: %v\n%s", err, out)
+	}
+	t.Chdir(t.TempDir())
+	out, err = runTrain(t, "--model", "cnn", "--steps", "1", "--warmup", "0", "--peer", "--python", sh)
+	if err == nil || !regexp.MustCompile(`no go.mod of `+modulePath+` at or above .*; pass --peer-script PATH`).MatchString(err.Error()) {
+		t.Errorf("outside the repository: %v\n%s", err, out)
+	}
+	// The peer is not needed for a configuration it does not train.
+	out, err = runTrain(t, "--model", "cnn", "--batch", "2", "--steps", "1", "--warmup", "0", "--peer", "--python", sh)
+	if err != nil || !regexp.MustCompile(`peer: skipped: torch_train.py trains only`).MatchString(out) {
+		t.Errorf("a configuration the peer does not train, without the script: %v\n%s", err, out)
+	}
+	out, err = runTrain(t, "--model", "cnn", "--steps", "1", "--warmup", "0", "--peer", "--python", sh, "--peer-script", filepath.Join(top, "nowhere.py"))
+	if err == nil || !regexp.MustCompile(`--peer-script: .*nowhere.py`).MatchString(err.Error()) {
+		t.Errorf("a missing --peer-script: %v\n%s", err, out)
+	}
+}
