@@ -342,9 +342,19 @@ func (c *Comm) diagnose(parent context.Context, d Desc, err error, cause error, 
 	}
 	switch {
 	case errors.As(cause, &nc) && nc.n.Kind != NoticeTimeout:
-		return fmt.Errorf("allreduce: %s failed: rank %d gave up: %s", c.what(d), nc.n.From, nc.n.Reason)
+		err := fmt.Errorf("allreduce: %s failed: rank %d gave up: %s", c.what(d), nc.n.From, nc.n.Reason)
+		switch nc.n.Kind {
+		case NoticeGone:
+			return &RingError{Culprit: nc.n.Culprit, err: err}
+		case NoticeCancelled:
+			return &RingError{Culprit: -1, err: err}
+		}
+		return err
 	case errors.As(err, &le) && cause == nil:
 		notify(Notice{Kind: le.kind, Culprit: le.culprit, WaitingOn: -1, Reason: le.Error()})
+		if le.kind == NoticeGone {
+			return &RingError{Culprit: le.culprit, err: le}
+		}
 		return le
 	case cause == errSuspect || nc != nil:
 		return c.blame(d, timeout, grace, notify)
@@ -356,6 +366,22 @@ func (c *Comm) diagnose(parent context.Context, d Desc, err error, cause error, 
 	notify(Notice{Kind: NoticeFailed, Culprit: -1, WaitingOn: -1, Reason: err.Error()})
 	return fmt.Errorf("allreduce: %s: %w", c.what(d), err)
 }
+
+// RingError is a collective's failure to communicate: a peer that is gone
+// (its connection broke), silent past the deadline, or that gave up
+// because its caller moved on. The ring is broken, but nothing says the
+// job's state is: a caller keeps its state and rebuilds the ring without
+// the culprit. Other errors (a mismatch between ranks, a bug) are not
+// RingErrors.
+type RingError struct {
+	// Culprit is the rank this rank blames, or -1 when it cannot tell
+	// (a peer gave up first, for its own reasons).
+	Culprit int
+	err     error
+}
+
+func (e *RingError) Error() string { return e.err.Error() }
+func (e *RingError) Unwrap() error { return e.err }
 
 // notifyLocal tells the peers about a failure this rank saw first hand,
 // at once: before the rank cancels its own streams, so that the peers hear
@@ -405,7 +431,11 @@ loop:
 		}
 	}
 	if first != nil {
-		return fmt.Errorf("allreduce: %s failed: rank %d gave up: %s", c.what(d), first.From, first.Reason)
+		err := fmt.Errorf("allreduce: %s failed: rank %d gave up: %s", c.what(d), first.From, first.Reason)
+		if first.Kind == NoticeGone || first.Kind == NoticeCancelled {
+			return &RingError{Culprit: first.Culprit, err: err}
+		}
+		return err
 	}
 	chain := []string{itoa(me)}
 	x := waiting
@@ -419,8 +449,8 @@ loop:
 		}
 		x = next
 	}
-	return fmt.Errorf("allreduce: %s timed out after %s: %s did not answer (waits: %s)",
-		c.what(d), timeout, c.peerName(x), strings.Join(chain, " -> "))
+	return &RingError{Culprit: x, err: fmt.Errorf("allreduce: %s timed out after %s: %s did not answer (waits: %s)",
+		c.what(d), timeout, c.peerName(x), strings.Join(chain, " -> "))}
 }
 
 func (c *Comm) begin() error {

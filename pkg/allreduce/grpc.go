@@ -203,10 +203,26 @@ func (h *Hub) Dial(ctx context.Context, p Peering) (Transport, error) {
 		cctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		t.Close(cctx)
-		return nil, err
+		de := &DialError{err: err}
+		for peer, e := range errs {
+			if e != nil {
+				de.Ranks = append(de.Ranks, peer)
+			}
+		}
+		return nil, de
 	}
 	return t, nil
 }
+
+// DialError is Dial's failure to connect some peers of a ring generation.
+type DialError struct {
+	// Ranks are the peers that could not be connected.
+	Ranks []int
+	err   error
+}
+
+func (e *DialError) Error() string { return e.err.Error() }
+func (e *DialError) Unwrap() error { return e.err }
 
 // serveStream receives one peer's frames for one rank.
 func (h *Hub) serveStream(ss grpc.ServerStream) error {
