@@ -49,6 +49,8 @@ const (
 	DefaultEps               = 1e-8
 	DefaultBucketBytes       = 1 << 20
 	MaxWorkers               = 1024
+	// DefaultMaxRestarts is how many failures a job absorbs by default.
+	DefaultMaxRestarts = 3
 )
 
 // file is the YAML form. Pointers tell "left out" (take the default) from an
@@ -57,7 +59,8 @@ type file struct {
 	Name              *string     `yaml:"name"`
 	Model             *string     `yaml:"model"`
 	Dataset           *datasetY   `yaml:"dataset"`
-	Workers           *int        `yaml:"workers"`
+	Workers           *workersY   `yaml:"workers"`
+	MaxRestarts       *int        `yaml:"max_restarts"`
 	BatchSize         *int        `yaml:"batch_size"`
 	Optimizer         *optimizerY `yaml:"optimizer"`
 	Epochs            *int        `yaml:"epochs"`
@@ -72,6 +75,27 @@ type file struct {
 	InitFrom          *string     `yaml:"init_from"`
 	InitExclude       []string    `yaml:"init_exclude"`
 	Collective        *collY      `yaml:"collective"`
+}
+
+// workersY is `workers: N` (a plain job) or `workers: {min: A, max: B}`
+// (an elastic job).
+type workersY struct {
+	N, Min, Max *int
+}
+
+func (w *workersY) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		return n.Decode(&w.N)
+	}
+	var m struct {
+		Min *int `yaml:"min"`
+		Max *int `yaml:"max"`
+	}
+	if err := n.Decode(&m); err != nil {
+		return err
+	}
+	w.Min, w.Max = m.Min, m.Max
+	return nil
 }
 
 type modelY struct {
@@ -193,7 +217,7 @@ func Parse(data []byte, opt Options) (*pb.JobSpec, error) {
 type fields map[string]fields
 
 var schema = fields{
-	"name": nil, "model": nil, "workers": nil, "batch_size": nil, "epochs": nil,
+	"name": nil, "model": nil, "workers": nil, "max_restarts": nil, "batch_size": nil, "epochs": nil,
 	"steps": nil, "seed": nil, "resume": nil, "collective_timeout": nil, "log_every": nil,
 	"grad_accum": nil, "init_from": nil, "init_exclude": nil,
 	"model_config": {"vocab": nil, "ctx": nil, "layers": nil, "dim": nil, "heads": nil, "hidden": nil, "bptt": nil, "tie_embeddings": nil},
@@ -203,6 +227,8 @@ var schema = fields{
 		"schedule": nil, "warmup_steps": nil, "min_lr_ratio": nil, "beta1": nil, "beta2": nil, "eps": nil, "grad_clip": nil},
 	"checkpoint": {"every_steps": nil, "store": nil, "keep": nil, "keep_every": nil, "async": nil, "if_busy": nil, "checksum": nil},
 }
+
+var workersSchema = fields{"min": nil, "max": nil}
 
 // listFields are the fields whose value is a list of scalars.
 var listFields = map[string]bool{"dataset.digits": true, "init_exclude": true}
@@ -216,6 +242,9 @@ func checkKeys(n *yaml.Node, path string, allowed fields, errs *[]FieldError) {
 		k, v := n.Content[i], n.Content[i+1]
 		full := join(path, k.Value)
 		sub, ok := allowed[k.Value]
+		if full == "workers" && v.Kind == yaml.MappingNode {
+			sub = workersSchema // workers: {min, max} makes a job elastic
+		}
 		if !ok {
 			*errs = append(*errs, FieldError{Field: full, Line: k.Line,
 				Problem: "unknown field; allowed fields here: " + strings.Join(keys(allowed), ", ")})
@@ -381,11 +410,34 @@ func build(f *file, doc *yaml.Node, opt Options) (*pb.JobSpec, []FieldError) {
 		}
 	}
 
-	if f.Workers != nil {
-		if *f.Workers < 1 || *f.Workers > MaxWorkers {
-			bad(fmt.Sprintf("%d is out of range; a job needs between 1 and %d workers", *f.Workers, MaxWorkers), "workers")
+	s.MaxRestarts = DefaultMaxRestarts
+	if w := f.Workers; w != nil {
+		inRange := func(n int, path ...string) {
+			if n < 1 || n > MaxWorkers {
+				bad(fmt.Sprintf("%d is out of range; a job needs between 1 and %d workers", n, MaxWorkers), path...)
+			}
 		}
-		s.Workers = int32(*f.Workers)
+		switch {
+		case w.N != nil:
+			inRange(*w.N, "workers")
+			s.Workers = int32(*w.N)
+		case w.Min == nil || w.Max == nil:
+			bad("an elastic job needs both min and max, e.g. workers: {min: 2, max: 4}; or give one number", "workers")
+		default:
+			inRange(*w.Min, "workers", "min")
+			inRange(*w.Max, "workers", "max")
+			if *w.Min > *w.Max {
+				bad(fmt.Sprintf("min %d is above max %d; min is the fewest workers the job trains on, max the most", *w.Min, *w.Max), "workers")
+			}
+			// The global batch is batch_size x max, whatever the ring's size.
+			s.Workers, s.MinWorkers = int32(*w.Max), int32(*w.Min)
+		}
+	}
+	if f.MaxRestarts != nil {
+		if *f.MaxRestarts < 0 || *f.MaxRestarts > 1000 {
+			bad(fmt.Sprintf("%d is out of range; give how many failures the job may absorb, 0 to 1000", *f.MaxRestarts), "max_restarts")
+		}
+		s.MaxRestarts = int32(*f.MaxRestarts)
 	}
 	if f.BatchSize != nil {
 		if *f.BatchSize < 1 || *f.BatchSize > 65536 {

@@ -983,7 +983,16 @@ type JobSpec struct {
 	// names (e.g. "fc2.*" for a new classifier head).
 	InitExclude []string `protobuf:"bytes,18,rep,name=init_exclude,json=initExclude,proto3" json:"init_exclude,omitempty"`
 	// How gradients are all-reduced.
-	Collective    *Collective `protobuf:"bytes,17,opt,name=collective,proto3" json:"collective,omitempty"`
+	Collective *Collective `protobuf:"bytes,17,opt,name=collective,proto3" json:"collective,omitempty"`
+	// Elastic jobs (workers: {min, max}): the job starts with at least
+	// min_workers and at most workers (the max), and keeps training while at
+	// least min_workers remain. 0 means a plain job: it starts on exactly
+	// workers, goes on in place with any survivors (at least 1), and takes
+	// idle workers back up to workers.
+	MinWorkers int32 `protobuf:"varint,19,opt,name=min_workers,json=minWorkers,proto3" json:"min_workers,omitempty"`
+	// How many failures (lost or failed ranks) the job absorbs before it
+	// fails for good. Planned leaves and growth do not count.
+	MaxRestarts   int32 `protobuf:"varint,20,opt,name=max_restarts,json=maxRestarts,proto3" json:"max_restarts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1142,6 +1151,20 @@ func (x *JobSpec) GetCollective() *Collective {
 		return x.Collective
 	}
 	return nil
+}
+
+func (x *JobSpec) GetMinWorkers() int32 {
+	if x != nil {
+		return x.MinWorkers
+	}
+	return 0
+}
+
+func (x *JobSpec) GetMaxRestarts() int32 {
+	if x != nil {
+		return x.MaxRestarts
+	}
+	return 0
 }
 
 type ModelConfig struct {
@@ -1631,7 +1654,15 @@ type JobStatus struct {
 	// With resume: the step to load (0: the latest valid checkpoint).
 	ResumeStep int64 `protobuf:"varint,9,opt,name=resume_step,json=resumeStep,proto3" json:"resume_step,omitempty"`
 	// Workers the job runs on when it is next started; 0 means the spec's.
-	Workers       int32 `protobuf:"varint,10,opt,name=workers,proto3" json:"workers,omitempty"`
+	Workers int32 `protobuf:"varint,10,opt,name=workers,proto3" json:"workers,omitempty"`
+	// Failures absorbed so far (in-place recoveries and automatic restarts
+	// from a checkpoint); the job fails when it would exceed max_restarts.
+	Restarts int32 `protobuf:"varint,11,opt,name=restarts,proto3" json:"restarts,omitempty"`
+	// What happened to the job's rings, newest last (bounded).
+	History []*HistoryEntry `protobuf:"bytes,12,rep,name=history,proto3" json:"history,omitempty"`
+	// Workers this job lost to a suspected failure: none of them is given
+	// any job again until it registers anew (a new worker revision).
+	Excluded      []*ExcludedWorker `protobuf:"bytes,13,rep,name=excluded,proto3" json:"excluded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1736,6 +1767,167 @@ func (x *JobStatus) GetWorkers() int32 {
 	return 0
 }
 
+func (x *JobStatus) GetRestarts() int32 {
+	if x != nil {
+		return x.Restarts
+	}
+	return 0
+}
+
+func (x *JobStatus) GetHistory() []*HistoryEntry {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
+func (x *JobStatus) GetExcluded() []*ExcludedWorker {
+	if x != nil {
+		return x.Excluded
+	}
+	return nil
+}
+
+// HistoryEntry is one change of a job's ring: a worker lost, the ring
+// rebuilt, a worker joined or left, a restart from a checkpoint.
+type HistoryEntry struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	TimeMs     int64                  `protobuf:"varint,1,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"`
+	Generation uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	// "lost", "rebuilt", "joined", "left", "restarted", "waiting", "failed".
+	Event  string `protobuf:"bytes,3,opt,name=event,proto3" json:"event,omitempty"`
+	Detail string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	// The job's last recorded step when it happened.
+	Step          int64 `protobuf:"varint,5,opt,name=step,proto3" json:"step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HistoryEntry) Reset() {
+	*x = HistoryEntry{}
+	mi := &file_coordinator_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HistoryEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HistoryEntry) ProtoMessage() {}
+
+func (x *HistoryEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_coordinator_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HistoryEntry.ProtoReflect.Descriptor instead.
+func (*HistoryEntry) Descriptor() ([]byte, []int) {
+	return file_coordinator_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *HistoryEntry) GetTimeMs() int64 {
+	if x != nil {
+		return x.TimeMs
+	}
+	return 0
+}
+
+func (x *HistoryEntry) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *HistoryEntry) GetEvent() string {
+	if x != nil {
+		return x.Event
+	}
+	return ""
+}
+
+func (x *HistoryEntry) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *HistoryEntry) GetStep() int64 {
+	if x != nil {
+		return x.Step
+	}
+	return 0
+}
+
+type ExcludedWorker struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId       string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	WorkerRevision int64                  `protobuf:"varint,2,opt,name=worker_revision,json=workerRevision,proto3" json:"worker_revision,omitempty"`
+	Reason         string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ExcludedWorker) Reset() {
+	*x = ExcludedWorker{}
+	mi := &file_coordinator_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExcludedWorker) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExcludedWorker) ProtoMessage() {}
+
+func (x *ExcludedWorker) ProtoReflect() protoreflect.Message {
+	mi := &file_coordinator_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExcludedWorker.ProtoReflect.Descriptor instead.
+func (*ExcludedWorker) Descriptor() ([]byte, []int) {
+	return file_coordinator_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ExcludedWorker) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *ExcludedWorker) GetWorkerRevision() int64 {
+	if x != nil {
+		return x.WorkerRevision
+	}
+	return 0
+}
+
+func (x *ExcludedWorker) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type JobResult struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	TestAccuracy   float64                `protobuf:"fixed64,1,opt,name=test_accuracy,json=testAccuracy,proto3" json:"test_accuracy,omitempty"`
@@ -1752,7 +1944,7 @@ type JobResult struct {
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_coordinator_proto_msgTypes[23]
+	mi := &file_coordinator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1764,7 +1956,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[23]
+	mi := &file_coordinator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1777,7 +1969,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{23}
+	return file_coordinator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *JobResult) GetTestAccuracy() float64 {
@@ -1824,17 +2016,23 @@ func (x *JobResult) GetEvalLoss() float64 {
 
 // Assignment maps ranks to workers for one ring generation.
 type Assignment struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Generation    uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
-	Ranks         []*RankAssignment      `protobuf:"bytes,2,rep,name=ranks,proto3" json:"ranks,omitempty"`
-	CreatedMs     int64                  `protobuf:"varint,3,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Generation uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	Ranks      []*RankAssignment      `protobuf:"bytes,2,rep,name=ranks,proto3" json:"ranks,omitempty"`
+	CreatedMs  int64                  `protobuf:"varint,3,opt,name=created_ms,json=createdMs,proto3" json:"created_ms,omitempty"`
+	// Set when the generation replaces one that lost a rank: the survivors
+	// abandon the step in flight at once. Otherwise (growth, a planned
+	// leave) they finish it and switch at the next step boundary.
+	Abort bool `protobuf:"varint,4,opt,name=abort,proto3" json:"abort,omitempty"`
+	// Why this generation was made.
+	Reason        string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_coordinator_proto_msgTypes[24]
+	mi := &file_coordinator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +2044,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[24]
+	mi := &file_coordinator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +2057,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{24}
+	return file_coordinator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Assignment) GetGeneration() uint64 {
@@ -1883,6 +2081,20 @@ func (x *Assignment) GetCreatedMs() int64 {
 	return 0
 }
 
+func (x *Assignment) GetAbort() bool {
+	if x != nil {
+		return x.Abort
+	}
+	return false
+}
+
+func (x *Assignment) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type RankAssignment struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Rank     int32                  `protobuf:"varint,1,opt,name=rank,proto3" json:"rank,omitempty"`
@@ -1898,7 +2110,7 @@ type RankAssignment struct {
 
 func (x *RankAssignment) Reset() {
 	*x = RankAssignment{}
-	mi := &file_coordinator_proto_msgTypes[25]
+	mi := &file_coordinator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1910,7 +2122,7 @@ func (x *RankAssignment) String() string {
 func (*RankAssignment) ProtoMessage() {}
 
 func (x *RankAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[25]
+	mi := &file_coordinator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1923,7 +2135,7 @@ func (x *RankAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankAssignment.ProtoReflect.Descriptor instead.
 func (*RankAssignment) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{25}
+	return file_coordinator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RankAssignment) GetRank() int32 {
@@ -1977,7 +2189,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_coordinator_proto_msgTypes[26]
+	mi := &file_coordinator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1989,7 +2201,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[26]
+	mi := &file_coordinator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2002,7 +2214,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{26}
+	return file_coordinator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Progress) GetGeneration() uint64 {
@@ -2084,19 +2296,28 @@ func (x *Progress) GetResult() *JobResult {
 
 // RankReport is what a worker writes when its part of the job fails.
 type RankReport struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Generation    uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
-	Rank          int32                  `protobuf:"varint,2,opt,name=rank,proto3" json:"rank,omitempty"`
-	WorkerId      string                 `protobuf:"bytes,3,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Error         string                 `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
-	TimeMs        int64                  `protobuf:"varint,5,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Generation uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	Rank       int32                  `protobuf:"varint,2,opt,name=rank,proto3" json:"rank,omitempty"`
+	WorkerId   string                 `protobuf:"bytes,3,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Error      string                 `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	TimeMs     int64                  `protobuf:"varint,5,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"`
+	// A ring failure (a peer gone or silent) rather than a failure of the
+	// job itself: the reporting rank keeps its state and waits for a new
+	// generation.
+	Ring bool `protobuf:"varint,6,opt,name=ring,proto3" json:"ring,omitempty"`
+	// The ranks this rank blames for the ring failure (may be empty when a
+	// peer gave up first).
+	Suspects []int32 `protobuf:"varint,7,rep,packed,name=suspects,proto3" json:"suspects,omitempty"`
+	// The worker leaves at a step boundary (SIGTERM: drain, preemption).
+	Leaving       bool `protobuf:"varint,8,opt,name=leaving,proto3" json:"leaving,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RankReport) Reset() {
 	*x = RankReport{}
-	mi := &file_coordinator_proto_msgTypes[27]
+	mi := &file_coordinator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2329,7 @@ func (x *RankReport) String() string {
 func (*RankReport) ProtoMessage() {}
 
 func (x *RankReport) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[27]
+	mi := &file_coordinator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2342,7 @@ func (x *RankReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankReport.ProtoReflect.Descriptor instead.
 func (*RankReport) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{27}
+	return file_coordinator_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RankReport) GetGeneration() uint64 {
@@ -2159,6 +2380,27 @@ func (x *RankReport) GetTimeMs() int64 {
 	return 0
 }
 
+func (x *RankReport) GetRing() bool {
+	if x != nil {
+		return x.Ring
+	}
+	return false
+}
+
+func (x *RankReport) GetSuspects() []int32 {
+	if x != nil {
+		return x.Suspects
+	}
+	return nil
+}
+
+func (x *RankReport) GetLeaving() bool {
+	if x != nil {
+		return x.Leaving
+	}
+	return false
+}
+
 type CheckpointRecord struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Step          int64                  `protobuf:"varint,1,opt,name=step,proto3" json:"step,omitempty"`
@@ -2171,7 +2413,7 @@ type CheckpointRecord struct {
 
 func (x *CheckpointRecord) Reset() {
 	*x = CheckpointRecord{}
-	mi := &file_coordinator_proto_msgTypes[28]
+	mi := &file_coordinator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2183,7 +2425,7 @@ func (x *CheckpointRecord) String() string {
 func (*CheckpointRecord) ProtoMessage() {}
 
 func (x *CheckpointRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[28]
+	mi := &file_coordinator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2196,7 +2438,7 @@ func (x *CheckpointRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRecord.ProtoReflect.Descriptor instead.
 func (*CheckpointRecord) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{28}
+	return file_coordinator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CheckpointRecord) GetStep() int64 {
@@ -2238,15 +2480,18 @@ type Worker struct {
 	RegisteredMs int64    `protobuf:"varint,5,opt,name=registered_ms,json=registeredMs,proto3" json:"registered_ms,omitempty"`
 	Hostname     string   `protobuf:"bytes,6,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	// The job it is assigned to, if any (from its claim, filled in by the API).
-	JobId         string `protobuf:"bytes,7,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	LeaseTtlS     int64  `protobuf:"varint,8,opt,name=lease_ttl_s,json=leaseTtlS,proto3" json:"lease_ttl_s,omitempty"`
+	JobId     string `protobuf:"bytes,7,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	LeaseTtlS int64  `protobuf:"varint,8,opt,name=lease_ttl_s,json=leaseTtlS,proto3" json:"lease_ttl_s,omitempty"`
+	// Why no job is given to this worker until it registers anew (filled in
+	// by the API): a job lost it to a suspected failure.
+	Excluded      string `protobuf:"bytes,9,opt,name=excluded,proto3" json:"excluded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Worker) Reset() {
 	*x = Worker{}
-	mi := &file_coordinator_proto_msgTypes[29]
+	mi := &file_coordinator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2503,7 @@ func (x *Worker) String() string {
 func (*Worker) ProtoMessage() {}
 
 func (x *Worker) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[29]
+	mi := &file_coordinator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2516,7 @@ func (x *Worker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Worker.ProtoReflect.Descriptor instead.
 func (*Worker) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{29}
+	return file_coordinator_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Worker) GetId() string {
@@ -2330,20 +2575,30 @@ func (x *Worker) GetLeaseTtlS() int64 {
 	return 0
 }
 
+func (x *Worker) GetExcluded() string {
+	if x != nil {
+		return x.Excluded
+	}
+	return ""
+}
+
 // Claim binds a worker to a job's ring generation. Written by the
 // coordinator together with the assignment; a worker acts only on its claim.
 type Claim struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Generation    uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
-	Rank          int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	JobId      string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Generation uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
+	Rank       int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
+	// The assignment's abort: a worker that runs an older generation of the
+	// job abandons its step in flight at once instead of at a step boundary.
+	Abort         bool `protobuf:"varint,4,opt,name=abort,proto3" json:"abort,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Claim) Reset() {
 	*x = Claim{}
-	mi := &file_coordinator_proto_msgTypes[30]
+	mi := &file_coordinator_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2355,7 +2610,7 @@ func (x *Claim) String() string {
 func (*Claim) ProtoMessage() {}
 
 func (x *Claim) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[30]
+	mi := &file_coordinator_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2368,7 +2623,7 @@ func (x *Claim) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Claim.ProtoReflect.Descriptor instead.
 func (*Claim) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{30}
+	return file_coordinator_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Claim) GetJobId() string {
@@ -2392,6 +2647,13 @@ func (x *Claim) GetRank() int32 {
 	return 0
 }
 
+func (x *Claim) GetAbort() bool {
+	if x != nil {
+		return x.Abort
+	}
+	return false
+}
+
 // JobEvent is published on NATS by workers (metrics, state changes) and by
 // the coordinator (job state changes).
 type JobEvent struct {
@@ -2409,7 +2671,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_coordinator_proto_msgTypes[31]
+	mi := &file_coordinator_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2421,7 +2683,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[31]
+	mi := &file_coordinator_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2434,7 +2696,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{31}
+	return file_coordinator_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *JobEvent) GetJobId() string {
@@ -2508,7 +2770,7 @@ type StepMetrics struct {
 
 func (x *StepMetrics) Reset() {
 	*x = StepMetrics{}
-	mi := &file_coordinator_proto_msgTypes[32]
+	mi := &file_coordinator_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2520,7 +2782,7 @@ func (x *StepMetrics) String() string {
 func (*StepMetrics) ProtoMessage() {}
 
 func (x *StepMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[32]
+	mi := &file_coordinator_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2533,7 +2795,7 @@ func (x *StepMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepMetrics.ProtoReflect.Descriptor instead.
 func (*StepMetrics) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{32}
+	return file_coordinator_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StepMetrics) GetGeneration() uint64 {
@@ -2605,7 +2867,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_coordinator_proto_msgTypes[33]
+	mi := &file_coordinator_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2617,7 +2879,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[33]
+	mi := &file_coordinator_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2630,7 +2892,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{33}
+	return file_coordinator_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StateChange) GetState() JobState {
@@ -2719,7 +2981,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"assignment\x18\x04 \x01(\v2\x19.ringmaster.v1.AssignmentR\n" +
 	"assignment\x123\n" +
 	"\bprogress\x18\x05 \x01(\v2\x17.ringmaster.v1.ProgressR\bprogress\x12A\n" +
-	"\vcheckpoints\x18\x06 \x03(\v2\x1f.ringmaster.v1.CheckpointRecordR\vcheckpoints\"\x9b\x05\n" +
+	"\vcheckpoints\x18\x06 \x03(\v2\x1f.ringmaster.v1.CheckpointRecordR\vcheckpoints\"\xdf\x05\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x120\n" +
@@ -2745,7 +3007,10 @@ const file_coordinator_proto_rawDesc = "" +
 	"\finit_exclude\x18\x12 \x03(\tR\vinitExclude\x129\n" +
 	"\n" +
 	"collective\x18\x11 \x01(\v2\x19.ringmaster.v1.CollectiveR\n" +
-	"collective\"\xc8\x01\n" +
+	"collective\x12\x1f\n" +
+	"\vmin_workers\x18\x13 \x01(\x05R\n" +
+	"minWorkers\x12!\n" +
+	"\fmax_restarts\x18\x14 \x01(\x05R\vmaxRestarts\"\xc8\x01\n" +
 	"\vModelConfig\x12\x14\n" +
 	"\x05vocab\x18\x01 \x01(\x05R\x05vocab\x12\x10\n" +
 	"\x03ctx\x18\x02 \x01(\x05R\x03ctx\x12\x16\n" +
@@ -2788,7 +3053,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"keep_every\x18\x04 \x01(\x03R\tkeepEvery\x12 \n" +
 	"\vsynchronous\x18\x05 \x01(\bR\vsynchronous\x12\x17\n" +
 	"\aif_busy\x18\x06 \x01(\tR\x06ifBusy\x12\x1a\n" +
-	"\bchecksum\x18\a \x01(\tR\bchecksum\"\xdc\x02\n" +
+	"\bchecksum\x18\a \x01(\tR\bchecksum\"\xea\x03\n" +
 	"\tJobStatus\x12-\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x17.ringmaster.v1.JobStateR\x05state\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1d\n" +
@@ -2803,7 +3068,22 @@ const file_coordinator_proto_rawDesc = "" +
 	"\vresume_step\x18\t \x01(\x03R\n" +
 	"resumeStep\x12\x18\n" +
 	"\aworkers\x18\n" +
-	" \x01(\x05R\aworkers\"\xce\x01\n" +
+	" \x01(\x05R\aworkers\x12\x1a\n" +
+	"\brestarts\x18\v \x01(\x05R\brestarts\x125\n" +
+	"\ahistory\x18\f \x03(\v2\x1b.ringmaster.v1.HistoryEntryR\ahistory\x129\n" +
+	"\bexcluded\x18\r \x03(\v2\x1d.ringmaster.v1.ExcludedWorkerR\bexcluded\"\x89\x01\n" +
+	"\fHistoryEntry\x12\x17\n" +
+	"\atime_ms\x18\x01 \x01(\x03R\x06timeMs\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x02 \x01(\x04R\n" +
+	"generation\x12\x14\n" +
+	"\x05event\x18\x03 \x01(\tR\x05event\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x12\n" +
+	"\x04step\x18\x05 \x01(\x03R\x04step\"n\n" +
+	"\x0eExcludedWorker\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12'\n" +
+	"\x0fworker_revision\x18\x02 \x01(\x03R\x0eworkerRevision\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xce\x01\n" +
 	"\tJobResult\x12#\n" +
 	"\rtest_accuracy\x18\x01 \x01(\x01R\ftestAccuracy\x12!\n" +
 	"\ftest_samples\x18\x02 \x01(\x03R\vtestSamples\x12'\n" +
@@ -2811,7 +3091,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"\n" +
 	"final_loss\x18\x04 \x01(\x01R\tfinalLoss\x12\x14\n" +
 	"\x05steps\x18\x05 \x01(\x03R\x05steps\x12\x1b\n" +
-	"\teval_loss\x18\x06 \x01(\x01R\bevalLoss\"\x80\x01\n" +
+	"\teval_loss\x18\x06 \x01(\x01R\bevalLoss\"\xae\x01\n" +
 	"\n" +
 	"Assignment\x12\x1e\n" +
 	"\n" +
@@ -2819,7 +3099,9 @@ const file_coordinator_proto_rawDesc = "" +
 	"generation\x123\n" +
 	"\x05ranks\x18\x02 \x03(\v2\x1d.ringmaster.v1.RankAssignmentR\x05ranks\x12\x1d\n" +
 	"\n" +
-	"created_ms\x18\x03 \x01(\x03R\tcreatedMs\"~\n" +
+	"created_ms\x18\x03 \x01(\x03R\tcreatedMs\x12\x14\n" +
+	"\x05abort\x18\x04 \x01(\bR\x05abort\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"~\n" +
 	"\x0eRankAssignment\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
@@ -2841,7 +3123,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"updated_ms\x18\t \x01(\x03R\tupdatedMs\x12\x12\n" +
 	"\x04done\x18\n" +
 	" \x01(\bR\x04done\x120\n" +
-	"\x06result\x18\v \x01(\v2\x18.ringmaster.v1.JobResultR\x06result\"\x8c\x01\n" +
+	"\x06result\x18\v \x01(\v2\x18.ringmaster.v1.JobResultR\x06result\"\xd6\x01\n" +
 	"\n" +
 	"RankReport\x12\x1e\n" +
 	"\n" +
@@ -2850,13 +3132,16 @@ const file_coordinator_proto_rawDesc = "" +
 	"\x04rank\x18\x02 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tworker_id\x18\x03 \x01(\tR\bworkerId\x12\x14\n" +
 	"\x05error\x18\x04 \x01(\tR\x05error\x12\x17\n" +
-	"\atime_ms\x18\x05 \x01(\x03R\x06timeMs\"p\n" +
+	"\atime_ms\x18\x05 \x01(\x03R\x06timeMs\x12\x12\n" +
+	"\x04ring\x18\x06 \x01(\bR\x04ring\x12\x1a\n" +
+	"\bsuspects\x18\a \x03(\x05R\bsuspects\x12\x18\n" +
+	"\aleaving\x18\b \x01(\bR\aleaving\"p\n" +
 	"\x10CheckpointRecord\x12\x12\n" +
 	"\x04step\x18\x01 \x01(\x03R\x04step\x12\x10\n" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\x12\x17\n" +
-	"\atime_ms\x18\x04 \x01(\x03R\x06timeMs\"\xd8\x01\n" +
+	"\atime_ms\x18\x04 \x01(\x03R\x06timeMs\"\xf4\x01\n" +
 	"\x06Worker\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x18\n" +
@@ -2865,13 +3150,15 @@ const file_coordinator_proto_rawDesc = "" +
 	"\rregistered_ms\x18\x05 \x01(\x03R\fregisteredMs\x12\x1a\n" +
 	"\bhostname\x18\x06 \x01(\tR\bhostname\x12\x15\n" +
 	"\x06job_id\x18\a \x01(\tR\x05jobId\x12\x1e\n" +
-	"\vlease_ttl_s\x18\b \x01(\x03R\tleaseTtlS\"R\n" +
+	"\vlease_ttl_s\x18\b \x01(\x03R\tleaseTtlS\x12\x1a\n" +
+	"\bexcluded\x18\t \x01(\tR\bexcluded\"h\n" +
 	"\x05Claim\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x02 \x01(\x04R\n" +
 	"generation\x12\x12\n" +
-	"\x04rank\x18\x03 \x01(\x05R\x04rank\"\xa9\x01\n" +
+	"\x04rank\x18\x03 \x01(\x05R\x04rank\x12\x14\n" +
+	"\x05abort\x18\x04 \x01(\bR\x05abort\"\xa9\x01\n" +
 	"\bJobEvent\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x17\n" +
 	"\atime_ms\x18\x02 \x01(\x03R\x06timeMs\x120\n" +
@@ -2926,7 +3213,7 @@ func file_coordinator_proto_rawDescGZIP() []byte {
 }
 
 var file_coordinator_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_coordinator_proto_goTypes = []any{
 	(JobState)(0),                   // 0: ringmaster.v1.JobState
 	(*InfoRequest)(nil),             // 1: ringmaster.v1.InfoRequest
@@ -2952,63 +3239,67 @@ var file_coordinator_proto_goTypes = []any{
 	(*Optimizer)(nil),               // 21: ringmaster.v1.Optimizer
 	(*CheckpointPolicy)(nil),        // 22: ringmaster.v1.CheckpointPolicy
 	(*JobStatus)(nil),               // 23: ringmaster.v1.JobStatus
-	(*JobResult)(nil),               // 24: ringmaster.v1.JobResult
-	(*Assignment)(nil),              // 25: ringmaster.v1.Assignment
-	(*RankAssignment)(nil),          // 26: ringmaster.v1.RankAssignment
-	(*Progress)(nil),                // 27: ringmaster.v1.Progress
-	(*RankReport)(nil),              // 28: ringmaster.v1.RankReport
-	(*CheckpointRecord)(nil),        // 29: ringmaster.v1.CheckpointRecord
-	(*Worker)(nil),                  // 30: ringmaster.v1.Worker
-	(*Claim)(nil),                   // 31: ringmaster.v1.Claim
-	(*JobEvent)(nil),                // 32: ringmaster.v1.JobEvent
-	(*StepMetrics)(nil),             // 33: ringmaster.v1.StepMetrics
-	(*StateChange)(nil),             // 34: ringmaster.v1.StateChange
+	(*HistoryEntry)(nil),            // 24: ringmaster.v1.HistoryEntry
+	(*ExcludedWorker)(nil),          // 25: ringmaster.v1.ExcludedWorker
+	(*JobResult)(nil),               // 26: ringmaster.v1.JobResult
+	(*Assignment)(nil),              // 27: ringmaster.v1.Assignment
+	(*RankAssignment)(nil),          // 28: ringmaster.v1.RankAssignment
+	(*Progress)(nil),                // 29: ringmaster.v1.Progress
+	(*RankReport)(nil),              // 30: ringmaster.v1.RankReport
+	(*CheckpointRecord)(nil),        // 31: ringmaster.v1.CheckpointRecord
+	(*Worker)(nil),                  // 32: ringmaster.v1.Worker
+	(*Claim)(nil),                   // 33: ringmaster.v1.Claim
+	(*JobEvent)(nil),                // 34: ringmaster.v1.JobEvent
+	(*StepMetrics)(nil),             // 35: ringmaster.v1.StepMetrics
+	(*StateChange)(nil),             // 36: ringmaster.v1.StateChange
 }
 var file_coordinator_proto_depIdxs = []int32{
 	16, // 0: ringmaster.v1.ListJobsResponse.jobs:type_name -> ringmaster.v1.Job
 	12, // 1: ringmaster.v1.ListCheckpointsResponse.checkpoints:type_name -> ringmaster.v1.CheckpointInfo
-	30, // 2: ringmaster.v1.ListWorkersResponse.workers:type_name -> ringmaster.v1.Worker
+	32, // 2: ringmaster.v1.ListWorkersResponse.workers:type_name -> ringmaster.v1.Worker
 	17, // 3: ringmaster.v1.Job.spec:type_name -> ringmaster.v1.JobSpec
 	23, // 4: ringmaster.v1.Job.status:type_name -> ringmaster.v1.JobStatus
-	25, // 5: ringmaster.v1.Job.assignment:type_name -> ringmaster.v1.Assignment
-	27, // 6: ringmaster.v1.Job.progress:type_name -> ringmaster.v1.Progress
-	29, // 7: ringmaster.v1.Job.checkpoints:type_name -> ringmaster.v1.CheckpointRecord
+	27, // 5: ringmaster.v1.Job.assignment:type_name -> ringmaster.v1.Assignment
+	29, // 6: ringmaster.v1.Job.progress:type_name -> ringmaster.v1.Progress
+	31, // 7: ringmaster.v1.Job.checkpoints:type_name -> ringmaster.v1.CheckpointRecord
 	20, // 8: ringmaster.v1.JobSpec.dataset:type_name -> ringmaster.v1.Dataset
 	21, // 9: ringmaster.v1.JobSpec.optimizer:type_name -> ringmaster.v1.Optimizer
 	22, // 10: ringmaster.v1.JobSpec.checkpoint:type_name -> ringmaster.v1.CheckpointPolicy
 	18, // 11: ringmaster.v1.JobSpec.model_config:type_name -> ringmaster.v1.ModelConfig
 	19, // 12: ringmaster.v1.JobSpec.collective:type_name -> ringmaster.v1.Collective
 	0,  // 13: ringmaster.v1.JobStatus.state:type_name -> ringmaster.v1.JobState
-	24, // 14: ringmaster.v1.JobStatus.result:type_name -> ringmaster.v1.JobResult
-	26, // 15: ringmaster.v1.Assignment.ranks:type_name -> ringmaster.v1.RankAssignment
-	24, // 16: ringmaster.v1.Progress.result:type_name -> ringmaster.v1.JobResult
-	33, // 17: ringmaster.v1.JobEvent.step:type_name -> ringmaster.v1.StepMetrics
-	34, // 18: ringmaster.v1.JobEvent.state:type_name -> ringmaster.v1.StateChange
-	0,  // 19: ringmaster.v1.StateChange.state:type_name -> ringmaster.v1.JobState
-	24, // 20: ringmaster.v1.StateChange.result:type_name -> ringmaster.v1.JobResult
-	1,  // 21: ringmaster.v1.Coordinator.Info:input_type -> ringmaster.v1.InfoRequest
-	3,  // 22: ringmaster.v1.Coordinator.SubmitJob:input_type -> ringmaster.v1.SubmitJobRequest
-	5,  // 23: ringmaster.v1.Coordinator.ListJobs:input_type -> ringmaster.v1.ListJobsRequest
-	7,  // 24: ringmaster.v1.Coordinator.GetJob:input_type -> ringmaster.v1.GetJobRequest
-	8,  // 25: ringmaster.v1.Coordinator.CancelJob:input_type -> ringmaster.v1.CancelJobRequest
-	9,  // 26: ringmaster.v1.Coordinator.ResumeJob:input_type -> ringmaster.v1.ResumeJobRequest
-	10, // 27: ringmaster.v1.Coordinator.ListCheckpoints:input_type -> ringmaster.v1.ListCheckpointsRequest
-	13, // 28: ringmaster.v1.Coordinator.ListWorkers:input_type -> ringmaster.v1.ListWorkersRequest
-	15, // 29: ringmaster.v1.Coordinator.WatchJob:input_type -> ringmaster.v1.WatchJobRequest
-	2,  // 30: ringmaster.v1.Coordinator.Info:output_type -> ringmaster.v1.InfoResponse
-	4,  // 31: ringmaster.v1.Coordinator.SubmitJob:output_type -> ringmaster.v1.SubmitJobResponse
-	6,  // 32: ringmaster.v1.Coordinator.ListJobs:output_type -> ringmaster.v1.ListJobsResponse
-	16, // 33: ringmaster.v1.Coordinator.GetJob:output_type -> ringmaster.v1.Job
-	16, // 34: ringmaster.v1.Coordinator.CancelJob:output_type -> ringmaster.v1.Job
-	16, // 35: ringmaster.v1.Coordinator.ResumeJob:output_type -> ringmaster.v1.Job
-	11, // 36: ringmaster.v1.Coordinator.ListCheckpoints:output_type -> ringmaster.v1.ListCheckpointsResponse
-	14, // 37: ringmaster.v1.Coordinator.ListWorkers:output_type -> ringmaster.v1.ListWorkersResponse
-	32, // 38: ringmaster.v1.Coordinator.WatchJob:output_type -> ringmaster.v1.JobEvent
-	30, // [30:39] is the sub-list for method output_type
-	21, // [21:30] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	26, // 14: ringmaster.v1.JobStatus.result:type_name -> ringmaster.v1.JobResult
+	24, // 15: ringmaster.v1.JobStatus.history:type_name -> ringmaster.v1.HistoryEntry
+	25, // 16: ringmaster.v1.JobStatus.excluded:type_name -> ringmaster.v1.ExcludedWorker
+	28, // 17: ringmaster.v1.Assignment.ranks:type_name -> ringmaster.v1.RankAssignment
+	26, // 18: ringmaster.v1.Progress.result:type_name -> ringmaster.v1.JobResult
+	35, // 19: ringmaster.v1.JobEvent.step:type_name -> ringmaster.v1.StepMetrics
+	36, // 20: ringmaster.v1.JobEvent.state:type_name -> ringmaster.v1.StateChange
+	0,  // 21: ringmaster.v1.StateChange.state:type_name -> ringmaster.v1.JobState
+	26, // 22: ringmaster.v1.StateChange.result:type_name -> ringmaster.v1.JobResult
+	1,  // 23: ringmaster.v1.Coordinator.Info:input_type -> ringmaster.v1.InfoRequest
+	3,  // 24: ringmaster.v1.Coordinator.SubmitJob:input_type -> ringmaster.v1.SubmitJobRequest
+	5,  // 25: ringmaster.v1.Coordinator.ListJobs:input_type -> ringmaster.v1.ListJobsRequest
+	7,  // 26: ringmaster.v1.Coordinator.GetJob:input_type -> ringmaster.v1.GetJobRequest
+	8,  // 27: ringmaster.v1.Coordinator.CancelJob:input_type -> ringmaster.v1.CancelJobRequest
+	9,  // 28: ringmaster.v1.Coordinator.ResumeJob:input_type -> ringmaster.v1.ResumeJobRequest
+	10, // 29: ringmaster.v1.Coordinator.ListCheckpoints:input_type -> ringmaster.v1.ListCheckpointsRequest
+	13, // 30: ringmaster.v1.Coordinator.ListWorkers:input_type -> ringmaster.v1.ListWorkersRequest
+	15, // 31: ringmaster.v1.Coordinator.WatchJob:input_type -> ringmaster.v1.WatchJobRequest
+	2,  // 32: ringmaster.v1.Coordinator.Info:output_type -> ringmaster.v1.InfoResponse
+	4,  // 33: ringmaster.v1.Coordinator.SubmitJob:output_type -> ringmaster.v1.SubmitJobResponse
+	6,  // 34: ringmaster.v1.Coordinator.ListJobs:output_type -> ringmaster.v1.ListJobsResponse
+	16, // 35: ringmaster.v1.Coordinator.GetJob:output_type -> ringmaster.v1.Job
+	16, // 36: ringmaster.v1.Coordinator.CancelJob:output_type -> ringmaster.v1.Job
+	16, // 37: ringmaster.v1.Coordinator.ResumeJob:output_type -> ringmaster.v1.Job
+	11, // 38: ringmaster.v1.Coordinator.ListCheckpoints:output_type -> ringmaster.v1.ListCheckpointsResponse
+	14, // 39: ringmaster.v1.Coordinator.ListWorkers:output_type -> ringmaster.v1.ListWorkersResponse
+	34, // 40: ringmaster.v1.Coordinator.WatchJob:output_type -> ringmaster.v1.JobEvent
+	32, // [32:41] is the sub-list for method output_type
+	23, // [23:32] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_coordinator_proto_init() }
@@ -3016,7 +3307,7 @@ func file_coordinator_proto_init() {
 	if File_coordinator_proto != nil {
 		return
 	}
-	file_coordinator_proto_msgTypes[31].OneofWrappers = []any{
+	file_coordinator_proto_msgTypes[33].OneofWrappers = []any{
 		(*JobEvent_Step)(nil),
 		(*JobEvent_State)(nil),
 	}
@@ -3026,7 +3317,7 @@ func file_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coordinator_proto_rawDesc), len(file_coordinator_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
