@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -47,7 +46,8 @@ func NewWorkerCommand() *cobra.Command {
 	f.StringVar(&cfg.Device, "device", "cpu", "compute device")
 	f.IntVar(&cfg.Threads, "threads", 0, "goroutines per compute kernel (0: all CPUs)")
 	f.StringVar(&cfg.CacheDir, "cache-dir", "", "where dataset shards from object storage are staged while in use (default: the temporary directory)")
-	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", 5*time.Second, "registration lease TTL: a dead worker is noticed within it")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", worker.DefaultLeaseTTL, "registration lease TTL: a dead or hung worker is noticed within it")
+	f.StringVar(&cfg.SampleLog, "sample-log", "", "append one line per committed step to this file (which samples the ring consumed; for tests)")
 	addLogFlags(cmd, &lf)
 	return cmd
 }

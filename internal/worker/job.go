@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 	"github.com/ringmaster/ringmaster/internal/jobspec"
@@ -19,11 +22,22 @@ import (
 	"github.com/ringmaster/ringmaster/pkg/tokens"
 )
 
-// jobRun is one rank of one job generation running on this worker.
+// jobRun is this worker's part in one job, across the job's ring
+// generations: a newer claim for the same job moves the running trainer
+// onto the new ring instead of starting over.
 type jobRun struct {
-	claim  *pb.Claim
+	jobID  string
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	mu     sync.Mutex
+	latest *pb.Claim
+	value  string        // the latest claim as stored: progress writes are guarded by it
+	next   chan struct{} // closed by the next update
+}
+
+func newJobRun(c *pb.Claim, value string, cancel context.CancelFunc) *jobRun {
+	return &jobRun{jobID: c.JobId, cancel: cancel, done: make(chan struct{}), latest: c, value: value, next: make(chan struct{})}
 }
 
 // stop cancels the run and waits for it; a nil run is a no-op.
@@ -35,14 +49,58 @@ func (r *jobRun) stop() {
 	<-r.done
 }
 
+// finished reports whether the run has ended.
+func (r *jobRun) finished() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// update hands the run a claim of a newer generation of its job.
+func (r *jobRun) update(c *pb.Claim, value string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c.Generation > r.latest.Generation {
+		r.latest, r.value = c, value
+		close(r.next)
+		r.next = make(chan struct{})
+	}
+}
+
+// current returns the newest claim, and a channel closed when a newer one
+// arrives.
+func (r *jobRun) current() (*pb.Claim, string, <-chan struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.latest, r.value, r.next
+}
+
+// waitNewer waits for a claim of a generation after gen.
+func (r *jobRun) waitNewer(ctx context.Context, gen uint64) (*pb.Claim, string, error) {
+	for {
+		c, v, next := r.current()
+		if c.Generation > gen {
+			return c, v, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, "", ctx.Err()
+		case <-next:
+		}
+	}
+}
+
 func (w *Worker) startJob(parent context.Context, c *pb.Claim, claimValue string) *jobRun {
 	ctx, cancel := context.WithCancel(parent)
-	r := &jobRun{claim: c, cancel: cancel, done: make(chan struct{})}
-	log := w.log.With(zap.String("job", c.JobId), zap.Uint64("generation", c.Generation), zap.Int32("rank", c.Rank))
+	r := newJobRun(c, claimValue, cancel)
+	log := w.log.With(zap.String("job", c.JobId))
 	go func() {
 		defer close(r.done)
-		log.Info("claimed for a job")
-		err := w.runJob(ctx, c, claimValue, log)
+		log.Info("claimed for a job", zap.Uint64("generation", c.Generation), zap.Int32("rank", c.Rank))
+		last, err := w.runJob(ctx, r, log)
 		switch {
 		case err == nil:
 			log.Info("job rank finished")
@@ -50,100 +108,173 @@ func (w *Worker) startJob(parent context.Context, c *pb.Claim, claimValue string
 			log.Info("job rank stopped", zap.NamedError("cause", err))
 		default:
 			log.Error("job rank failed", zap.Error(err))
-			w.report(c, err, log)
+			w.report(&pb.RankReport{Generation: last.Generation, Rank: last.Rank, Error: err.Error()}, c.JobId, log)
 		}
 	}()
 	return r
 }
 
-// report records a rank's failure for the coordinator to act on.
-func (w *Worker) report(c *pb.Claim, cause error, log *zap.Logger) {
+// report records a rank's failure for the coordinator to act on: a ring
+// failure (the coordinator rebuilds the ring without the suspects) or a
+// failure of the job itself (the coordinator fails the job).
+func (w *Worker) report(rep *pb.RankReport, jobID string, log *zap.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), w.cfg.RequestTimeout)
 	defer cancel()
-	rep := &pb.RankReport{Generation: c.Generation, Rank: c.Rank, WorkerId: w.cfg.ID, Error: cause.Error(), TimeMs: time.Now().UnixMilli()}
-	if _, err := w.etcd.Put(ctx, w.keys.Report(c.JobId, c.Rank), state.Marshal(rep)); err != nil {
+	rep.WorkerId, rep.TimeMs = w.cfg.ID, time.Now().UnixMilli()
+	if _, err := w.etcd.Put(ctx, w.keys.Report(jobID, rep.Rank), state.Marshal(rep)); err != nil {
 		log.Error("could not record the failure in etcd", zap.Error(err))
 	}
-	_ = w.pub.Publish(&pb.JobEvent{JobId: c.JobId, Event: &pb.JobEvent_State{State: &pb.StateChange{
-		Detail: fmt.Sprintf("rank %d on worker %s failed: %v", c.Rank, w.cfg.ID, cause)}}})
+	what := "failed"
+	if rep.Ring {
+		what = "lost its ring"
+	}
+	_ = w.pub.Publish(&pb.JobEvent{JobId: jobID, TimeMs: rep.TimeMs, Event: &pb.JobEvent_State{State: &pb.StateChange{
+		Detail: fmt.Sprintf("rank %d on worker %s %s (generation %d): %s", rep.Rank, w.cfg.ID, what, rep.Generation, rep.Error)}}})
 }
 
-func (w *Worker) runJob(ctx context.Context, c *pb.Claim, claimValue string, log *zap.Logger) error {
-	k := w.keys
-	rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
-	resp, err := w.etcd.Get(rctx, k.Job(c.JobId), clientv3.WithPrefix())
-	cancel()
+// runJob runs this worker's part of a job: it prepares the trainer once,
+// then trains on each ring generation its claims name. When a ring breaks
+// (a peer is gone or silent) it reports whom it suspects and waits, with
+// its state, for the coordinator's next generation; when a newer claim
+// arrives it leaves the current ring at once (abort) or at the next step
+// boundary. It returns the claim it last acted on.
+func (w *Worker) runJob(ctx context.Context, r *jobRun, log *zap.Logger) (*pb.Claim, error) {
+	c, claimValue, _ := r.current()
+	spec, st, err := w.readJob(ctx, c.JobId)
 	if err != nil {
-		return fmt.Errorf("reading job %s: %w", c.JobId, err)
+		return c, err
 	}
-	var spec pb.JobSpec
-	var st pb.JobStatus
-	var asg pb.Assignment
-	found := 0
-	for _, kv := range resp.Kvs {
-		switch string(kv.Key) {
-		case k.Spec(c.JobId):
-			err, found = state.Unmarshal(kv.Value, &spec), found+1
-		case k.Status(c.JobId):
-			err, found = state.Unmarshal(kv.Value, &st), found+1
-		case k.Assignment(c.JobId):
-			err, found = state.Unmarshal(kv.Value, &asg), found+1
-		}
-		if err != nil {
-			return fmt.Errorf("decoding %s: %w", kv.Key, err)
-		}
-	}
-	if found != 3 {
-		return fmt.Errorf("job %s is incomplete in etcd", c.JobId)
-	}
-	if asg.Generation != c.Generation {
-		return fmt.Errorf("claim is for generation %d but the assignment is at %d", c.Generation, asg.Generation)
-	}
-	world := len(asg.Ranks)
-	rank := int(c.Rank)
-	if rank >= world || asg.Ranks[rank].WorkerId != w.cfg.ID {
-		return fmt.Errorf("assignment does not give rank %d to this worker", rank)
-	}
-	train, eval, closeData, err := w.openData(ctx, &spec, log)
+	train, eval, closeData, err := w.openData(ctx, spec, log)
 	if err != nil {
-		return err
+		return c, err
 	}
 	defer closeData()
-	timeout := time.Duration(spec.CollectiveTimeoutMs) * time.Millisecond
-
-	start, err := w.startState(ctx, &spec, &st, c.JobId, rank, world, log)
+	asg, err := w.readAssignment(ctx, c)
+	for errors.Is(err, errStaleClaim) {
+		if c, claimValue, err = r.waitNewer(ctx, c.Generation); err == nil {
+			asg, err = w.readAssignment(ctx, c)
+		}
+	}
 	if err != nil {
-		return err
+		return c, err
+	}
+	start, err := w.startState(ctx, spec, st, c.JobId, int(c.Rank), len(asg.Ranks), log)
+	if err != nil {
+		return c, err
 	}
 	var init *checkpoint.State
 	if start == nil && spec.InitFrom != "" {
-		if init, err = w.initState(ctx, &spec, log); err != nil {
-			return err
+		if init, err = w.initState(ctx, spec, log); err != nil {
+			return c, err
 		}
 	}
-	var mgr *checkpoint.Manager
-	if rank == 0 {
-		store, err := checkpoint.Open(spec.Checkpoint.Store)
+	// Any rank may become rank 0, which saves.
+	store, err := checkpoint.Open(spec.Checkpoint.Store)
+	if err != nil {
+		return c, err
+	}
+	mgr := w.manager(store, c.JobId, spec, log)
+	t := &Trainer{JobID: c.JobId, Spec: spec, Train: train, Eval: eval, Backend: w.be, Start: start, Init: init,
+		Log: log, World: len(asg.Ranks), CommitHook: w.commitHook(c.JobId)}
+	if err := t.Prepare(ctx); err != nil {
+		return c, err
+	}
+	defer t.Close()
+	for {
+		err := w.runGeneration(ctx, r, t, c, claimValue, asg, mgr, log)
+		if err == nil || ctx.Err() != nil {
+			return c, err
+		}
+		nc, _, _ := r.current()
+		newer := nc.Generation > c.Generation
+		var ringErr *allreduce.RingError
+		var dialErr *allreduce.DialError
+		switch {
+		case newer || errors.Is(err, ErrYield):
+			log.Info("leaving the ring for the next generation", zap.Uint64("generation", c.Generation), zap.Int64("step", t.step), zap.NamedError("cause", err))
+		case errors.As(err, &ringErr) || errors.Is(err, errDial):
+			rep := &pb.RankReport{Generation: c.Generation, Rank: c.Rank, Error: err.Error(), Ring: true}
+			if ringErr != nil && ringErr.Culprit >= 0 && ringErr.Culprit != int(c.Rank) {
+				rep.Suspects = []int32{int32(ringErr.Culprit)}
+			}
+			if errors.As(err, &dialErr) {
+				for _, r := range dialErr.Ranks {
+					rep.Suspects = append(rep.Suspects, int32(r))
+				}
+			}
+			log.Warn("the ring broke; keeping the committed state and waiting for the next generation",
+				zap.Int64("step", t.step), zap.Int32s("suspects", rep.Suspects), zap.Error(err))
+			w.report(rep, c.JobId, log)
+		default:
+			return c, err
+		}
+		for {
+			if c, claimValue, err = r.waitNewer(ctx, c.Generation); err != nil {
+				return c, err
+			}
+			if asg, err = w.readAssignment(ctx, c); !errors.Is(err, errStaleClaim) {
+				break
+			}
+		}
 		if err != nil {
-			return err
+			return c, err
 		}
-		mgr = w.manager(store, c.JobId, &spec, log)
 	}
+}
 
-	dctx, cancel := context.WithTimeout(ctx, max(timeout, 30*time.Second))
+// errStaleClaim: the job has moved on to a newer generation than the
+// claim; its claim follows (or is deleted).
+var errStaleClaim = errors.New("a newer generation exists")
+
+// errDial marks a failure to connect a new ring.
+var errDial = errors.New("connecting the ring")
+
+// runGeneration trains on one ring generation until the job is done, the
+// ring breaks, or a newer claim ends it.
+func (w *Worker) runGeneration(ctx context.Context, r *jobRun, t *Trainer, c *pb.Claim, claimValue string, asg *pb.Assignment, mgr *checkpoint.Manager, log *zap.Logger) error {
+	gctx, gcancel := context.WithCancel(ctx)
+	defer gcancel()
+	// A newer claim ends this generation: at once when it says abort (a
+	// rank was lost, the step in flight cannot finish), otherwise after
+	// the step in flight, which every rank learns in the step's last
+	// all-reduce.
+	var follow sync.WaitGroup
+	follow.Add(1)
+	go func() {
+		defer follow.Done()
+		for {
+			nc, _, next := r.current()
+			if nc.Generation > c.Generation {
+				if nc.Abort {
+					gcancel()
+					return
+				}
+				t.RequestYield()
+			}
+			select {
+			case <-gctx.Done():
+				return
+			case <-next:
+			}
+		}
+	}()
+	defer follow.Wait()
+	defer gcancel()
+
+	rank, world := int(c.Rank), len(asg.Ranks)
+	timeout := time.Duration(t.Spec.CollectiveTimeoutMs) * time.Millisecond
+	dctx, cancel := context.WithTimeout(gctx, max(timeout, 30*time.Second))
 	addrs := make([]string, world)
 	for i, rk := range asg.Ranks {
 		addrs[i] = rk.Addr
 	}
-	tr, err := w.hub.Dial(dctx, allreduce.Peering{
-		Job: c.JobId, Generation: c.Generation, Rank: rank, World: world, Addrs: addrs,
-	})
+	tr, err := w.hub.Dial(dctx, allreduce.Peering{Job: c.JobId, Generation: c.Generation, Rank: rank, World: world, Addrs: addrs})
 	cancel()
 	if err != nil {
-		return err
+		return fmt.Errorf("%w of generation %d: %w", errDial, c.Generation, err)
 	}
 	wire := allreduce.WireF32
-	if spec.Collective.GetWire() == "bf16" {
+	if t.Spec.Collective.GetWire() == "bf16" {
 		wire = allreduce.WireBF16
 	}
 	comm, err := allreduce.New(allreduce.Config{Rank: rank, World: world, Generation: c.Generation, Timeout: timeout, Wire: wire}, tr)
@@ -154,14 +285,72 @@ func (w *Worker) runJob(ctx context.Context, c *pb.Claim, claimValue string, log
 		return err
 	}
 	defer comm.Close()
-
-	t := &Trainer{
-		JobID: c.JobId, Spec: &spec, Rank: rank, World: world, Generation: c.Generation,
-		Comm: comm, Train: train, Eval: eval, Backend: w.be, Checkpoints: mgr, Start: start, Init: init, Log: log,
-		Reporter: &etcdReporter{w: w, jobID: c.JobId, claimKey: k.Claim(w.cfg.ID), claimValue: claimValue, log: log},
+	var ckpts *checkpoint.Manager
+	if rank == 0 {
+		ckpts = mgr
 	}
-	_, err = t.Run(ctx)
+	rep := &etcdReporter{w: w, jobID: c.JobId, claimKey: w.keys.Claim(w.cfg.ID), claimValue: claimValue, log: log}
+	if err := t.Join(gctx, Ring{Rank: rank, World: world, Generation: c.Generation, Comm: comm, Checkpoints: ckpts, Reporter: rep}); err != nil {
+		return err
+	}
+	for !t.Done() {
+		if err := t.Step(gctx); err != nil {
+			return err
+		}
+	}
+	_, err = t.Finish(gctx)
 	return err
+}
+
+// readJob reads a job's spec and status.
+func (w *Worker) readJob(ctx context.Context, jobID string) (*pb.JobSpec, *pb.JobStatus, error) {
+	k := w.keys
+	rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
+	resp, err := w.etcd.Txn(rctx).Then(clientv3.OpGet(k.Spec(jobID)), clientv3.OpGet(k.Status(jobID))).Commit()
+	cancel()
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading job %s: %w", jobID, err)
+	}
+	spec, st := &pb.JobSpec{}, &pb.JobStatus{}
+	for i, m := range []proto.Message{spec, st} {
+		kvs := resp.Responses[i].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			return nil, nil, fmt.Errorf("job %s is incomplete in etcd", jobID)
+		}
+		if err := state.Unmarshal(kvs[0].Value, m); err != nil {
+			return nil, nil, fmt.Errorf("decoding %s: %w", kvs[0].Key, err)
+		}
+	}
+	return spec, st, nil
+}
+
+// readAssignment reads the job's assignment of claim c's generation and
+// checks that it gives c's rank to this worker.
+func (w *Worker) readAssignment(ctx context.Context, c *pb.Claim) (*pb.Assignment, error) {
+	rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
+	resp, err := w.etcd.Get(rctx, w.keys.Assignment(c.JobId))
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("reading the assignment of job %s: %w", c.JobId, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("job %s has no assignment", c.JobId)
+	}
+	asg := &pb.Assignment{}
+	if err := state.Unmarshal(resp.Kvs[0].Value, asg); err != nil {
+		return nil, fmt.Errorf("decoding the assignment of job %s: %w", c.JobId, err)
+	}
+	if asg.Generation > c.Generation {
+		return nil, fmt.Errorf("%w: claim is for generation %d but the assignment is at %d", errStaleClaim, c.Generation, asg.Generation)
+	}
+	if asg.Generation != c.Generation {
+		return nil, fmt.Errorf("claim is for generation %d but the assignment is at %d", c.Generation, asg.Generation)
+	}
+	rank := int(c.Rank)
+	if rank >= len(asg.Ranks) || asg.Ranks[rank].WorkerId != w.cfg.ID {
+		return nil, fmt.Errorf("assignment does not give rank %d to this worker", rank)
+	}
+	return asg, nil
 }
 
 // manager returns the checkpoint manager of a job's checkpoints under
@@ -401,4 +590,23 @@ func (r *etcdReporter) Checkpoint(ctx context.Context, rec *pb.CheckpointRecord)
 	_ = r.w.pub.Publish(&pb.JobEvent{JobId: r.jobID, Event: &pb.JobEvent_State{State: &pb.StateChange{
 		Detail: fmt.Sprintf("checkpoint at step %d saved to %s", rec.Step, rec.Url)}}})
 	return r.put(ctx, r.w.keys.Checkpoint(r.jobID, rec.Step), state.Marshal(rec))
+}
+
+// commitHook returns the trainer's CommitHook for Config.SampleLog, or
+// nil. Each line is one write to a file opened for appending, so lines of
+// several workers sharing the file do not interleave, and a line written
+// survives the process being killed.
+func (w *Worker) commitHook(jobID string) func(Commit) {
+	if w.cfg.SampleLog == "" {
+		return nil
+	}
+	return func(c Commit) {
+		f, err := os.OpenFile(w.cfg.SampleLog, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			w.log.Warn("sample log", zap.Error(err))
+			return
+		}
+		defer f.Close()
+		fmt.Fprintf(f, "%s %d %d %d %d %d %d %d %s\n", jobID, c.Step, c.Epoch, c.Lo, c.Hi, c.World, c.Rank, c.Generation, w.cfg.ID)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"path"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -46,14 +47,21 @@ type Reporter interface {
 	CheckpointFailed(step int64, err error)
 }
 
-// Trainer runs one rank of a data-parallel job: a straight loop of batch,
-// forward and backward (in micro-batches with gradient accumulation, the
-// last one overlapping its backward pass with the all-reduce of finished
-// gradient buckets), all-reduce, clipping, optimizer step, report,
-// checkpoint, and at the end an evaluation.
+// Trainer runs one rank of a data-parallel job. Its loop reads like
+// llm.c's (see Run): Prepare builds the model and optimizer once; Join
+// puts the trainer on a ring generation and brings every rank to the same
+// committed state; Step runs one step (batch, forward and backward in
+// micro-batches whose last one overlaps the all-reduce of finished
+// gradient buckets, all-reduce, clip, optimizer step) and what follows it
+// (report, replica check, checkpoint); Finish evaluates and records the
+// result. Between steps the worker may move the trainer to another ring
+// (Join again): the model, the optimizer state and the data position live
+// in the Trainer, not in the ring, so a lost or added rank costs at most
+// the step in flight.
 type Trainer struct {
-	JobID      string
-	Spec       *pb.JobSpec
+	JobID string
+	Spec  *pb.JobSpec
+	// The current ring: set before Run, or by Join.
 	Rank       int
 	World      int
 	Generation uint64
@@ -80,7 +88,51 @@ type Trainer struct {
 	// SampleHook, if set, sees the samples this rank trains on in each step
 	// (tests use it to check the data order).
 	SampleHook func(step int64, idx []int32)
+	// CommitHook, if set, sees every step this rank commits: which part of
+	// which epoch's order the whole ring consumed (tests count samples with
+	// it across failures).
+	CommitHook func(Commit)
+
+	// The job's state on this rank; it outlives rings.
+	m             model.Model
+	opt           model.Optimizer
+	params, grads []float32
+	n             int // training samples
+	batch, terms  int
+	micro         int // samples per micro-batch (batch_size / grad_accum)
+	pos           shard.Position
+	step, global  int64
+	total         int64
+	sampler       *shard.Sampler
+	ahead         *readAhead
+	rate          *rateMeter
+	b             model.Batch
+	stats         []float32 // the step's loss sum and the yield flag, all-reduced
+	lastProgress  time.Time
+	lastLoss      float64
+	lastSaved     int64
+	snapshot      *checkpoint.Pending // a checkpoint's copy in progress
+	saver         *checkpoint.AsyncSaver
+	saverCtx      context.Context
+	yield         atomic.Bool
+	prepared      bool
 }
+
+// Commit describes one committed step: the ring consumed samples
+// [Lo, Hi) of epoch Epoch's order.
+type Commit struct {
+	Step       int64
+	Epoch      int
+	Lo, Hi     int
+	World      int
+	Rank       int
+	Generation uint64
+}
+
+// ErrYield is returned by Step after a step that some rank asked to end
+// its ring with (RequestYield): every rank returns it after the same
+// step, with that step committed.
+var ErrYield = errors.New("the ring yields at this step boundary")
 
 // ErrReplicaMismatch means the ranks' parameters diverged.
 var ErrReplicaMismatch = errors.New("replicas diverged")
@@ -90,236 +142,442 @@ var ErrReplicaMismatch = errors.New("replicas diverged")
 // of 64 tokens).
 const maxEvalTerms = 1 << 17
 
-// Run trains to the end of the job and returns its result.
+// Run trains to the end of the job on the ring set in the Trainer and
+// returns its result.
 func (t *Trainer) Run(ctx context.Context) (*pb.JobResult, error) {
+	if err := t.Prepare(ctx); err != nil {
+		return nil, err
+	}
+	defer t.Close()
+	if err := t.Join(ctx, Ring{Rank: t.Rank, World: t.World, Generation: t.Generation, Comm: t.Comm, Checkpoints: t.Checkpoints, Reporter: t.Reporter}); err != nil {
+		return nil, err
+	}
+	for !t.Done() {
+		if err := t.Step(ctx); err != nil {
+			return nil, err
+		}
+	}
+	return t.Finish(ctx)
+}
+
+// Ring is one ring generation as the trainer sees it.
+type Ring struct {
+	Rank, World int
+	Generation  uint64
+	Comm        Collective
+	// Checkpoints and Reporter are used while this rank is rank 0.
+	Checkpoints *checkpoint.Manager
+	Reporter    Reporter
+}
+
+// Prepare builds the model and optimizer and restores the start state.
+// It runs once per job on a worker, whatever rings follow.
+func (t *Trainer) Prepare(ctx context.Context) error {
 	spec := t.Spec
 	cfg := jobspec.ModelConfig(spec)
 	m, err := model.New(cfg, t.Backend, spec.Seed)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	opt, err := newOptimizer(spec.Optimizer, m, t.Backend)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if t.Init != nil && t.Start == nil {
 		if err := t.initFrom(m); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	n := t.Train.Len()
-	if n == 0 {
-		return nil, errors.New("the training set is empty")
+	t.n = t.Train.Len()
+	if t.n == 0 {
+		return errors.New("the training set is empty")
 	}
-	pos := shard.Position{}
-	var step, global int64
 	if st := t.Start; st != nil {
 		if err := st.CheckWorld(t.World); err != nil {
-			return nil, err
+			return err
 		}
 		if err := restore(st, m, opt); err != nil {
-			return nil, err
+			return err
 		}
-		pos = shard.Position{Epoch: st.Epoch, Pos: int(st.EpochSamples)}
-		step, global = st.Step, st.GlobalSamples
-		if pos.Pos >= n {
-			pos = shard.Position{Epoch: pos.Epoch + 1}
+		t.pos = shard.Position{Epoch: st.Epoch, Pos: int(st.EpochSamples)}
+		t.step, t.global = st.Step, st.GlobalSamples
+		if t.pos.Pos >= t.n {
+			t.pos = shard.Position{Epoch: t.pos.Epoch + 1}
 		}
 	}
-	// Every rank must start from the same step; they load independently.
-	if err := t.agree(ctx, "resume step", float64(step)); err != nil {
-		return nil, err
-	}
-	total := t.totalSteps(step, pos, n)
+	t.m, t.opt = m, opt
+	t.params, t.grads = m.Params(), m.Grads()
 	// The job trains with the global batch it was submitted with, however
-	// many workers run it now: each rank takes its share of it.
-	batch := globalBatch(spec)
-	accum := max(int(spec.GradAccum), 1)
-	terms := t.Train.TermsPerSample()
-	t.Log.Info("training", zap.Int("rank", t.Rank), zap.Int("world", t.World), zap.String("model", cfg.Name), zap.Int64("from_step", step),
-		zap.Int64("total_steps", total), zap.Int("epoch", pos.Epoch), zap.Int("epoch_pos", pos.Pos), zap.Int("params", len(m.Params())),
-		zap.Int("global_batch", batch), zap.Int("grad_accum", accum), zap.Int("samples", n))
+	// many workers run it now: each rank takes its share of it, in
+	// micro-batches of at most batch_size/grad_accum samples.
+	t.batch = globalBatch(spec)
+	t.micro = max(int(spec.BatchSize)/max(int(spec.GradAccum), 1), 1)
+	t.terms = t.Train.TermsPerSample()
+	t.sampler = t.Train.Sampler(spec.Seed)
+	t.ahead = &readAhead{next: t.Train.Sampler(spec.Seed), span: prefetchSteps * t.batch}
+	t.rate = newRateMeter()
+	t.stats = make([]float32, 2)
+	t.lastSaved = -1
+	t.saverCtx = context.WithoutCancel(ctx)
+	t.total = t.totalSteps(t.step, t.pos, t.n)
+	t.prepared = true
+	return nil
+}
 
-	var saver *checkpoint.AsyncSaver
-	if t.Rank == 0 && t.Checkpoints != nil && !spec.Checkpoint.GetSynchronous() {
+// Close waits for a checkpoint save in flight and releases the saver.
+func (t *Trainer) Close() {
+	if t.saver != nil {
+		t.saver.Close()
+		t.saver = nil
+	}
+}
+
+// Done reports whether every step of the job is committed.
+func (t *Trainer) Done() bool { return t.step >= t.total }
+
+// Position returns the committed step and data position.
+func (t *Trainer) Position() (step int64, pos shard.Position, global int64) {
+	return t.step, t.pos, t.global
+}
+
+// RequestYield asks the ring to end after the step in flight (or the next
+// one): a planned leave or a new generation that keeps every member.
+func (t *Trainer) RequestYield() { t.yield.Store(true) }
+
+// Join moves the trainer onto a ring generation and makes every rank hold
+// the same committed state: the ranks agree on the newest committed step
+// any of them holds, and the lowest rank that holds it broadcasts its
+// parameters, optimizer state and data position to the others (survivors
+// that were one step behind, and replacements that hold nothing). When
+// every rank is at the same step nothing is sent.
+func (t *Trainer) Join(ctx context.Context, r Ring) error {
+	if !t.prepared {
+		return errors.New("trainer: Join before Prepare")
+	}
+	if t.snapshot != nil {
+		// A checkpoint's copy reads the parameters the broadcast may
+		// write. It is finished, not given up, whatever ended the ring.
+		if _, err := t.snapshot.Wait(t.saverCtx); err != nil {
+			return err
+		}
+		t.snapshot = nil
+	}
+	t.Rank, t.World, t.Generation, t.Comm = r.Rank, r.World, r.Generation, r.Comm
+	t.Checkpoints, t.Reporter = r.Checkpoints, r.Reporter
+	t.yield.Store(false)
+	if err := t.syncState(ctx); err != nil {
+		return err
+	}
+	t.total = t.totalSteps(t.step, t.pos, t.n)
+	if t.Rank == 0 && t.saver == nil && t.Checkpoints != nil && !t.Spec.Checkpoint.GetSynchronous() {
 		policy := checkpoint.WaitIfBusy
-		if spec.Checkpoint.GetIfBusy() == "skip" {
+		if t.Spec.Checkpoint.GetIfBusy() == "skip" {
 			policy = checkpoint.SkipIfBusy
 		}
-		saver = checkpoint.NewAsyncSaver(t.Checkpoints, policy, func(r checkpoint.Result) { t.saved(ctx, r) })
-		defer saver.Close()
+		// A save outlives the ring it started on: it is finished, not
+		// aborted, when the ring changes.
+		saverCtx := t.saverCtx
+		t.saver = checkpoint.NewAsyncSaver(t.Checkpoints, policy, func(res checkpoint.Result) { t.saved(saverCtx, res) })
 	}
+	cfg := t.m.Config()
+	t.Log.Info("training", zap.Int("rank", t.Rank), zap.Int("world", t.World), zap.Uint64("generation", t.Generation),
+		zap.String("model", cfg.Name), zap.Int64("from_step", t.step), zap.Int64("total_steps", t.total),
+		zap.Int("epoch", t.pos.Epoch), zap.Int("epoch_pos", t.pos.Pos), zap.Int("params", len(t.params)),
+		zap.Int("global_batch", t.batch), zap.Int("micro_batch", t.micro), zap.Int("samples", t.n))
+	return nil
+}
 
-	params, grads := m.Params(), m.Grads()
-	bucketBytes := int(spec.Collective.GetBucketBytes())
-	var b model.Batch
-	stats := make([]float32, 1) // the loss sum of the step, all-reduced
-	sampler := t.Train.Sampler(spec.Seed)
-	ahead := &readAhead{next: t.Train.Sampler(spec.Seed), span: prefetchSteps * batch}
+// syncState is Join's agreement: see there.
+func (t *Trainer) syncState(ctx context.Context) error {
+	if t.World == 1 {
+		return nil
+	}
+	// Steps travel as two exact float32 halves of 20 bits.
+	buf := make([]float32, 2*t.World)
+	buf[2*t.Rank], buf[2*t.Rank+1] = split20(t.step)
+	if err := t.Comm.AllReduce(ctx, buf, allreduce.Sum); err != nil {
+		return fmt.Errorf("agreeing on the committed step: %w", err)
+	}
+	src, newest, same := 0, int64(-1), true
+	for r := range t.World {
+		s := join20(buf[2*r], buf[2*r+1])
+		if s > newest {
+			src, newest = r, s
+		}
+		if r > 0 && s != join20(buf[0], buf[1]) {
+			same = false
+		}
+	}
+	if same {
+		return nil
+	}
+	if t.Rank == src {
+		t.Log.Info("sending the committed state to the ranks behind", zap.Int64("step", t.step))
+	} else {
+		t.Log.Info("receiving the committed state", zap.Int("from_rank", src), zap.Int64("step", newest), zap.Int64("had_step", t.step))
+	}
+	// The position and optimizer bookkeeping first, then the buffers.
+	bufs := t.opt.Buffers()
+	meta := make([]float32, 10+len(bufs))
+	if t.Rank == src {
+		meta[0], meta[1] = split20(t.step)
+		meta[2], meta[3] = split20(int64(t.pos.Epoch))
+		meta[4], meta[5] = split20(int64(t.pos.Pos))
+		meta[6], meta[7] = split20(t.global)
+		meta[8], meta[9] = split20(t.opt.Steps())
+		for i, b := range bufs {
+			if b.Data != nil {
+				meta[10+i] = 1
+			}
+		}
+	}
+	if err := t.Comm.(broadcaster).Broadcast(ctx, meta, src); err != nil {
+		return fmt.Errorf("receiving the committed state from rank %d: %w", src, err)
+	}
+	if err := t.Comm.(broadcaster).Broadcast(ctx, t.params, src); err != nil {
+		return fmt.Errorf("receiving the parameters from rank %d: %w", src, err)
+	}
+	got := map[string][]float32{}
+	for i, b := range bufs {
+		if meta[10+i] == 0 {
+			continue
+		}
+		data := b.Data
+		if t.Rank != src || data == nil {
+			data = make([]float32, len(t.params))
+		}
+		if err := t.Comm.(broadcaster).Broadcast(ctx, data, src); err != nil {
+			return fmt.Errorf("receiving optimizer state %s from rank %d: %w", b.Name, src, err)
+		}
+		got[b.Name] = data
+	}
+	if t.Rank == src {
+		return nil
+	}
+	if err := t.opt.Restore(join20(meta[8], meta[9]), got); err != nil {
+		return err
+	}
+	t.step = join20(meta[0], meta[1])
+	t.pos = shard.Position{Epoch: int(join20(meta[2], meta[3])), Pos: int(join20(meta[4], meta[5]))}
+	t.global = join20(meta[6], meta[7])
+	return nil
+}
+
+// broadcaster is the part of the ring Join needs beyond Collective.
+type broadcaster interface {
+	Broadcast(ctx context.Context, buf []float32, root int) error
+}
+
+func split20(v int64) (hi, lo float32) { return float32(v >> 20), float32(v & (1<<20 - 1)) }
+func join20(hi, lo float32) int64      { return int64(hi)<<20 | int64(lo) }
+
+// Step runs one training step and what follows it. The step is committed
+// when it returns nil or ErrYield; on any other error nothing of it was
+// applied, and the trainer can Join a new ring and go on from the last
+// committed step.
+func (t *Trainer) Step(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	spec := t.Spec
+	all, g, next, err := t.sampler.Step(t.pos, 1, 0, t.batch)
+	if err != nil {
+		return err
+	}
+	t.ahead.prefetch(t.Train, t.sampler, next)
+	lo, hi := shard.Split(0, g, t.World, t.Rank)
+	idx := all[lo:hi]
+	if t.SampleHook != nil {
+		t.SampleHook(t.step+1, idx)
+	}
+	t.opt.SetLR(learningRate(spec.Optimizer, t.step, t.total))
+	loss, err := t.forwardBackward(ctx, idx, g)
+	if err != nil {
+		return fmt.Errorf("step %d: %w", t.step+1, err)
+	}
+	t.stats[0], t.stats[1] = float32(loss), 0
+	if t.yield.Load() {
+		t.stats[1] = 1
+	}
+	if err := t.Comm.AllReduce(ctx, t.stats, allreduce.Sum); err != nil {
+		return fmt.Errorf("step %d: %w", t.step+1, err)
+	}
+	var gradNorm float64
+	if c := spec.Optimizer.GetGradClip(); c > 0 {
+		gradNorm = model.ClipGradNorm(t.Backend, t.grads, float64(c))
+	}
+	if t.snapshot != nil {
+		// The previous checkpoint's copy of the parameters and optimizer
+		// state overlapped this step's forward and backward pass; it must
+		// end before the optimizer writes them; a ring that ends meanwhile
+		// does not give the save up.
+		if _, err := t.snapshot.Wait(t.saverCtx); err != nil {
+			return err
+		}
+		t.snapshot = nil
+	}
+	t.opt.Step(t.params, t.grads)
+	// The step is committed: every rank has finished its all-reduce.
+	t.step++
+	prev := t.pos
+	t.pos = next
+	t.global += int64(g)
+	t.lastLoss = float64(t.stats[0]) / float64(g*t.terms)
+	if math.IsNaN(t.lastLoss) || math.IsInf(t.lastLoss, 0) {
+		return fmt.Errorf("step %d: loss is %v; lower optimizer.lr (or set optimizer.grad_clip)", t.step, t.lastLoss)
+	}
+	if t.CommitHook != nil {
+		t.CommitHook(Commit{Step: t.step, Epoch: prev.Epoch, Lo: prev.Pos, Hi: prev.Pos + g, World: t.World, Rank: t.Rank, Generation: t.Generation})
+	}
+	if t.StepHook != nil {
+		t.StepHook(t.step, t.m)
+	}
+	if err := t.afterStep(ctx, g, gradNorm); err != nil {
+		return err
+	}
+	if t.stats[1] > 0 {
+		return ErrYield
+	}
+	return nil
+}
+
+// forwardBackward computes this rank's share of the step's gradient in
+// micro-batches and all-reduces it, overlapping the last micro-batch's
+// backward pass with the all-reduce of finished buckets. It returns this
+// rank's loss sum.
+func (t *Trainer) forwardBackward(ctx context.Context, idx []int32, g int) (float64, error) {
+	t.m.ZeroGrads()
+	// scale makes the all-reduce SUM the mean gradient over every loss
+	// term of the step, however the batch is split.
+	scale := 1 / float32(g*t.terms)
+	accum := max(int(t.Spec.GradAccum), 1)
+	if t.World != int(t.Spec.Workers) {
+		// A smaller ring gives each rank a larger share; keep the
+		// micro-batches no larger than the job asked for.
+		accum = max(accum, (len(idx)+t.micro-1)/t.micro)
+	}
+	bucketBytes := int(t.Spec.Collective.GetBucketBytes())
+	var loss float64
+	var bk *allreduce.Bucketer
+	var hookErr error
+	for k := range accum {
+		mlo, mhi := len(idx)*k/accum, len(idx)*(k+1)/accum
+		if err := t.Train.Fill(ctx, idx[mlo:mhi], &t.b); err != nil {
+			return 0, fmt.Errorf("reading the batch: %w", err)
+		}
+		if k == accum-1 && bucketBytes > 0 && t.World > 1 {
+			// The last micro-batch's backward pass finishes the gradient
+			// tensor by tensor; each finished bucket is all-reduced while
+			// the rest is computed.
+			bk = t.Comm.NewBucketer(ctx, t.grads, allreduce.Sum, bucketBytes)
+			t.m.SetGradReadyHook(func(lo, hi int) {
+				if err := bk.Ready(ctx, lo, hi); err != nil && hookErr == nil {
+					hookErr = err
+				}
+			})
+		}
+		st, err := t.m.ForwardBackward(t.b, scale)
+		t.m.SetGradReadyHook(nil)
+		if err != nil {
+			if bk != nil {
+				bk.Wait(ctx) //nolint:errcheck // the model's error is the one to report
+			}
+			return 0, err
+		}
+		loss += st.Loss
+	}
+	var err error
+	if bk != nil {
+		err = bk.Wait(ctx)
+		if err == nil {
+			err = hookErr
+		}
+	} else {
+		err = t.Comm.AllReduce(ctx, t.grads, allreduce.Sum)
+	}
+	return loss, err
+}
+
+// afterStep reports, checks the replicas and checkpoints after a
+// committed step.
+func (t *Trainer) afterStep(ctx context.Context, g int, gradNorm float64) error {
+	spec := t.Spec
+	sps := t.rate.add(g)
+	if t.Rank == 0 {
+		t.Reporter.Step(&pb.StepMetrics{Generation: t.Generation, Step: t.step, TotalSteps: t.total, Epoch: int32(t.pos.Epoch),
+			Epochs: spec.Epochs, Loss: t.lastLoss, SamplesPerSec: sps, GlobalSamples: t.global})
+		if spec.LogEvery > 0 && t.step%int64(spec.LogEvery) == 0 {
+			fields := []zap.Field{zap.Int64("step", t.step), zap.Int64("total", t.total), zap.Int("epoch", t.pos.Epoch),
+				zap.Float64("loss", t.lastLoss), zap.Float64("samples_per_s", sps)}
+			if t.terms > 1 {
+				fields = append(fields, zap.Float64("tokens_per_s", sps*float64(t.terms)))
+			}
+			if gradNorm > 0 {
+				fields = append(fields, zap.Float64("grad_norm", gradNorm))
+			}
+			t.Log.Info("step", fields...)
+		}
+	}
 	checkEvery := t.ReplicaCheckEvery
 	if checkEvery <= 0 {
 		checkEvery = 100
 	}
-	rate := newRateMeter()
-	lastProgress := time.Time{}
-	var lastLoss float64
-	lastSaved := int64(-1)
-	var snapshot *checkpoint.Pending // a checkpoint's copy in progress
-	for step < total {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		all, g, next, err := sampler.Step(pos, 1, 0, batch)
-		if err != nil {
-			return nil, err
-		}
-		ahead.prefetch(t.Train, sampler, next)
-		lo, hi := shard.Split(0, g, t.World, t.Rank)
-		idx := all[lo:hi]
-		if t.SampleHook != nil {
-			t.SampleHook(step+1, idx)
-		}
-		opt.SetLR(learningRate(spec.Optimizer, step, total))
-		m.ZeroGrads()
-		// scale makes the all-reduce SUM the mean gradient over every loss
-		// term of the step, however the batch is split.
-		scale := 1 / float32(g*terms)
-		var loss float64
-		var bk *allreduce.Bucketer
-		var hookErr error
-		for k := range accum {
-			mlo, mhi := len(idx)*k/accum, len(idx)*(k+1)/accum
-			if err := t.Train.Fill(ctx, idx[mlo:mhi], &b); err != nil {
-				return nil, fmt.Errorf("step %d: reading the batch: %w", step+1, err)
-			}
-			if k == accum-1 && bucketBytes > 0 && t.World > 1 {
-				// The last micro-batch's backward pass finishes the
-				// gradient tensor by tensor; each finished bucket is
-				// all-reduced while the rest is computed.
-				bk = t.Comm.NewBucketer(ctx, grads, allreduce.Sum, bucketBytes)
-				m.SetGradReadyHook(func(lo, hi int) {
-					if err := bk.Ready(ctx, lo, hi); err != nil && hookErr == nil {
-						hookErr = err
-					}
-				})
-			}
-			st, err := m.ForwardBackward(b, scale)
-			m.SetGradReadyHook(nil)
-			if err != nil {
-				if bk != nil {
-					bk.Wait(ctx) //nolint:errcheck // the model's error is the one to report
-				}
-				return nil, err
-			}
-			loss += st.Loss
-		}
-		if bk != nil {
-			err = bk.Wait(ctx)
-			if err == nil {
-				err = hookErr
-			}
-		} else {
-			err = t.Comm.AllReduce(ctx, grads, allreduce.Sum)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("step %d: %w", step+1, err)
-		}
-		stats[0] = float32(loss)
-		if err := t.Comm.AllReduce(ctx, stats, allreduce.Sum); err != nil {
-			return nil, fmt.Errorf("step %d: %w", step+1, err)
-		}
-		var gradNorm float64
-		if c := spec.Optimizer.GetGradClip(); c > 0 {
-			gradNorm = model.ClipGradNorm(t.Backend, grads, float64(c))
-		}
-		if snapshot != nil {
-			// The previous checkpoint's copy of the parameters and
-			// optimizer state overlapped this step's forward and backward
-			// pass; it must end before the optimizer writes them.
-			if _, err := snapshot.Wait(ctx); err != nil {
-				return nil, err
-			}
-			snapshot = nil
-		}
-		opt.Step(params, grads)
-		// The step is committed: every rank has finished its all-reduce.
-		step++
-		pos = next
-		global += int64(g)
-		lastLoss = float64(stats[0]) / float64(g*terms)
-		if math.IsNaN(lastLoss) || math.IsInf(lastLoss, 0) {
-			return nil, fmt.Errorf("step %d: loss is %v; lower optimizer.lr (or set optimizer.grad_clip)", step, lastLoss)
-		}
-		if t.StepHook != nil {
-			t.StepHook(step, m)
-		}
-		sps := rate.add(g)
-		if t.Rank == 0 {
-			t.Reporter.Step(&pb.StepMetrics{Generation: t.Generation, Step: step, TotalSteps: total, Epoch: int32(pos.Epoch),
-				Epochs: spec.Epochs, Loss: lastLoss, SamplesPerSec: sps, GlobalSamples: global})
-			if spec.LogEvery > 0 && step%int64(spec.LogEvery) == 0 {
-				fields := []zap.Field{zap.Int64("step", step), zap.Int64("total", total), zap.Int("epoch", pos.Epoch),
-					zap.Float64("loss", lastLoss), zap.Float64("samples_per_s", sps)}
-				if terms > 1 {
-					fields = append(fields, zap.Float64("tokens_per_s", sps*float64(terms)))
-				}
-				if gradNorm > 0 {
-					fields = append(fields, zap.Float64("grad_norm", gradNorm))
-				}
-				t.Log.Info("step", fields...)
-			}
-		}
-		if step%checkEvery == 0 || step == total {
-			if err := t.checkReplicas(ctx, step, params, opt); err != nil {
-				return nil, err
-			}
-		}
-		every := spec.Checkpoint.GetEverySteps()
-		if t.Rank == 0 && every > 0 && step%every == 0 && step < total {
-			if p, err := t.save(ctx, saver, m, opt, step, pos, global); err != nil {
-				// A failed save does not stop training; the next one may
-				// succeed.
-				t.Log.Warn("checkpoint failed; training goes on", zap.Int64("step", step), zap.Error(err))
-			} else {
-				snapshot, lastSaved = p, step
-			}
-		}
-		if t.Rank == 0 && (time.Since(lastProgress) > time.Second || lastSaved == step) {
-			lastProgress = time.Now()
-			t.progress(ctx, &pb.Progress{Generation: t.Generation, Step: step, TotalSteps: total, Epoch: int32(pos.Epoch),
-				EpochSamples: int64(pos.Pos), GlobalSamples: global, Loss: lastLoss, SamplesPerSec: sps})
+	if t.step%checkEvery == 0 || t.step == t.total {
+		if err := t.checkReplicas(ctx, t.step, t.params, t.opt); err != nil {
+			return err
 		}
 	}
+	every := spec.Checkpoint.GetEverySteps()
+	if t.Rank == 0 && every > 0 && t.step%every == 0 && t.step < t.total {
+		if p, err := t.save(ctx, t.saver, t.m, t.opt, t.step, t.pos, t.global); err != nil {
+			// A failed save does not stop training; the next one may
+			// succeed.
+			t.Log.Warn("checkpoint failed; training goes on", zap.Int64("step", t.step), zap.Error(err))
+		} else {
+			t.snapshot, t.lastSaved = p, t.step
+		}
+	}
+	if t.Rank == 0 && (time.Since(t.lastProgress) > time.Second || t.lastSaved == t.step) {
+		t.lastProgress = time.Now()
+		t.progress(ctx, &pb.Progress{Generation: t.Generation, Step: t.step, TotalSteps: t.total, Epoch: int32(t.pos.Epoch),
+			EpochSamples: int64(t.pos.Pos), GlobalSamples: t.global, Loss: t.lastLoss, SamplesPerSec: sps})
+	}
+	return nil
+}
 
-	ev, err := t.evaluate(ctx, m)
+// Finish evaluates the trained model, takes the final checkpoint and
+// records the result (rank 0).
+func (t *Trainer) Finish(ctx context.Context) (*pb.JobResult, error) {
+	ev, err := t.evaluate(ctx, t.m)
 	if err != nil {
 		return nil, err
 	}
-	res := &pb.JobResult{TestAccuracy: ev.Accuracy(), TestSamples: int64(ev.Terms), EvalLoss: ev.Mean(), FinalLoss: lastLoss, Steps: step}
-	if t.Rank == 0 {
-		if saver != nil {
-			// The final checkpoint is taken in line, after the one in flight.
-			if err := saver.Wait(ctx); err != nil {
-				return nil, err
-			}
+	res := &pb.JobResult{TestAccuracy: ev.Accuracy(), TestSamples: int64(ev.Terms), EvalLoss: ev.Mean(), FinalLoss: t.lastLoss, Steps: t.step}
+	if t.Rank != 0 {
+		return res, nil
+	}
+	if t.saver != nil {
+		// The final checkpoint is taken in line, after the one in flight.
+		if err := t.saver.Wait(ctx); err != nil {
+			return nil, err
 		}
-		if lastSaved != step && t.Checkpoints != nil {
-			if _, err := t.save(ctx, nil, m, opt, step, pos, global); err != nil {
-				return nil, fmt.Errorf("final checkpoint: %w", err)
-			}
+	}
+	if t.lastSaved != t.step && t.Checkpoints != nil {
+		if _, err := t.save(ctx, nil, t.m, t.opt, t.step, t.pos, t.global); err != nil {
+			return nil, fmt.Errorf("final checkpoint: %w", err)
 		}
-		if t.Checkpoints != nil {
-			if list, err := t.Checkpoints.List(ctx, false); err == nil && len(list) > 0 && list[0].Valid {
-				res.LastCheckpoint = list[0].URL
-			}
+	}
+	if t.Checkpoints != nil {
+		if list, err := t.Checkpoints.List(ctx, false); err == nil && len(list) > 0 && list[0].Valid {
+			res.LastCheckpoint = list[0].URL
 		}
-		t.Log.Info("job finished", zap.Int64("steps", step), zap.Float64("test_accuracy", res.TestAccuracy),
-			zap.Float64("eval_loss", res.EvalLoss), zap.Float64("final_loss", lastLoss))
-		err := t.Reporter.Progress(ctx, &pb.Progress{Generation: t.Generation, Step: step, TotalSteps: total, Epoch: int32(pos.Epoch),
-			EpochSamples: int64(pos.Pos), GlobalSamples: global, Loss: lastLoss, Done: true, Result: res})
-		if err != nil {
-			return nil, fmt.Errorf("recording the result: %w", err)
-		}
+	}
+	t.Log.Info("job finished", zap.Int64("steps", t.step), zap.Float64("test_accuracy", res.TestAccuracy),
+		zap.Float64("eval_loss", res.EvalLoss), zap.Float64("final_loss", t.lastLoss))
+	err = t.Reporter.Progress(ctx, &pb.Progress{Generation: t.Generation, Step: t.step, TotalSteps: t.total, Epoch: int32(t.pos.Epoch),
+		EpochSamples: int64(t.pos.Pos), GlobalSamples: t.global, Loss: t.lastLoss, Done: true, Result: res})
+	if err != nil {
+		return nil, fmt.Errorf("recording the result: %w", err)
 	}
 	return res, nil
 }

@@ -44,10 +44,20 @@ type Config struct {
 	LeaseTTL time.Duration
 	// RequestTimeout bounds each call to etcd and the coordinator.
 	RequestTimeout time.Duration
+	// SampleLog, if set, is a file to which the worker appends one line
+	// per committed step: "job step epoch lo hi world rank generation
+	// worker", the part [lo, hi) of the epoch's order the ring consumed.
+	// Tests count samples with it across failures.
+	SampleLog string
 	// CacheDir is where dataset shards read from object storage are
 	// staged while in use ("": the system's temporary directory).
 	CacheDir string
 }
+
+// DefaultLeaseTTL is how long a worker's registration outlives its last
+// keep-alive (sent every third of it): a hung or vanished worker is
+// noticed within it, and its job's ring rebuilt without it.
+const DefaultLeaseTTL = 3 * time.Second
 
 // Worker registers itself in etcd under a lease, waits for the coordinator
 // to claim it for a job, and runs its rank of that job.
@@ -93,7 +103,7 @@ func New(cfg Config, log *zap.Logger) (*Worker, error) {
 		cfg.Listen = "127.0.0.1:0"
 	}
 	if cfg.LeaseTTL <= 0 {
-		cfg.LeaseTTL = 5 * time.Second
+		cfg.LeaseTTL = DefaultLeaseTTL
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 10 * time.Second
@@ -266,7 +276,7 @@ func (w *Worker) serveLease(ctx context.Context) error {
 			// Deleted, or left over from an earlier incarnation (the
 			// coordinator releases those).
 			if run != nil {
-				w.log.Info("claim released; stopping the job", zap.String("job", run.claim.JobId))
+				w.log.Info("claim released; stopping the job", zap.String("job", run.jobID))
 			}
 			run.stop()
 			run = nil
@@ -277,7 +287,10 @@ func (w *Worker) serveLease(ctx context.Context) error {
 			w.log.Error("undecodable claim", zap.Error(err))
 			return
 		}
-		if run != nil && run.claim.JobId == c.JobId && run.claim.Generation == c.Generation {
+		if run != nil && run.jobID == c.JobId && !run.finished() {
+			// A new generation of the job this worker trains: the run
+			// moves its trainer onto the new ring.
+			run.update(c, string(kv))
 			return
 		}
 		run.stop()
