@@ -226,8 +226,13 @@ func printJob(w io.Writer, j *pb.Job) {
 	if sp.Steps > 0 {
 		length = fmt.Sprintf("%d steps", sp.Steps)
 	}
-	fmt.Fprintf(w, "Spec:       model %s, dataset %s, %d workers x batch %d, %s lr %g, %s, seed %d\n",
-		modelSummary(sp), sp.Dataset.Name, sp.Workers, sp.BatchSize, sp.Optimizer.Name, sp.Optimizer.Lr, length, sp.Seed)
+	workers := fmt.Sprint(sp.Workers)
+	if sp.MinWorkers > 0 {
+		workers = fmt.Sprintf("%d-%d", sp.MinWorkers, sp.Workers)
+	}
+	fmt.Fprintf(w, "Spec:       model %s, dataset %s, %s workers x batch %d, %s lr %g, %s, seed %d\n",
+		modelSummary(sp), sp.Dataset.Name, workers, sp.BatchSize, sp.Optimizer.Name, sp.Optimizer.Lr, length, sp.Seed)
+	fmt.Fprintf(w, "Failures:   %d absorbed of max_restarts %d\n", s.Restarts, sp.MaxRestarts)
 	if sp.InitFrom != "" {
 		fmt.Fprintf(w, "Init from:  %s\n", sp.InitFrom)
 	}
@@ -246,6 +251,12 @@ func printJob(w io.Writer, j *pb.Job) {
 		fmt.Fprintf(w, "Result:     %s, final loss %.4f after %d steps\n", evalSummary(sp, r), r.FinalLoss, r.Steps)
 		if r.LastCheckpoint != "" {
 			fmt.Fprintf(w, "            last checkpoint %s\n", r.LastCheckpoint)
+		}
+	}
+	if len(s.History) > 0 {
+		fmt.Fprintf(w, "History:\n")
+		for _, h := range s.History {
+			fmt.Fprintf(w, "  %s  generation %d  step %d  %-9s %s\n", time.UnixMilli(h.TimeMs).Format("15:04:05.000"), h.Generation, h.Step, h.Event, h.Detail)
 		}
 	}
 	if len(j.Checkpoints) > 0 {
@@ -428,7 +439,15 @@ func newWorkersCommand(client clientFunc) *cobra.Command {
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\n", w.Id, w.Addr, strings.Join(w.Devices, ","), job, w.Version, w.Hostname, age(w.RegisteredMs))
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			for _, w := range resp.Workers {
+				if w.Excluded != "" {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s is excluded until it registers anew: %s\n", w.Id, w.Excluded)
+				}
+			}
+			return nil
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print as JSON")

@@ -397,9 +397,11 @@ func (a *api) ListWorkers(ctx context.Context, _ *pb.ListWorkersRequest) (*pb.Li
 		return nil, err
 	}
 	out := &pb.ListWorkersResponse{}
+	excluded := ExcludedWorkers(s)
 	for id, w := range s.Workers {
 		wk := proto.Clone(w.Value).(*pb.Worker)
 		wk.Id = id
+		wk.Excluded = excluded[id]
 		if c, ok := s.Claims[id]; ok {
 			wk.JobId = c.Value.JobId
 		}

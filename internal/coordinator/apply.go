@@ -69,6 +69,63 @@ func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) er
 	case Release:
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Claim(a.WorkerID)), "=", a.ClaimRev))
 		ops = append(ops, clientv3.OpDelete(k.Claim(a.WorkerID)))
+	case Reconfigure:
+		j := s.Jobs[a.JobID]
+		st := cloneStatus(j.Status.Value)
+		if a.Failure {
+			st.Restarts++
+		}
+		st.UpdatedMs = now
+		st.Message = fmt.Sprintf("running on %d workers (generation %d)", len(a.Workers), a.Generation)
+		if a.Reason != "" {
+			st.Message += " after: " + a.Reason
+		}
+		st.Excluded = append(st.Excluded, a.Exclude...)
+		st.History = appendHistory(st.History, a.History)
+		cmps = append(cmps,
+			clientv3.Compare(clientv3.ModRevision(k.Status(a.JobID)), "=", a.StatusRev),
+			clientv3.Compare(clientv3.ModRevision(k.Assignment(a.JobID)), "=", a.AssignmentRev))
+		asg := &pb.Assignment{Generation: a.Generation, CreatedMs: now, Abort: a.Abort, Reason: a.Reason}
+		member := map[string]bool{}
+		for rank, w := range a.Workers {
+			member[w] = true
+			wk := s.Workers[w]
+			asg.Ranks = append(asg.Ranks, &pb.RankAssignment{Rank: int32(rank), WorkerId: w, Addr: wk.Value.Addr, WorkerRevision: wk.CreateRev})
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k.Worker(w)), "=", wk.CreateRev))
+			if cl, ok := s.Claims[w]; ok && cl.Value.JobId == a.JobID {
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Claim(w)), "=", cl.ModRev))
+			} else {
+				cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k.Claim(w)), "=", 0))
+			}
+			ops = append(ops, clientv3.OpPut(k.Claim(w), state.Marshal(&pb.Claim{JobId: a.JobID, Generation: a.Generation, Rank: int32(rank), Abort: a.Abort})))
+		}
+		for w, cl := range s.Claims {
+			if cl.Value.JobId == a.JobID && !member[w] {
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Claim(w)), "=", cl.ModRev))
+				ops = append(ops, clientv3.OpDelete(k.Claim(w)))
+			}
+		}
+		ops = append(ops,
+			clientv3.OpPut(k.Assignment(a.JobID), state.Marshal(asg)),
+			clientv3.OpPut(k.Status(a.JobID), state.Marshal(st)),
+			clientv3.OpDelete(k.Reports(a.JobID), clientv3.WithPrefix()))
+	case Requeue:
+		j := s.Jobs[a.JobID]
+		st := cloneStatus(j.Status.Value)
+		st.State, st.UpdatedMs = pb.JobState_JOB_STATE_PENDING, now
+		st.Restarts++
+		st.Resume, st.ResumeStep = true, 0
+		st.Message = a.Message + "; restarting from the latest valid checkpoint when workers are available"
+		st.Excluded = append(st.Excluded, a.Exclude...)
+		st.History = appendHistory(st.History, a.History)
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Status(a.JobID)), "=", a.StatusRev))
+		ops = append(ops, clientv3.OpPut(k.Status(a.JobID), state.Marshal(st)))
+		for w, cl := range s.Claims {
+			if cl.Value.JobId == a.JobID {
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Claim(w)), "=", cl.ModRev))
+				ops = append(ops, clientv3.OpDelete(k.Claim(w)))
+			}
+		}
 	default:
 		return fmt.Errorf("coordinator: unknown action %T", a)
 	}
@@ -82,6 +139,17 @@ func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) er
 		return errConflict
 	}
 	return nil
+}
+
+// maxHistory bounds a job's history in its status.
+const maxHistory = 64
+
+func appendHistory(h, more []*pb.HistoryEntry) []*pb.HistoryEntry {
+	h = append(h, more...)
+	if len(h) > maxHistory {
+		h = h[len(h)-maxHistory:]
+	}
+	return h
 }
 
 func cloneStatus(s *pb.JobStatus) *pb.JobStatus { return proto.Clone(s).(*pb.JobStatus) }

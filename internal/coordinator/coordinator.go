@@ -309,7 +309,7 @@ func (c *Coordinator) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, a := range Plan(snap) {
+	for _, a := range Plan(snap, time.Now().UnixMilli()) {
 		err := c.apply(ctx, snap, a)
 		if errors.Is(err, errConflict) {
 			c.log.Debug("action superseded by a concurrent change", zap.String("action", a.describe()))
@@ -333,6 +333,12 @@ func (c *Coordinator) announce(a Action) {
 			State: pb.JobState_JOB_STATE_RUNNING, Message: fmt.Sprintf("assigned generation %d to %v", a.Generation, a.Workers)}}}
 	case Finish:
 		ev = &pb.JobEvent{JobId: a.JobID, Event: &pb.JobEvent_State{State: &pb.StateChange{State: a.State, Message: a.Message, Result: a.Result}}}
+	case Reconfigure:
+		ev = &pb.JobEvent{JobId: a.JobID, Event: &pb.JobEvent_State{State: &pb.StateChange{
+			State: pb.JobState_JOB_STATE_RUNNING, Message: fmt.Sprintf("ring rebuilt: generation %d on %v (%s)", a.Generation, a.Workers, a.Reason)}}}
+	case Requeue:
+		ev = &pb.JobEvent{JobId: a.JobID, Event: &pb.JobEvent_State{State: &pb.StateChange{
+			State: pb.JobState_JOB_STATE_PENDING, Message: a.Message + "; restarting from the latest valid checkpoint"}}}
 	default:
 		return
 	}

@@ -38,6 +38,39 @@ type Release struct {
 	Why      string
 }
 
+// Reconfigure moves a running job onto a new ring generation: the
+// survivors of the current one (in their old rank order), plus idle
+// workers taken in. Survivors keep their in-memory state and go on from
+// the last committed step; new members receive it from them.
+type Reconfigure struct {
+	JobID      string
+	Generation uint64
+	Workers    []string
+	// Abort: a rank was lost, so the step in flight cannot finish and the
+	// survivors abandon it at once. Otherwise (growth, a planned leave)
+	// they switch at the next step boundary.
+	Abort  bool
+	Reason string
+	// Failure: this change absorbs a failure (counts against
+	// max_restarts).
+	Failure       bool
+	Exclude       []*pb.ExcludedWorker
+	History       []*pb.HistoryEntry
+	StatusRev     int64
+	AssignmentRev int64
+}
+
+// Requeue sends a running job back to pending, to restart from its latest
+// valid checkpoint on whatever workers are available: the fallback when
+// no survivor holds the state, or too few remain.
+type Requeue struct {
+	JobID     string
+	Message   string
+	Exclude   []*pb.ExcludedWorker
+	History   []*pb.HistoryEntry
+	StatusRev int64
+}
+
 func (a Assign) describe() string {
 	return fmt.Sprintf("assign job %s generation %d to %v", a.JobID, a.Generation, a.Workers)
 }
@@ -45,52 +78,84 @@ func (a Finish) describe() string {
 	return fmt.Sprintf("finish job %s as %s: %s", a.JobID, state.StateName(a.State), a.Message)
 }
 func (a Release) describe() string { return fmt.Sprintf("release worker %s: %s", a.WorkerID, a.Why) }
+func (a Reconfigure) describe() string {
+	return fmt.Sprintf("move job %s to generation %d on %v: %s", a.JobID, a.Generation, a.Workers, a.Reason)
+}
+func (a Requeue) describe() string {
+	return fmt.Sprintf("restart job %s from its latest checkpoint: %s", a.JobID, a.Message)
+}
 
-// Plan decides what to do about a snapshot of the cluster. It is a pure
-// function: the same snapshot always gives the same actions, which is what
-// makes a restarted coordinator continue where the last one stopped.
+// Plan decides what to do about a snapshot of the cluster at time now
+// (Unix milliseconds, stamped on history entries). It is a pure function:
+// the same snapshot always gives the same actions, which is what makes a
+// restarted coordinator continue where the last one stopped.
 //
-// Scheduling is gang scheduling in submission order: a pending job starts
-// only when as many idle workers as it asks for are registered; a job that
-// does not fit does not hold back smaller jobs behind it (backfill).
-func Plan(s *state.Snapshot) []Action {
+// Running jobs come first: a job that lost a rank is rebuilt in place from
+// its survivors, with idle workers to replace the lost ones. Then pending
+// jobs are gang-scheduled in submission order: a job starts only when
+// enough idle workers are registered, and a job that does not fit does not
+// hold back smaller jobs behind it (backfill). Idle workers left over let
+// running jobs that are below their size grow.
+func Plan(s *state.Snapshot, now int64) []Action {
 	var actions []Action
-	busy := map[string]bool{}
-	for w := range s.Claims {
-		busy[w] = true
-	}
+	excluded := excludedWorkers(s)
 	var idle []string
 	for id := range s.Workers {
-		if !busy[id] {
+		if _, busy := s.Claims[id]; !busy && !excluded[id] {
 			idle = append(idle, id)
 		}
 	}
 	sort.Strings(idle)
-
-	for _, id := range s.JobIDs() {
+	ids := s.JobIDs()
+	acted := map[string]bool{}
+	for _, id := range ids {
+		j := s.Jobs[id]
+		if j.Status.Value.State != pb.JobState_JOB_STATE_RUNNING {
+			continue
+		}
+		if a := planRunning(s, j, &idle, now); a != nil {
+			actions = append(actions, a)
+			acted[id] = true
+		}
+	}
+	for _, id := range ids {
 		j := s.Jobs[id]
 		st := j.Status.Value
-		switch st.State {
-		case pb.JobState_JOB_STATE_PENDING:
-			if st.CancelRequested {
-				actions = append(actions, Finish{JobID: id, State: pb.JobState_JOB_STATE_CANCELLED, Message: "cancelled before it started", StatusRev: j.Status.ModRev})
-				continue
-			}
-			n := Workers(j)
-			if len(idle) < n {
-				continue
-			}
-			gen := uint64(1)
-			if j.Assignment != nil {
-				gen = j.Assignment.Value.Generation + 1
-			}
-			actions = append(actions, Assign{JobID: id, Generation: gen, Workers: append([]string(nil), idle[:n]...), StatusRev: j.Status.ModRev})
-			idle = idle[n:]
-		case pb.JobState_JOB_STATE_RUNNING:
-			if a := planRunning(s, j); a != nil {
-				actions = append(actions, a)
-			}
+		if st.State != pb.JobState_JOB_STATE_PENDING {
+			continue
 		}
+		if st.CancelRequested {
+			actions = append(actions, Finish{JobID: id, State: pb.JobState_JOB_STATE_CANCELLED, Message: "cancelled before it started", StatusRev: j.Status.ModRev})
+			continue
+		}
+		lo, hi := StartWorkers(j)
+		if len(idle) < lo {
+			continue
+		}
+		n := min(len(idle), hi)
+		gen := uint64(1)
+		if j.Assignment != nil {
+			gen = j.Assignment.Value.Generation + 1
+		}
+		actions = append(actions, Assign{JobID: id, Generation: gen, Workers: append([]string(nil), idle[:n]...), StatusRev: j.Status.ModRev})
+		idle = idle[n:]
+	}
+	for _, id := range ids {
+		j := s.Jobs[id]
+		if j.Status.Value.State != pb.JobState_JOB_STATE_RUNNING || acted[id] || j.Assignment == nil || len(idle) == 0 {
+			continue
+		}
+		a := j.Assignment.Value
+		_, hi := runWorkers(j)
+		if len(a.Ranks) >= hi {
+			continue
+		}
+		add := take(&idle, hi-len(a.Ranks))
+		workers := append(rankWorkers(a), add...)
+		actions = append(actions, Reconfigure{JobID: id, Generation: a.Generation + 1, Workers: workers,
+			Reason: fmt.Sprintf("workers %v joined", add), StatusRev: j.Status.ModRev, AssignmentRev: j.Assignment.ModRev,
+			History: []*pb.HistoryEntry{{TimeMs: now, Generation: a.Generation + 1, Event: "joined", Step: lastStep(j),
+				Detail: fmt.Sprintf("workers %v joined at a step boundary; the ring has %d ranks", add, len(workers))}}})
 	}
 
 	// Claims that no running job's current generation owns are released, so
@@ -112,7 +177,7 @@ func Plan(s *state.Snapshot) []Action {
 		case j.Assignment == nil || j.Assignment.Value.Generation != c.Value.Generation:
 			why = fmt.Sprintf("generation %d of job %s is over", c.Value.Generation, c.Value.JobId)
 		}
-		if why != "" && !finishing(actions, c.Value.JobId) {
+		if why != "" && !acted[c.Value.JobId] && !finishing(actions, c.Value.JobId) {
 			actions = append(actions, Release{WorkerID: w, ClaimRev: c.ModRev, Why: why})
 		}
 	}
@@ -128,9 +193,59 @@ func finishing(actions []Action, jobID string) bool {
 	return false
 }
 
-// planRunning decides the fate of a running job: success, failure of a
-// rank, a lost worker, or cancellation.
-func planRunning(s *state.Snapshot, j *state.JobEntry) Action {
+// excludedWorkers are the registered workers that a job still in play
+// lost to a suspected failure, in the same incarnation: they are given
+// nothing until they register anew.
+func excludedWorkers(s *state.Snapshot) map[string]bool {
+	out := map[string]bool{}
+	for id := range ExcludedWorkers(s) {
+		out[id] = true
+	}
+	return out
+}
+
+// ExcludedWorkers maps each excluded worker to why it is excluded.
+func ExcludedWorkers(s *state.Snapshot) map[string]string {
+	out := map[string]string{}
+	for _, j := range s.Jobs {
+		st := j.Status.Value
+		if st == nil || state.IsTerminal(st.State) {
+			continue
+		}
+		for _, e := range st.Excluded {
+			if w, ok := s.Workers[e.WorkerId]; ok && w.CreateRev == e.WorkerRevision {
+				out[e.WorkerId] = fmt.Sprintf("job %s: %s", j.ID, e.Reason)
+			}
+		}
+	}
+	return out
+}
+
+func take(idle *[]string, n int) []string {
+	n = max(min(n, len(*idle)), 0)
+	out := append([]string(nil), (*idle)[:n]...)
+	*idle = (*idle)[n:]
+	return out
+}
+
+func rankWorkers(a *pb.Assignment) []string {
+	out := make([]string, len(a.Ranks))
+	for i, r := range a.Ranks {
+		out[i] = r.WorkerId
+	}
+	return out
+}
+
+func lastStep(j *state.JobEntry) int64 {
+	if j.Progress != nil {
+		return j.Progress.Step
+	}
+	return 0
+}
+
+// planRunning decides the fate of a running job: success, cancellation,
+// failure, or a new generation without the ranks it lost or that leave.
+func planRunning(s *state.Snapshot, j *state.JobEntry, idle *[]string, now int64) Action {
 	st := j.Status.Value
 	fin := func(to pb.JobState, msg string, res *pb.JobResult) Action {
 		return Finish{JobID: j.ID, State: to, Message: msg, Result: res, StatusRev: j.Status.ModRev}
@@ -146,39 +261,124 @@ func planRunning(s *state.Snapshot, j *state.JobEntry) Action {
 		return fin(pb.JobState_JOB_STATE_SUCCEEDED, fmt.Sprintf("finished %d steps", p.Step), p.Result)
 	}
 	var failures []string
+	lost := map[int32]string{} // rank: why
+	leaving := map[int32]bool{}
 	for _, r := range j.Reports {
-		if r.Generation == a.Generation {
+		if r.Generation != a.Generation {
+			continue
+		}
+		switch {
+		case r.Leaving:
+			leaving[r.Rank] = true
+		case r.Ring:
+			for _, sus := range r.Suspects {
+				if sus >= 0 && int(sus) < len(a.Ranks) && lost[sus] == "" {
+					lost[sus] = fmt.Sprintf("worker %s (rank %d) lost: rank %d reported %s", a.Ranks[sus].WorkerId, sus, r.Rank, r.Error)
+				}
+			}
+		default:
 			failures = append(failures, fmt.Sprintf("rank %d on worker %s failed: %s", r.Rank, r.WorkerId, r.Error))
 		}
 	}
 	if len(failures) > 0 {
+		// A failure of the job itself (a bad spec, diverged replicas, a
+		// NaN loss) would repeat on any ring.
 		return fin(pb.JobState_JOB_STATE_FAILED, strings.Join(failures, "; ")+resumeHint(j.ID), nil)
 	}
-	var lost []string
 	for _, r := range a.Ranks {
 		w, ok := s.Workers[r.WorkerId]
 		switch {
 		case !ok:
-			lost = append(lost, fmt.Sprintf("worker %s (rank %d) was lost: its lease expired", r.WorkerId, r.Rank))
+			lost[r.Rank] = fmt.Sprintf("worker %s (rank %d) lost: its lease expired", r.WorkerId, r.Rank)
 		case r.WorkerRevision != 0 && w.CreateRev != r.WorkerRevision:
-			lost = append(lost, fmt.Sprintf("worker %s (rank %d) restarted", r.WorkerId, r.Rank))
+			lost[r.Rank] = fmt.Sprintf("worker %s (rank %d) lost: it restarted", r.WorkerId, r.Rank)
 		}
 	}
-	if len(lost) > 0 {
-		return fin(pb.JobState_JOB_STATE_FAILED, strings.Join(lost, "; ")+resumeHint(j.ID), nil)
+	if len(lost) == 0 && len(leaving) == 0 {
+		return nil
 	}
-	return nil
+	step := lastStep(j)
+	gen := a.Generation + 1
+	var why, survivors []string
+	var history []*pb.HistoryEntry
+	var exclude []*pb.ExcludedWorker
+	for _, r := range a.Ranks {
+		switch {
+		case lost[r.Rank] != "":
+			why = append(why, lost[r.Rank])
+			history = append(history, &pb.HistoryEntry{TimeMs: now, Generation: a.Generation, Event: "lost", Detail: lost[r.Rank], Step: step})
+			if w, ok := s.Workers[r.WorkerId]; ok && w.CreateRev == r.WorkerRevision {
+				// Still registered: hung, partitioned, or dead and not yet
+				// expired. It gets no work until it registers anew.
+				exclude = append(exclude, &pb.ExcludedWorker{WorkerId: r.WorkerId, WorkerRevision: r.WorkerRevision, Reason: lost[r.Rank]})
+			}
+		case leaving[r.Rank]:
+			why = append(why, fmt.Sprintf("worker %s (rank %d) left", r.WorkerId, r.Rank))
+			history = append(history, &pb.HistoryEntry{TimeMs: now, Generation: a.Generation, Event: "left",
+				Detail: fmt.Sprintf("worker %s (rank %d) left at a step boundary", r.WorkerId, r.Rank), Step: step})
+		default:
+			survivors = append(survivors, r.WorkerId)
+		}
+	}
+	failure := len(lost) > 0
+	if failure && st.Restarts+1 > j.Spec.MaxRestarts {
+		return fin(pb.JobState_JOB_STATE_FAILED, fmt.Sprintf("%s; the job has absorbed %d failures, its max_restarts", strings.Join(why, "; "), st.Restarts)+resumeHint(j.ID), nil)
+	}
+	lo, hi := runWorkers(j)
+	add := take(idle, hi-len(survivors))
+	if len(survivors) == 0 || len(survivors)+len(add) < lo {
+		*idle = append(add, *idle...)
+		msg := fmt.Sprintf("%s; %d of the %d ranks remain (at least %d needed)", strings.Join(why, "; "), len(survivors), len(a.Ranks), lo)
+		history = append(history, &pb.HistoryEntry{TimeMs: now, Generation: a.Generation, Event: "restarted", Step: step,
+			Detail: msg + "; restarting from the latest checkpoint"})
+		return Requeue{JobID: j.ID, Message: msg, Exclude: exclude, History: history, StatusRev: j.Status.ModRev}
+	}
+	workers := append(survivors, add...)
+	if len(add) > 0 {
+		history = append(history, &pb.HistoryEntry{TimeMs: now, Generation: gen, Event: "joined", Step: step,
+			Detail: fmt.Sprintf("workers %v replace the ranks lost", add)})
+	}
+	reason := strings.Join(why, "; ")
+	history = append(history, &pb.HistoryEntry{TimeMs: now, Generation: gen, Event: "rebuilt", Step: step,
+		Detail: fmt.Sprintf("ring rebuilt on %d workers %v", len(workers), workers)})
+	return Reconfigure{JobID: j.ID, Generation: gen, Workers: workers, Abort: failure, Reason: reason, Failure: failure,
+		Exclude: exclude, History: history, StatusRev: j.Status.ModRev, AssignmentRev: j.Assignment.ModRev}
 }
 
 func resumeHint(jobID string) string {
 	return fmt.Sprintf(" (resume from the last checkpoint with `coordinator resume %s`)", jobID)
 }
 
-// Workers is how many workers the job runs on when it next starts: the
-// spec's, unless a resume asked for another number.
+// Workers is how many workers the job runs on at most: the spec's, unless
+// a resume asked for another number.
 func Workers(j *state.JobEntry) int {
 	if st := j.Status.Value; st != nil && st.Workers > 0 {
 		return int(st.Workers)
 	}
 	return int(j.Spec.Workers)
+}
+
+// StartWorkers is how many workers a pending job starts on: a plain job
+// on exactly its number (gang scheduling), an elastic job on at least its
+// minimum. A plain job restarting after failures takes what there is.
+func StartWorkers(j *state.JobEntry) (lo, hi int) {
+	hi = Workers(j)
+	switch {
+	case j.Spec.MinWorkers > 0:
+		return min(int(j.Spec.MinWorkers), hi), hi
+	case j.Status.Value.Restarts > 0 && j.Status.Value.Resume:
+		return 1, hi
+	}
+	return hi, hi
+}
+
+// runWorkers is the range of ring sizes a running job trains on: an
+// elastic job's [min, max]; a plain job goes on with any survivors and
+// takes workers back up to its number.
+func runWorkers(j *state.JobEntry) (lo, hi int) {
+	hi = Workers(j)
+	if j.Spec.MinWorkers > 0 {
+		return min(int(j.Spec.MinWorkers), hi), hi
+	}
+	return 1, hi
 }

@@ -38,6 +38,9 @@ func (b *snap) running(j *state.JobEntry, gen uint64, workers ...string) {
 	j.Assignment = &state.Versioned[*pb.Assignment]{Value: a}
 }
 
+// now is the planner's clock in these scenarios.
+const now = 1000
+
 func TestPlan(t *testing.T) {
 	running, pending := pb.JobState_JOB_STATE_RUNNING, pb.JobState_JOB_STATE_PENDING
 	cases := []struct {
@@ -98,18 +101,105 @@ func TestPlan(t *testing.T) {
 			b.running(j, 2, "w1")
 			j.Progress = &pb.Progress{Generation: 1, Done: true}
 		}, nil},
-		{"a lost worker fails the job", func(b *snap) {
+		{"a lost worker fails a job with max_restarts 0", func(b *snap) {
 			b.worker("w1", 1).worker("w2", 2)
 			j := b.job("j", 2, running, 1)
 			b.running(j, 1, "w1", "w2")
 			delete(b.s.Workers, "w2")
-		}, []Action{Finish{JobID: "j", State: pb.JobState_JOB_STATE_FAILED, Message: "worker w2 (rank 1) was lost: its lease expired" + resumeHint("j"), StatusRev: 101}}},
-		{"a restarted worker (new incarnation) fails the job", func(b *snap) {
-			b.worker("w1", 1)
+			j.Spec.MaxRestarts = 0
+		}, []Action{Finish{JobID: "j", State: pb.JobState_JOB_STATE_FAILED, Message: "worker w2 (rank 1) lost: its lease expired; the job has absorbed 0 failures, its max_restarts" + resumeHint("j"), StatusRev: 101}}},
+		{"a lost worker: the survivors go on in place", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2).worker("w3", 3)
+			j := b.job("j", 3, running, 1)
+			b.running(j, 1, "w1", "w2", "w3")
+			j.Spec.MaxRestarts = 3
+			j.Progress = &pb.Progress{Generation: 1, Step: 385}
+			delete(b.s.Workers, "w2")
+		}, []Action{Reconfigure{JobID: "j", Generation: 2, Workers: []string{"w1", "w3"}, Abort: true, Failure: true,
+			Reason: "worker w2 (rank 1) lost: its lease expired", StatusRev: 101,
+			History: []*pb.HistoryEntry{
+				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: its lease expired", Step: 385},
+				{TimeMs: now, Generation: 2, Event: "rebuilt", Detail: "ring rebuilt on 2 workers [w1 w3]", Step: 385}}}}},
+		{"an idle worker replaces a rank its neighbour suspects; the suspect is excluded", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2).worker("w3", 3).worker("w4", 4)
+			j := b.job("j", 3, running, 1)
+			b.running(j, 1, "w1", "w2", "w3")
+			j.Spec.MaxRestarts = 3
+			j.Reports = []*pb.RankReport{{Generation: 1, Rank: 0, WorkerId: "w1", Ring: true, Suspects: []int32{1}, Error: "gone"}}
+		}, []Action{Reconfigure{JobID: "j", Generation: 2, Workers: []string{"w1", "w3", "w4"}, Abort: true, Failure: true,
+			Reason: "worker w2 (rank 1) lost: rank 0 reported gone", StatusRev: 101,
+			Exclude: []*pb.ExcludedWorker{{WorkerId: "w2", WorkerRevision: 2, Reason: "worker w2 (rank 1) lost: rank 0 reported gone"}},
+			History: []*pb.HistoryEntry{
+				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: rank 0 reported gone"},
+				{TimeMs: now, Generation: 2, Event: "joined", Detail: "workers [w4] replace the ranks lost"},
+				{TimeMs: now, Generation: 2, Event: "rebuilt", Detail: "ring rebuilt on 3 workers [w1 w3 w4]"}}}}},
+		{"an excluded worker is not idle, a re-registered one is", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2).worker("w3", 3)
+			j := b.job("j", 3, running, 1)
+			b.running(j, 2, "w1")
+			j.Status.Value.Excluded = []*pb.ExcludedWorker{{WorkerId: "w2", WorkerRevision: 2}, {WorkerId: "w3", WorkerRevision: 1}}
+		}, []Action{Reconfigure{JobID: "j", Generation: 3, Workers: []string{"w1", "w3"}, Reason: "workers [w3] joined", StatusRev: 101,
+			History: []*pb.HistoryEntry{{TimeMs: now, Generation: 3, Event: "joined", Detail: "workers [w3] joined at a step boundary; the ring has 2 ranks"}}}}},
+		{"a ring report that blames nobody changes nothing", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2)
+			j := b.job("j", 2, running, 1)
+			b.running(j, 1, "w1", "w2")
+			j.Spec.MaxRestarts = 3
+			j.Reports = []*pb.RankReport{{Generation: 1, Rank: 0, Ring: true, Error: "rank 1 gave up"}}
+		}, nil},
+		{"a leaving rank shrinks the ring at a step boundary, counting no failure", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2)
+			j := b.job("j", 2, running, 1)
+			b.running(j, 1, "w1", "w2")
+			j.Reports = []*pb.RankReport{{Generation: 1, Rank: 0, Leaving: true}}
+		}, []Action{Reconfigure{JobID: "j", Generation: 2, Workers: []string{"w2"}, Reason: "worker w1 (rank 0) left", StatusRev: 101,
+			History: []*pb.HistoryEntry{
+				{TimeMs: now, Generation: 1, Event: "left", Detail: "worker w1 (rank 0) left at a step boundary"},
+				{TimeMs: now, Generation: 2, Event: "rebuilt", Detail: "ring rebuilt on 1 workers [w2]"}}}}},
+		{"every rank lost: restart from the latest checkpoint", func(b *snap) {
+			b.worker("w1", 9)
 			j := b.job("j", 1, running, 1)
+			b.s.Workers["w1"] = state.Versioned[*pb.Worker]{Value: &pb.Worker{Id: "w1"}, CreateRev: 1}
 			b.running(j, 1, "w1")
 			b.worker("w1", 9)
-		}, []Action{Finish{JobID: "j", State: pb.JobState_JOB_STATE_FAILED, Message: "worker w1 (rank 0) restarted" + resumeHint("j"), StatusRev: 101}}},
+			j.Spec.MaxRestarts = 3
+		}, []Action{Requeue{JobID: "j", Message: "worker w1 (rank 0) lost: it restarted; 0 of the 1 ranks remain (at least 1 needed)", StatusRev: 101,
+			History: []*pb.HistoryEntry{
+				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w1 (rank 0) lost: it restarted"},
+				{TimeMs: now, Generation: 1, Event: "restarted", Detail: "worker w1 (rank 0) lost: it restarted; 0 of the 1 ranks remain (at least 1 needed); restarting from the latest checkpoint"}}}}},
+		{"an elastic job below its minimum restarts from the checkpoint", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2)
+			j := b.job("j", 3, running, 1)
+			j.Spec.MinWorkers, j.Spec.MaxRestarts = 2, 3
+			b.running(j, 1, "w1", "w2")
+			delete(b.s.Workers, "w2")
+		}, []Action{Requeue{JobID: "j", Message: "worker w2 (rank 1) lost: its lease expired; 1 of the 2 ranks remain (at least 2 needed)", StatusRev: 101,
+			History: []*pb.HistoryEntry{
+				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: its lease expired"},
+				{TimeMs: now, Generation: 1, Event: "restarted", Detail: "worker w2 (rank 1) lost: its lease expired; 1 of the 2 ranks remain (at least 2 needed); restarting from the latest checkpoint"}}}}},
+		{"an elastic job starts on its minimum and takes up to its maximum", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2).worker("w3", 3)
+			j := b.job("j", 4, pending, 1)
+			j.Spec.MinWorkers = 2
+		}, []Action{Assign{JobID: "j", Generation: 1, Workers: []string{"w1", "w2", "w3"}, StatusRev: 101}}},
+		{"a plain job restarting after failures starts on what there is", func(b *snap) {
+			b.worker("w1", 1)
+			j := b.job("j", 2, pending, 1)
+			j.Status.Value.Restarts, j.Status.Value.Resume = 1, true
+		}, []Action{Assign{JobID: "j", Generation: 1, Workers: []string{"w1"}, StatusRev: 101}}},
+		{"recovery takes idle workers before pending jobs do", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2).worker("w3", 3)
+			b.job("p", 1, pending, 1)
+			j := b.job("j", 2, running, 2)
+			j.Spec.MaxRestarts = 1
+			b.running(j, 1, "w1", "w2")
+			delete(b.s.Workers, "w2")
+		}, []Action{Reconfigure{JobID: "j", Generation: 2, Workers: []string{"w1", "w3"}, Abort: true, Failure: true,
+			Reason: "worker w2 (rank 1) lost: its lease expired", StatusRev: 102,
+			History: []*pb.HistoryEntry{
+				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: its lease expired"},
+				{TimeMs: now, Generation: 2, Event: "joined", Detail: "workers [w3] replace the ranks lost"},
+				{TimeMs: now, Generation: 2, Event: "rebuilt", Detail: "ring rebuilt on 2 workers [w1 w3]"}}}}},
 		{"a rank report of the current generation fails the job", func(b *snap) {
 			b.worker("w1", 1)
 			j := b.job("j", 1, running, 1)
@@ -142,12 +232,12 @@ func TestPlan(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			b := newSnap()
 			c.build(b)
-			got := Plan(b.s)
+			got := Plan(b.s, now)
 			if !reflect.DeepEqual(got, c.want) {
 				t.Errorf("Plan:\n got  %s\n want %s", describeAll(got), describeAll(c.want))
 			}
 			// Pure: planning again gives the same actions.
-			if again := Plan(b.s); !reflect.DeepEqual(got, again) {
+			if again := Plan(b.s, now); !reflect.DeepEqual(got, again) {
 				t.Errorf("Plan is not deterministic: %s then %s", describeAll(got), describeAll(again))
 			}
 		})
