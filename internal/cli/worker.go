@@ -5,8 +5,10 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
+	"go.uber.org/zap"
 
 	"github.com/ringmaster/ringmaster/internal/worker"
 )
@@ -16,6 +18,7 @@ import (
 func NewWorkerCommand() *cobra.Command {
 	var cfg worker.Config
 	var lf logFlags
+	var drainTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "worker --coordinator ADDR [--listen ADDR] [--device cpu]",
 		Short: "Run a training worker that registers with a coordinator and trains the ranks it is assigned",
@@ -33,8 +36,34 @@ func NewWorkerCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			defer stop()
+			// SIGTERM drains: the worker leaves its job at the next step
+			// boundary, then exits; a second signal, SIGINT, or the drain
+			// timeout stops it at once.
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			sigs := make(chan os.Signal, 2)
+			signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+			defer signal.Stop(sigs)
+			go func() {
+				select {
+				case sig := <-sigs:
+					if sig != syscall.SIGTERM {
+						cancel()
+						return
+					}
+					log.Info("SIGTERM: draining", zap.Duration("timeout", drainTimeout))
+					w.Drain()
+				case <-ctx.Done():
+					return
+				}
+				select {
+				case <-sigs:
+				case <-time.After(drainTimeout):
+					log.Warn("drain timed out; stopping")
+				case <-ctx.Done():
+				}
+				cancel()
+			}()
 			return w.Run(ctx)
 		},
 	}
@@ -47,6 +76,7 @@ func NewWorkerCommand() *cobra.Command {
 	f.IntVar(&cfg.Threads, "threads", 0, "goroutines per compute kernel (0: all CPUs)")
 	f.StringVar(&cfg.CacheDir, "cache-dir", "", "where dataset shards from object storage are staged while in use (default: the temporary directory)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", worker.DefaultLeaseTTL, "registration lease TTL: a dead or hung worker is noticed within it")
+	f.DurationVar(&drainTimeout, "drain-timeout", time.Minute, "after SIGTERM, how long the worker may take to leave its job at a step boundary")
 	f.StringVar(&cfg.SampleLog, "sample-log", "", "append one line per committed step to this file (which samples the ring consumed; for tests)")
 	addLogFlags(cmd, &lf)
 	return cmd

@@ -84,7 +84,9 @@ func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) er
 		st.History = appendHistory(st.History, a.History)
 		cmps = append(cmps,
 			clientv3.Compare(clientv3.ModRevision(k.Status(a.JobID)), "=", a.StatusRev),
-			clientv3.Compare(clientv3.ModRevision(k.Assignment(a.JobID)), "=", a.AssignmentRev))
+			clientv3.Compare(clientv3.ModRevision(k.Assignment(a.JobID)), "=", a.AssignmentRev),
+			// A result recorded since the snapshot ends the job instead.
+			clientv3.Compare(clientv3.ModRevision(k.Progress(a.JobID)), "=", a.ProgressRev))
 		asg := &pb.Assignment{Generation: a.Generation, CreatedMs: now, Abort: a.Abort, Reason: a.Reason}
 		member := map[string]bool{}
 		for rank, w := range a.Workers {

@@ -58,6 +58,7 @@ type Reconfigure struct {
 	History       []*pb.HistoryEntry
 	StatusRev     int64
 	AssignmentRev int64
+	ProgressRev   int64
 }
 
 // Requeue sends a running job back to pending, to restart from its latest
@@ -147,13 +148,13 @@ func Plan(s *state.Snapshot, now int64) []Action {
 		}
 		a := j.Assignment.Value
 		_, hi := runWorkers(j)
-		if len(a.Ranks) >= hi {
-			continue
+		if len(a.Ranks) >= hi || (j.Progress != nil && j.Progress.TotalSteps > 0 && j.Progress.Step >= j.Progress.TotalSteps) {
+			continue // full, or finishing
 		}
 		add := take(&idle, hi-len(a.Ranks))
 		workers := append(rankWorkers(a), add...)
 		actions = append(actions, Reconfigure{JobID: id, Generation: a.Generation + 1, Workers: workers,
-			Reason: fmt.Sprintf("workers %v joined", add), StatusRev: j.Status.ModRev, AssignmentRev: j.Assignment.ModRev,
+			Reason: fmt.Sprintf("workers %v joined", add), StatusRev: j.Status.ModRev, AssignmentRev: j.Assignment.ModRev, ProgressRev: j.ProgressRev,
 			History: []*pb.HistoryEntry{{TimeMs: now, Generation: a.Generation + 1, Event: "joined", Step: lastStep(j),
 				Detail: fmt.Sprintf("workers %v joined at a step boundary; the ring has %d ranks", add, len(workers))}}})
 	}
@@ -288,6 +289,9 @@ func planRunning(s *state.Snapshot, j *state.JobEntry, idle *[]string, now int64
 	for _, r := range a.Ranks {
 		w, ok := s.Workers[r.WorkerId]
 		switch {
+		case leaving[r.Rank]:
+			// It left at a step boundary; its registration may be gone
+			// already.
 		case !ok:
 			lost[r.Rank] = fmt.Sprintf("worker %s (rank %d) lost: its lease expired", r.WorkerId, r.Rank)
 		case r.WorkerRevision != 0 && w.CreateRev != r.WorkerRevision:
@@ -342,7 +346,7 @@ func planRunning(s *state.Snapshot, j *state.JobEntry, idle *[]string, now int64
 	history = append(history, &pb.HistoryEntry{TimeMs: now, Generation: gen, Event: "rebuilt", Step: step,
 		Detail: fmt.Sprintf("ring rebuilt on %d workers %v", len(workers), workers)})
 	return Reconfigure{JobID: j.ID, Generation: gen, Workers: workers, Abort: failure, Reason: reason, Failure: failure,
-		Exclude: exclude, History: history, StatusRev: j.Status.ModRev, AssignmentRev: j.Assignment.ModRev}
+		Exclude: exclude, History: history, StatusRev: j.Status.ModRev, AssignmentRev: j.Assignment.ModRev, ProgressRev: j.ProgressRev}
 }
 
 func resumeHint(jobID string) string {

@@ -69,6 +69,10 @@ type JobEntry struct {
 	Status      Versioned[*pb.JobStatus]
 	Assignment  *Versioned[*pb.Assignment]
 	Progress    *pb.Progress
+	// ProgressRev is the progress key's mod revision (0: none): a change
+	// of ring is guarded by it, so that no new generation follows a
+	// result already recorded.
+	ProgressRev int64
 	Reports     []*pb.RankReport
 	Checkpoints []*pb.CheckpointRecord
 }
@@ -152,7 +156,7 @@ func Read(ctx context.Context, cli *clientv3.Client, k Keys) (*Snapshot, error) 
 				err = Unmarshal(kv.Value, a)
 				j.Assignment = &Versioned[*pb.Assignment]{a, kv.ModRevision, kv.CreateRevision}
 			case rest == "progress":
-				j.Progress = &pb.Progress{}
+				j.Progress, j.ProgressRev = &pb.Progress{}, kv.ModRevision
 				err = Unmarshal(kv.Value, j.Progress)
 			case strings.HasPrefix(rest, "reports/"):
 				r := &pb.RankReport{}

@@ -190,6 +190,15 @@ func (w *Worker) runJob(ctx context.Context, r *jobRun, log *zap.Logger) (*pb.Cl
 		var ringErr *allreduce.RingError
 		var dialErr *allreduce.DialError
 		switch {
+		case w.draining() && errors.Is(err, ErrYield):
+			// A planned leave: the step is committed on every rank; the
+			// others wait for the generation without this worker.
+			log.Info("leaving the job at a step boundary", zap.Uint64("generation", c.Generation), zap.Int64("step", t.step))
+			if err := t.WaitSaves(ctx); err != nil {
+				log.Warn("the checkpoint in flight did not finish", zap.Error(err))
+			}
+			w.report(&pb.RankReport{Generation: c.Generation, Rank: c.Rank, Leaving: true, Error: "leaving (drain)"}, c.JobId, log)
+			return c, nil
 		case newer || errors.Is(err, ErrYield):
 			log.Info("leaving the ring for the next generation", zap.Uint64("generation", c.Generation), zap.Int64("step", t.step), zap.NamedError("cause", err))
 		case errors.As(err, &ringErr) || errors.Is(err, errDial):
@@ -251,10 +260,17 @@ func (w *Worker) runGeneration(ctx context.Context, r *jobRun, t *Trainer, c *pb
 				}
 				t.RequestYield()
 			}
+			if w.draining() {
+				t.RequestYield()
+			}
 			select {
 			case <-gctx.Done():
 				return
 			case <-next:
+			case <-w.drain:
+				t.RequestYield()
+				<-gctx.Done()
+				return
 			}
 		}
 	}()

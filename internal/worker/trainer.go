@@ -232,6 +232,15 @@ func (t *Trainer) Close() {
 	}
 }
 
+// WaitSaves waits until the checkpoint save in flight, if any, is
+// committed.
+func (t *Trainer) WaitSaves(ctx context.Context) error {
+	if t.saver == nil {
+		return nil
+	}
+	return t.saver.Wait(ctx)
+}
+
 // Done reports whether every step of the job is committed.
 func (t *Trainer) Done() bool { return t.step >= t.total }
 

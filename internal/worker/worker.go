@@ -78,7 +78,28 @@ type Worker struct {
 
 	dataMu sync.Mutex
 	data   map[string]*mnist.Dataset
+
+	drainOnce sync.Once
+	drain     chan struct{} // closed by Drain
 }
+
+// Drain makes the worker leave: at once when idle, otherwise at the next
+// step boundary of the job it trains (the job's ring shrinks or takes a
+// replacement, and no step is lost), after which Run returns. It is what
+// SIGTERM does (a node drain, a preemption, a rolling upgrade).
+func (w *Worker) Drain() { w.drainOnce.Do(func() { close(w.drain) }) }
+
+func (w *Worker) draining() bool {
+	select {
+	case <-w.drain:
+		return true
+	default:
+		return false
+	}
+}
+
+// errDrained ends serveLease after a drain.
+var errDrained = errors.New("drained")
 
 // New validates the configuration and binds the ring listener; Run does
 // the rest.
@@ -123,7 +144,7 @@ func New(cfg Config, log *zap.Logger) (*Worker, error) {
 		addr = net.JoinHostPort(host, fmt.Sprint(tcp.Port))
 	}
 	w := &Worker{cfg: cfg, log: log.With(zap.String("worker", cfg.ID)), lis: lis, addr: addr,
-		hub: allreduce.NewHub(log), be: model.NewCPU(cfg.Threads), data: map[string]*mnist.Dataset{}}
+		hub: allreduce.NewHub(log), be: model.NewCPU(cfg.Threads), data: map[string]*mnist.Dataset{}, drain: make(chan struct{})}
 	w.srv = grpc.NewServer(allreduce.ServerOptions()...)
 	w.hub.Register(w.srv)
 	return w, nil
@@ -174,7 +195,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// has declared this worker lost, and the worker registers anew.
 	for {
 		err := w.serveLease(ctx)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || errors.Is(err, errDrained) {
 			return nil
 		}
 		select {
@@ -299,8 +320,24 @@ func (w *Worker) serveLease(ctx context.Context) error {
 	if len(cur.Kvs) > 0 {
 		handle(cur.Kvs[0].Value, cur.Kvs[0].ModRevision, false)
 	}
+	drain := w.drain
 	for {
+		// Draining, the worker waits for its job's run to leave the ring.
+		var runDone <-chan struct{}
+		if drain == nil && run != nil {
+			runDone = run.done
+		}
+		if drain == nil && (run == nil || run.finished()) {
+			w.log.Info("drained; leaving")
+			return errDrained
+		}
 		select {
+		case <-drain:
+			drain = nil
+			if run != nil {
+				w.log.Info("draining: leaving the job at the next step boundary", zap.String("job", run.jobID))
+			}
+		case <-runDone:
 		case <-ctx.Done():
 			return ctx.Err()
 		case _, ok := <-ka:
