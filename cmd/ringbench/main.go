@@ -22,7 +22,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newAllReduceCmd(), newAllReduceRankCmd(), newCheckpointCommand(), newTrainCommand())
+	root.AddCommand(newAllReduceCmd(), newAllReduceRankCmd(), newCheckpointCommand(), newTrainCommand(), newRecoveryCommand(), newHiddenWorkerCommand())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "ringbench:", err)
 		os.Exit(1)
