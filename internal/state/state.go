@@ -64,11 +64,11 @@ type Versioned[T any] struct {
 
 // JobEntry is everything stored about one job.
 type JobEntry struct {
-	ID          string
-	Spec        *pb.JobSpec
-	Status      Versioned[*pb.JobStatus]
-	Assignment  *Versioned[*pb.Assignment]
-	Progress    *pb.Progress
+	ID         string
+	Spec       *pb.JobSpec
+	Status     Versioned[*pb.JobStatus]
+	Assignment *Versioned[*pb.Assignment]
+	Progress   *pb.Progress
 	// ProgressRev is the progress key's mod revision (0: none): a change
 	// of ring is guarded by it, so that no new generation follows a
 	// result already recorded.
