@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -122,9 +123,18 @@ func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
+	// A restart on the same data directory serves the embedded etcd and
+	// NATS on the addresses they had, so that running workers reconnect
+	// to them; a port that is taken by now is given up for a new one.
+	prev := loadListenAddrs(cfg.DataDir)
 	c.etcdURLs = cfg.EtcdEndpoints
 	if len(c.etcdURLs) == 0 {
-		c.embEtcd, err = embedded.StartEtcd(embedded.EtcdConfig{Dir: filepath.Join(cfg.DataDir, "etcd"), ClientAddr: cfg.EmbeddedEtcdListen}, log)
+		etcdDir := filepath.Join(cfg.DataDir, "etcd")
+		c.embEtcd, err = embedded.StartEtcd(embedded.EtcdConfig{Dir: etcdDir, ClientAddr: reuse(cfg.EmbeddedEtcdListen, prev.Etcd)}, log)
+		if err != nil && reuse(cfg.EmbeddedEtcdListen, prev.Etcd) != cfg.EmbeddedEtcdListen {
+			log.Warn("the embedded etcd's previous address is not free; taking another (running workers must be restarted)", zap.String("previous", prev.Etcd), zap.Error(err))
+			c.embEtcd, err = embedded.StartEtcd(embedded.EtcdConfig{Dir: etcdDir, ClientAddr: cfg.EmbeddedEtcdListen}, log)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -143,7 +153,11 @@ func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
 	}
 	c.natsURL = cfg.NATSURL
 	if c.natsURL == "" {
-		c.embNATS, err = embedded.StartNATS(cfg.EmbeddedNATSListen, log)
+		c.embNATS, err = embedded.StartNATS(reuse(cfg.EmbeddedNATSListen, prev.NATS), log)
+		if err != nil && reuse(cfg.EmbeddedNATSListen, prev.NATS) != cfg.EmbeddedNATSListen {
+			log.Warn("the embedded NATS's previous address is not free; taking another", zap.String("previous", prev.NATS), zap.Error(err))
+			c.embNATS, err = embedded.StartNATS(cfg.EmbeddedNATSListen, log)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -154,6 +168,9 @@ func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
 		return nil, err
 	}
 	c.pub = events.NewPublisher(c.nc)
+	if err := saveListenAddrs(cfg.DataDir, c.embEtcd, c.embNATS); err != nil {
+		log.Warn("could not record the embedded servers' addresses; a restart will pick new ones", zap.Error(err))
+	}
 	if c.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("coordinator API listen %s: %w", cfg.Listen, err)
 	}
@@ -345,4 +362,54 @@ func (c *Coordinator) announce(a Action) {
 	if err := c.pub.Publish(ev); err != nil {
 		c.log.Warn("publishing a job event failed", zap.Error(err))
 	}
+}
+
+// listenAddrs are the addresses the embedded etcd and NATS took, kept in
+// the data directory for a restart.
+type listenAddrs struct {
+	Etcd string `json:"etcd,omitempty"`
+	NATS string `json:"nats,omitempty"`
+}
+
+const listenAddrsFile = "listen-addrs.json"
+
+func loadListenAddrs(dir string) listenAddrs {
+	var a listenAddrs
+	if b, err := os.ReadFile(filepath.Join(dir, listenAddrsFile)); err == nil {
+		_ = json.Unmarshal(b, &a) // a damaged file only costs new ports
+	}
+	return a
+}
+
+func saveListenAddrs(dir string, e *embedded.Etcd, n *embedded.NATS) error {
+	var a listenAddrs
+	if e != nil {
+		if u, err := url.Parse(e.Endpoints()[0]); err == nil {
+			a.Etcd = u.Host
+		}
+	}
+	if n != nil {
+		if u, err := url.Parse(n.URL()); err == nil {
+			a.NATS = u.Host
+		}
+	}
+	b, _ := json.Marshal(a)
+	tmp := filepath.Join(dir, listenAddrsFile+".tmp")
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, listenAddrsFile))
+}
+
+// reuse returns the previous address when the configured one asks for any
+// port on the same host.
+func reuse(configured, previous string) string {
+	h, p, err := net.SplitHostPort(configured)
+	if err != nil || p != "0" || previous == "" {
+		return configured
+	}
+	if ph, _, err := net.SplitHostPort(previous); err != nil || ph != h {
+		return configured
+	}
+	return previous
 }

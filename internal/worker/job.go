@@ -305,7 +305,13 @@ func (w *Worker) runGeneration(ctx context.Context, r *jobRun, t *Trainer, c *pb
 	if rank == 0 {
 		ckpts = mgr
 	}
-	rep := &etcdReporter{w: w, jobID: c.JobId, claimKey: w.keys.Claim(w.cfg.ID), claimValue: claimValue, log: log}
+	rep := newEtcdReporter(w, c.JobId, w.keys.Claim(w.cfg.ID), claimValue, log)
+	var reporting sync.WaitGroup
+	rctx, rcancel := context.WithCancel(gctx)
+	reporting.Add(1)
+	go func() { defer reporting.Done(); rep.run(rctx) }()
+	defer reporting.Wait()
+	defer rcancel()
 	if err := t.Join(gctx, Ring{Rank: rank, World: world, Generation: c.Generation, Comm: comm, Checkpoints: ckpts, Reporter: rep}); err != nil {
 		return err
 	}
@@ -562,15 +568,126 @@ func (w *Worker) dataset(d *pb.Dataset) (*mnist.Dataset, error) {
 	return ds, nil
 }
 
-// etcdReporter records rank 0's progress in etcd and publishes its metrics
-// on NATS. Progress writes are guarded by this worker's claim, so a rank of
-// a generation that the coordinator has ended cannot overwrite anything.
+// etcdReporter records rank 0's progress and checkpoints in etcd and
+// publishes its metrics on NATS. Progress writes are guarded by this
+// worker's claim, so a rank of a generation that the coordinator has ended
+// cannot overwrite anything.
+//
+// Training does not wait for the control plane: Progress and Checkpoint
+// put their record in a bounded outbox (the newest progress, and up to
+// maxPendingRecords checkpoint records) that the reporter's goroutine
+// delivers, retrying while etcd is unreachable. Only the final result is
+// written synchronously: Finish retries it until it is recorded, the claim
+// has ended, or the run is cancelled. NATS buffers its own messages while
+// it reconnects (nats.go's bounded reconnect buffer).
 type etcdReporter struct {
 	w          *Worker
 	jobID      string
 	claimKey   string
 	claimValue string
 	log        *zap.Logger
+
+	kick chan struct{} // wakes run; capacity 1
+
+	mu       sync.Mutex
+	progress *pb.Progress           // newest undelivered progress
+	records  []*pb.CheckpointRecord // undelivered checkpoint records, oldest first
+	fenced   bool                   // the claim has ended: nothing more is written
+	down     time.Time              // when deliveries started failing (zero: they do not)
+}
+
+// maxPendingRecords bounds the checkpoint records kept while etcd is
+// unreachable; the oldest are dropped first (the store still lists them).
+const maxPendingRecords = 64
+
+// errFenced: this worker's claim on the job has ended.
+var errFenced = errors.New("this worker's claim on the job has ended")
+
+func newEtcdReporter(w *Worker, jobID, claimKey, claimValue string, log *zap.Logger) *etcdReporter {
+	return &etcdReporter{w: w, jobID: jobID, claimKey: claimKey, claimValue: claimValue, log: log, kick: make(chan struct{}, 1)}
+}
+
+// run delivers the outbox until ctx ends, then makes one last bounded
+// attempt.
+func (r *etcdReporter) run(ctx context.Context) {
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.w.cfg.RequestTimeout)
+			_ = r.flush(fctx)
+			cancel()
+			return
+		case <-r.kick:
+		case <-retry.C:
+		}
+		if err := r.flush(ctx); err != nil && !errors.Is(err, errFenced) && ctx.Err() == nil {
+			retry.Reset(500 * time.Millisecond)
+		}
+	}
+}
+
+func (r *etcdReporter) wake() {
+	select {
+	case r.kick <- struct{}{}:
+	default:
+	}
+}
+
+// flush writes the outbox: checkpoint records first, then the progress.
+func (r *etcdReporter) flush(ctx context.Context) error {
+	for {
+		r.mu.Lock()
+		if r.fenced {
+			r.progress, r.records = nil, nil
+			r.mu.Unlock()
+			return errFenced
+		}
+		var key string
+		var val []byte
+		var rec *pb.CheckpointRecord
+		var prog *pb.Progress
+		switch {
+		case len(r.records) > 0:
+			rec = r.records[0]
+			key, val = r.w.keys.Checkpoint(r.jobID, rec.Step), []byte(state.Marshal(rec))
+		case r.progress != nil:
+			prog = r.progress
+			key, val = r.w.keys.Progress(r.jobID), []byte(state.Marshal(prog))
+		}
+		r.mu.Unlock()
+		if key == "" {
+			return nil
+		}
+		err := r.put(ctx, key, string(val))
+		r.mu.Lock()
+		switch {
+		case errors.Is(err, errFenced):
+			r.fenced = true
+		case err != nil:
+			if r.down.IsZero() {
+				r.down = time.Now()
+				r.log.Warn("etcd is unreachable: training goes on and its progress is delivered when etcd is back", zap.Error(err))
+			}
+		default:
+			if !r.down.IsZero() {
+				r.log.Info("progress delivered again", zap.Duration("after", time.Since(r.down).Round(time.Millisecond)))
+				r.down = time.Time{}
+			}
+			if rec != nil && len(r.records) > 0 && r.records[0] == rec {
+				r.records = r.records[1:]
+			}
+			if prog != nil && r.progress == prog {
+				r.progress = nil
+			}
+		}
+		r.mu.Unlock()
+		if err != nil {
+			return err
+		}
+	}
 }
 
 func (r *etcdReporter) Step(m *pb.StepMetrics) {
@@ -587,14 +704,40 @@ func (r *etcdReporter) put(ctx context.Context, key, val string) error {
 		return err
 	}
 	if !resp.Succeeded {
-		return errors.New("this worker's claim on the job has ended")
+		return errFenced
 	}
 	return nil
 }
 
+// Progress queues p for delivery; the final one (Done) is written before
+// it returns, retried until it is recorded, the claim has ended, or ctx
+// ends.
 func (r *etcdReporter) Progress(ctx context.Context, p *pb.Progress) error {
 	p.UpdatedMs = time.Now().UnixMilli()
-	return r.put(ctx, r.w.keys.Progress(r.jobID), state.Marshal(p))
+	r.mu.Lock()
+	fenced := r.fenced
+	if !fenced {
+		r.progress = p
+	}
+	r.mu.Unlock()
+	if fenced {
+		return errFenced
+	}
+	if !p.Done {
+		r.wake()
+		return nil
+	}
+	for {
+		err := r.flush(ctx)
+		if err == nil || errors.Is(err, errFenced) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (etcd: %v)", ctx.Err(), err)
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 func (r *etcdReporter) CheckpointFailed(step int64, err error) {
@@ -602,10 +745,22 @@ func (r *etcdReporter) CheckpointFailed(step int64, err error) {
 		Detail: fmt.Sprintf("checkpoint at step %d failed; training goes on and the next save tries again: %v", step, err)}}})
 }
 
-func (r *etcdReporter) Checkpoint(ctx context.Context, rec *pb.CheckpointRecord) error {
+// Checkpoint queues the record of a committed checkpoint for delivery.
+func (r *etcdReporter) Checkpoint(_ context.Context, rec *pb.CheckpointRecord) error {
 	_ = r.w.pub.Publish(&pb.JobEvent{JobId: r.jobID, Event: &pb.JobEvent_State{State: &pb.StateChange{
 		Detail: fmt.Sprintf("checkpoint at step %d saved to %s", rec.Step, rec.Url)}}})
-	return r.put(ctx, r.w.keys.Checkpoint(r.jobID, rec.Step), state.Marshal(rec))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fenced {
+		return errFenced
+	}
+	if len(r.records) == maxPendingRecords {
+		r.log.Warn("too many checkpoint records wait for etcd; dropping the oldest (the store still lists it)", zap.Int64("step", r.records[0].Step))
+		r.records = r.records[1:]
+	}
+	r.records = append(r.records, rec)
+	r.wake()
+	return nil
 }
 
 // commitHook returns the trainer's CommitHook for Config.SampleLog, or

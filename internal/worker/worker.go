@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
@@ -178,7 +179,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.keys = state.Keys{Prefix: info.EtcdPrefix}
 	w.etcd, err = clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: w.cfg.RequestTimeout,
-		Logger: w.log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.ErrorLevel))})
+		Logger: w.log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.ErrorLevel)),
+		// Reconnect within a second of etcd coming back (gRPC's default
+		// backoff grows to two minutes): a restarted etcd gives leases
+		// only their TTL to be renewed.
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second}})}})
 	if err != nil {
 		return fmt.Errorf("worker: connecting to etcd %v: %w", info.EtcdEndpoints, err)
 	}
@@ -321,6 +327,8 @@ func (w *Worker) serveLease(ctx context.Context) error {
 		handle(cur.Kvs[0].Value, cur.Kvs[0].ModRevision, false)
 	}
 	drain := w.drain
+	var retry <-chan time.Time // reconnecting the lease keep-alive
+	var lostAt time.Time
 	for {
 		// Draining, the worker waits for its job's run to leave the ring.
 		var runDone <-chan struct{}
@@ -342,7 +350,31 @@ func (w *Worker) serveLease(ctx context.Context) error {
 			return ctx.Err()
 		case _, ok := <-ka:
 			if !ok {
-				return errors.New("lease keep-alive stopped: the lease expired or etcd is unreachable")
+				// etcd is unreachable (or the lease is gone). Training
+				// does not need it between decisions: the job goes on
+				// while the worker finds out which.
+				ka, lostAt = nil, time.Now()
+				w.log.Warn("lost contact with etcd; the job goes on while the worker reconnects")
+				retry = time.After(100 * time.Millisecond)
+			}
+		case <-retry:
+			retry = nil
+			rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
+			ttl, err := w.etcd.TimeToLive(rctx, lease.ID)
+			cancel()
+			switch {
+			case err != nil:
+				retry = time.After(250 * time.Millisecond)
+			case ttl.TTL <= 0:
+				// The coordinator has declared this worker lost and its
+				// job's ring has moved on: it is fenced.
+				return fmt.Errorf("the lease expired while etcd was unreachable (for %v)", time.Since(lostAt).Round(time.Millisecond))
+			default:
+				if ka, err = w.etcd.KeepAlive(kctx, lease.ID); err != nil {
+					ka, retry = nil, time.After(250*time.Millisecond)
+				} else {
+					w.log.Info("reconnected to etcd; the registration held", zap.Duration("after", time.Since(lostAt)))
+				}
 			}
 		case wr, ok := <-wch:
 			if !ok {
