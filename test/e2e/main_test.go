@@ -30,12 +30,13 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	// Re-executed as a worker (by startWorker, or by `coordinator run`).
-	if len(os.Args) > 1 && os.Args[1] == "worker" {
+	// Re-executed as a worker (by startWorker, or by `coordinator run`),
+	// or as a coordinator in its own process (startCoordinatorProcess).
+	if len(os.Args) > 1 && (os.Args[1] == "worker" || os.Args[1] == "serve") {
 		cmd := cli.NewCoordinatorCommand()
 		cmd.SetArgs(os.Args[1:])
 		if err := cmd.Execute(); err != nil {
-			fmt.Fprintln(os.Stderr, "worker:", err)
+			fmt.Fprintln(os.Stderr, os.Args[1]+":", err)
 			os.Exit(1)
 		}
 		os.Exit(0)
@@ -46,7 +47,9 @@ func TestMain(m *testing.M) {
 // cluster is a coordinator and its worker processes.
 type cluster struct {
 	t       *testing.T
-	coord   *coordinator.Coordinator
+	coord   *coordinator.Coordinator // nil when the coordinator runs as a process
+	addr    string                   // the coordinator's API address
+	proc    *exec.Cmd                // the coordinator process, if any
 	client  pb.CoordinatorClient
 	dir     string
 	mu      sync.Mutex
@@ -64,7 +67,7 @@ func startCluster(t *testing.T) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl := &cluster{t: t, coord: c, client: pb.NewCoordinatorClient(conn), dir: dir, workers: map[string]*exec.Cmd{}}
+	cl := &cluster{t: t, coord: c, addr: c.Addr(), client: pb.NewCoordinatorClient(conn), dir: dir, workers: map[string]*exec.Cmd{}}
 	t.Cleanup(func() {
 		cl.mu.Lock()
 		for _, w := range cl.workers {
@@ -88,12 +91,12 @@ func startCluster(t *testing.T) *cluster {
 // workers), short enough that killed workers are noticed quickly.
 const testLease = 8 * time.Second
 
-// startWorker starts a worker process with a lease of ttl.
-func (c *cluster) startWorker(id string, ttl time.Duration) *exec.Cmd {
+// startWorker starts a worker process with a lease of ttl, and more flags.
+func (c *cluster) startWorker(id string, ttl time.Duration, flags ...string) *exec.Cmd {
 	c.t.Helper()
 	logf := filepath.Join(c.dir, id+".log")
-	cmd := exec.Command(os.Args[0], "worker", "--coordinator", c.coord.Addr(), "--id", id, "--listen", "127.0.0.1:0",
-		"--lease-ttl", ttl.String(), "--threads", "1", "--log-file", logf)
+	cmd := exec.Command(os.Args[0], append([]string{"worker", "--coordinator", c.addr, "--id", id, "--listen", "127.0.0.1:0",
+		"--lease-ttl", ttl.String(), "--threads", "1", "--log-file", logf}, flags...)...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
@@ -145,7 +148,7 @@ func (c *cluster) cli(args ...string) (string, error) {
 	var out bytes.Buffer
 	cmd.SetOut(&out)
 	cmd.SetErr(&out)
-	cmd.SetArgs(append(args, "--addr", c.coord.Addr()))
+	cmd.SetArgs(append(args, "--addr", c.addr))
 	err := cmd.Execute()
 	return out.String(), err
 }

@@ -1,0 +1,156 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+)
+
+// startProcessCluster starts a cluster whose coordinator (`coordinator
+// serve`, with its embedded etcd and NATS) runs in its own process, so
+// that a test can kill it with SIGKILL and start it again on the same data
+// directory and API address.
+func startProcessCluster(t *testing.T) *cluster {
+	t.Helper()
+	dir := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := &cluster{t: t, addr: addr, client: pb.NewCoordinatorClient(conn), dir: dir, workers: map[string]*exec.Cmd{}}
+	t.Cleanup(func() {
+		cl.mu.Lock()
+		for _, w := range cl.workers {
+			_ = w.Process.Kill()
+			_ = w.Wait()
+		}
+		cl.mu.Unlock()
+		if cl.proc != nil {
+			_ = cl.proc.Process.Signal(syscall.SIGTERM)
+			_ = cl.proc.Wait()
+		}
+		conn.Close()
+		if t.Failed() {
+			cl.dumpLogs()
+		}
+	})
+	cl.startCoordinatorProcess()
+	return cl
+}
+
+// startCoordinatorProcess starts the coordinator process and waits until
+// its API answers.
+func (c *cluster) startCoordinatorProcess() {
+	c.t.Helper()
+	cmd := exec.Command(os.Args[0], "serve", "--listen", c.addr, "--data-dir", filepath.Join(c.dir, "coord"),
+		"--embedded-etcd-listen", "127.0.0.1:0", "--embedded-nats-listen", "127.0.0.1:0",
+		"--log-file", filepath.Join(c.dir, "coordinator.log"))
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	c.proc = cmd
+	waitFor(c.t, time.Minute, "the coordinator's API", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := c.client.Info(ctx, &pb.InfoRequest{})
+		return err
+	})
+}
+
+// killCoordinator ends the coordinator process with SIGKILL.
+func (c *cluster) killCoordinator() {
+	c.t.Helper()
+	if err := c.proc.Process.Signal(syscall.SIGKILL); err != nil {
+		c.t.Fatal(err)
+	}
+	_ = c.proc.Wait()
+	c.proc = nil
+}
+
+// lastCommitted is the newest step of job id in the sample log (0: none).
+func (c *chaosCluster) lastCommitted(id string) int64 {
+	f, err := os.Open(c.samples)
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	var last int64
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var job string
+		var step int64
+		if _, err := fmt.Sscan(sc.Text(), &job, &step); err == nil && job == id && step > last {
+			last = step
+		}
+	}
+	return last
+}
+
+// waitCommitted waits until job id has committed step (from the sample
+// log, which needs no control plane).
+func (c *chaosCluster) waitCommitted(id string, step int64, timeout time.Duration) {
+	c.t.Helper()
+	waitFor(c.t, timeout, fmt.Sprintf("step %d of job %s", step, id), func() error {
+		if got := c.lastCommitted(id); got < step {
+			return fmt.Errorf("at step %d", got)
+		}
+		return nil
+	})
+}
+
+// kill -9 of the coordinator (and with it the embedded etcd and NATS)
+// mid-job, and a restart on the same data directory 8 s later: the workers
+// train on through the outage, the restarted coordinator adopts the job,
+// and it finishes without a failure counted, a step redone or a sample
+// skipped.
+func TestCoordinatorRestartDoesNotStopTraining(t *testing.T) {
+	seed := chaosSeed(t)
+	c := chaosOn(t, startProcessCluster(t), seed)
+	for _, id := range []string{"p0", "p1", "p2"} {
+		c.startWorker(id)
+	}
+	c.waitWorkers("p0", "p1", "p2")
+	id := c.submit(chaosSpec("3", 3))
+	at := int64(10 + c.rng.IntN(40))
+	c.waitCommitted(id, at, 3*time.Minute)
+	s0 := c.lastCommitted(id)
+	time.Sleep(4 * time.Second)
+	before := c.lastCommitted(id)
+	c.killCoordinator()
+	t.Logf("kill -9 of the coordinator at step %d (%.1f steps/s before)", before, float64(before-s0)/4)
+	time.Sleep(8 * time.Second)
+	during := c.lastCommitted(id)
+	t.Logf("the workers committed steps %d to %d while the control plane was down (%.1f steps/s)", before, during, float64(during-before)/8)
+	if during <= before {
+		t.Errorf("no step was committed in the 8 s the control plane was down (step %d)", during)
+	}
+	c.startCoordinatorProcess()
+	j := c.checkRecovered(id, 0)
+	if j.Assignment.Generation != 1 {
+		t.Errorf("the job finished on generation %d, want 1: the ring should not have changed", j.Assignment.Generation)
+	}
+	for _, h := range j.Status.History {
+		if h.Event == "lost" || h.Event == "restarted" {
+			t.Errorf("history: %s at step %d: %s", h.Event, h.Step, h.Detail)
+		}
+	}
+}
