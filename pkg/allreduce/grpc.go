@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/experimental"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -82,6 +84,9 @@ type Hub struct {
 	endpoints map[endpointKey]*grpcTransport
 	newest    map[string]uint64 // job -> newest generation registered
 	changed   chan struct{}     // closed and replaced on every registration
+
+	// dial, when set (by tests), makes the ring's outbound connections.
+	dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 type endpointKey struct {
@@ -121,8 +126,26 @@ func ServerOptions() []grpc.ServerOption {
 		grpc.WriteBufferSize(ioBufferSize),
 		grpc.SharedWriteBuffer(true),
 		experimental.BufferPool(newDirtyPool()),
+		// A peer whose host vanished without a TCP reset (power loss, a
+		// partition between workers that etcd does not see) is noticed
+		// when a ping goes unanswered: the stream fails and the
+		// collective blames that peer. Busy connections are not pinged
+		// (gRPC pings only when nothing was read); the timeout is wide
+		// enough that a loaded machine answers in time.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
 	}
 }
+
+// KeepaliveTime and KeepaliveTimeout bound how long a ring connection to a
+// silent peer lives: after KeepaliveTime without reading anything the
+// server pings, and closes the connection when no answer comes within
+// KeepaliveTimeout. (gRPC clients may not ping more often than every 10 s,
+// so the receiving side of each connection does the watching.)
+const (
+	KeepaliveTime    = 2 * time.Second
+	KeepaliveTimeout = 4 * time.Second
+)
 
 func dialOptions(pool mem.BufferPool) []grpc.DialOption {
 	return []grpc.DialOption{
@@ -134,6 +157,7 @@ func dialOptions(pool mem.BufferPool) []grpc.DialOption {
 		grpc.WithSharedWriteBuffer(true),
 		experimental.WithBufferPool(pool),
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(1<<30), grpc.MaxCallRecvMsgSize(1<<30), grpc.ForceCodecV2(rawCodec{})),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: KeepaliveTimeout, PermitWithoutStream: true}),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
 			MinConnectTimeout: 5 * time.Second,
@@ -401,7 +425,11 @@ func (t *grpcTransport) connect(ctx context.Context, peer int) error {
 		return fmt.Errorf("allreduce: rank %d: connecting to rank %d (%s) for job %s generation %d: %w",
 			t.p.Rank, peer, addr, t.p.Job, t.p.Generation, err)
 	}
-	conn, err := grpc.NewClient(addr, dialOptions(t.pool)...)
+	opts := dialOptions(t.pool)
+	if t.hub.dial != nil {
+		opts = append(opts, grpc.WithContextDialer(t.hub.dial))
+	}
+	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return fail(err)
 	}
