@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -58,8 +59,17 @@ type cluster struct {
 
 func startCluster(t *testing.T) *cluster {
 	t.Helper()
+	return startClusterOn(t, "127.0.0.1")
+}
+
+// startClusterOn starts a cluster whose coordinator, etcd and NATS listen
+// on host.
+func startClusterOn(t *testing.T, host string) *cluster {
+	t.Helper()
 	dir := t.TempDir()
-	c, err := coordinator.Start(coordinator.Config{Listen: "127.0.0.1:0", DataDir: filepath.Join(dir, "coord")}, zaptest.NewLogger(t))
+	anyPort := net.JoinHostPort(host, "0")
+	c, err := coordinator.Start(coordinator.Config{Listen: anyPort, EmbeddedEtcdListen: anyPort, EmbeddedNATSListen: anyPort,
+		DataDir: filepath.Join(dir, "coord")}, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,9 +104,17 @@ const testLease = 8 * time.Second
 // startWorker starts a worker process with a lease of ttl, and more flags.
 func (c *cluster) startWorker(id string, ttl time.Duration, flags ...string) *exec.Cmd {
 	c.t.Helper()
+	return c.startWorkerVia(nil, id, ttl, flags...)
+}
+
+// startWorkerVia starts a worker process through a command prefix (such as
+// `ip netns exec NS`); later flags override earlier ones.
+func (c *cluster) startWorkerVia(prefix []string, id string, ttl time.Duration, flags ...string) *exec.Cmd {
+	c.t.Helper()
 	logf := filepath.Join(c.dir, id+".log")
-	cmd := exec.Command(os.Args[0], append([]string{"worker", "--coordinator", c.addr, "--id", id, "--listen", "127.0.0.1:0",
-		"--lease-ttl", ttl.String(), "--threads", "1", "--log-file", logf}, flags...)...)
+	argv := append(append(prefix[:len(prefix):len(prefix)], os.Args[0], "worker"), []string{"--coordinator", c.addr, "--id", id, "--listen", "127.0.0.1:0",
+		"--lease-ttl", ttl.String(), "--threads", "1", "--log-file", logf}...)
+	cmd := exec.Command(argv[0], append(argv[1:], flags...)...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
