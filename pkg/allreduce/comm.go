@@ -297,15 +297,16 @@ func (c *Comm) peerName(p int) string {
 
 // diagnose decides what went wrong, tells the peers, and returns the error.
 func (c *Comm) diagnose(parent context.Context, d Desc, err error, cause error, timeout, grace time.Duration) error {
-	notify := func(n Notice) {
+	notifyWithin := func(n Notice, wait time.Duration) {
 		if c.notified {
 			return
 		}
 		n.From, n.Seq = c.cfg.Rank, c.seq
-		ctx, cancel := context.WithTimeout(context.Background(), max(grace, 200*time.Millisecond))
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
 		defer cancel()
 		c.t.Notify(ctx, n)
 	}
+	notify := func(n Notice) { notifyWithin(n, max(grace, 200*time.Millisecond)) }
 	var le *localError
 	var nc *noticeCause
 	if !errors.As(cause, &nc) {
@@ -360,12 +361,20 @@ func (c *Comm) diagnose(parent context.Context, d Desc, err error, cause error, 
 		return c.blame(d, timeout, grace, notify)
 	case parent.Err() != nil:
 		reason := fmt.Sprintf("rank %d's caller ended collective %d: %v", c.cfg.Rank, c.seq, context.Cause(parent))
-		notify(Notice{Kind: NoticeCancelled, Culprit: -1, WaitingOn: -1, Reason: reason})
+		// The caller has moved on (a new ring generation, a shutdown):
+		// tell the peers, but do not wait on one that hangs (a stopped
+		// peer would hold the next generation back by the whole grace).
+		notifyWithin(Notice{Kind: NoticeCancelled, Culprit: -1, WaitingOn: -1, Reason: reason}, cancelledNotifyWait)
 		return fmt.Errorf("allreduce: %s: %w", c.what(d), parent.Err())
 	}
 	notify(Notice{Kind: NoticeFailed, Culprit: -1, WaitingOn: -1, Reason: err.Error()})
 	return fmt.Errorf("allreduce: %s: %w", c.what(d), err)
 }
+
+// cancelledNotifyWait bounds how long a rank whose caller ended a
+// collective waits for its peers to take the notice: enough for a healthy
+// peer on a LAN.
+const cancelledNotifyWait = 100 * time.Millisecond
 
 // RingError is a collective's failure to communicate: a peer that is gone
 // (its connection broke), silent past the deadline, or that gave up
