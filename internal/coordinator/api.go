@@ -453,6 +453,14 @@ func (a *api) WatchJob(req *pb.WatchJobRequest, stream pb.Coordinator_WatchJobSe
 			return nil
 		case ev := <-evc:
 			if s := ev.GetState(); s != nil && s.State != pb.JobState_JOB_STATE_UNSPECIFIED {
+				if s.State == last && !state.IsTerminal(last) {
+					// A change within the state (a ring rebuilt, a worker
+					// joined): the watcher prints it as a line.
+					if err := stream.Send(&pb.JobEvent{JobId: req.JobId, TimeMs: ev.TimeMs, Event: &pb.JobEvent_State{State: &pb.StateChange{Detail: s.Message}}}); err != nil {
+						return err
+					}
+					continue
+				}
 				// Confirm against etcd so the watcher sees the recorded
 				// state (with its result) exactly once.
 				if done, err := sendState(); err != nil || done {
