@@ -397,7 +397,7 @@ func (a *api) ListWorkers(ctx context.Context, _ *pb.ListWorkersRequest) (*pb.Li
 		return nil, err
 	}
 	out := &pb.ListWorkersResponse{}
-	excluded := ExcludedWorkers(s)
+	excluded := ExcludedWorkers(s, time.Now().UnixMilli())
 	for id, w := range s.Workers {
 		wk := proto.Clone(w.Value).(*pb.Worker)
 		wk.Id = id

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 	"github.com/ringmaster/ringmaster/internal/state"
@@ -99,7 +100,7 @@ func (a Requeue) describe() string {
 // running jobs that are below their size grow.
 func Plan(s *state.Snapshot, now int64) []Action {
 	var actions []Action
-	excluded := excludedWorkers(s)
+	excluded := excludedWorkers(s, now)
 	var idle []string
 	for id := range s.Workers {
 		if _, busy := s.Claims[id]; !busy && !excluded[id] {
@@ -195,18 +196,19 @@ func finishing(actions []Action, jobID string) bool {
 }
 
 // excludedWorkers are the registered workers that a job still in play
-// lost to a suspected failure, in the same incarnation: they are given
-// nothing until they register anew.
-func excludedWorkers(s *state.Snapshot) map[string]bool {
+// lost to a suspected failure, in the same incarnation, or lost repeatedly
+// not long ago: they are given nothing until they register anew, or until
+// the exclusion's time is up.
+func excludedWorkers(s *state.Snapshot, now int64) map[string]bool {
 	out := map[string]bool{}
-	for id := range ExcludedWorkers(s) {
+	for id := range ExcludedWorkers(s, now) {
 		out[id] = true
 	}
 	return out
 }
 
 // ExcludedWorkers maps each excluded worker to why it is excluded.
-func ExcludedWorkers(s *state.Snapshot) map[string]string {
+func ExcludedWorkers(s *state.Snapshot, now int64) map[string]string {
 	out := map[string]string{}
 	for _, j := range s.Jobs {
 		st := j.Status.Value
@@ -214,12 +216,35 @@ func ExcludedWorkers(s *state.Snapshot) map[string]string {
 			continue
 		}
 		for _, e := range st.Excluded {
-			if w, ok := s.Workers[e.WorkerId]; ok && w.CreateRev == e.WorkerRevision {
+			w, ok := s.Workers[e.WorkerId]
+			if !ok {
+				continue
+			}
+			switch {
+			case now < e.UntilMs:
+				out[e.WorkerId] = fmt.Sprintf("job %s: %s (until %s)", j.ID, e.Reason, time.UnixMilli(e.UntilMs).UTC().Format(time.TimeOnly))
+			case w.CreateRev == e.WorkerRevision:
 				out[e.WorkerId] = fmt.Sprintf("job %s: %s", j.ID, e.Reason)
 			}
 		}
 	}
 	return out
+}
+
+// RepeatExclusion is how long a worker that a job has lost more than once
+// is kept out of it (and of every other job), even after it registers anew:
+// a machine that keeps crashing should not keep breaking rings.
+const RepeatExclusion = 10 * time.Minute
+
+// timesLost counts the job's history entries that record worker id lost.
+func timesLost(st *pb.JobStatus, id string) int {
+	n := 0
+	for _, h := range st.History {
+		if h.Event == "lost" && h.WorkerId == id {
+			n++
+		}
+	}
+	return n
 }
 
 func take(idle *[]string, n int) []string {
@@ -310,15 +335,20 @@ func planRunning(s *state.Snapshot, j *state.JobEntry, idle *[]string, now int64
 		switch {
 		case lost[r.Rank] != "":
 			why = append(why, lost[r.Rank])
-			history = append(history, &pb.HistoryEntry{TimeMs: now, Generation: a.Generation, Event: "lost", Detail: lost[r.Rank], Step: step})
-			if w, ok := s.Workers[r.WorkerId]; ok && w.CreateRev == r.WorkerRevision {
+			history = append(history, &pb.HistoryEntry{TimeMs: now, Generation: a.Generation, Event: "lost", Detail: lost[r.Rank], Step: step, WorkerId: r.WorkerId})
+			if n := timesLost(st, r.WorkerId) + 1; n > 1 {
+				// Lost before in this job: kept out for a while, however
+				// it registers.
+				exclude = append(exclude, &pb.ExcludedWorker{WorkerId: r.WorkerId, WorkerRevision: r.WorkerRevision, UntilMs: now + RepeatExclusion.Milliseconds(),
+					Reason: fmt.Sprintf("%s; lost %d times by this job", lost[r.Rank], n)})
+			} else if w, ok := s.Workers[r.WorkerId]; ok && w.CreateRev == r.WorkerRevision {
 				// Still registered: hung, partitioned, or dead and not yet
 				// expired. It gets no work until it registers anew.
 				exclude = append(exclude, &pb.ExcludedWorker{WorkerId: r.WorkerId, WorkerRevision: r.WorkerRevision, Reason: lost[r.Rank]})
 			}
 		case leaving[r.Rank]:
 			why = append(why, fmt.Sprintf("worker %s (rank %d) left", r.WorkerId, r.Rank))
-			history = append(history, &pb.HistoryEntry{TimeMs: now, Generation: a.Generation, Event: "left",
+			history = append(history, &pb.HistoryEntry{TimeMs: now, Generation: a.Generation, Event: "left", WorkerId: r.WorkerId,
 				Detail: fmt.Sprintf("worker %s (rank %d) left at a step boundary", r.WorkerId, r.Rank), Step: step})
 		default:
 			survivors = append(survivors, r.WorkerId)

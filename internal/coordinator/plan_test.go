@@ -118,7 +118,7 @@ func TestPlan(t *testing.T) {
 		}, []Action{Reconfigure{JobID: "j", Generation: 2, Workers: []string{"w1", "w3"}, Abort: true, Failure: true,
 			Reason: "worker w2 (rank 1) lost: its lease expired", StatusRev: 101,
 			History: []*pb.HistoryEntry{
-				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: its lease expired", Step: 385},
+				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: its lease expired", Step: 385, WorkerId: "w2"},
 				{TimeMs: now, Generation: 2, Event: "rebuilt", Detail: "ring rebuilt on 2 workers [w1 w3]", Step: 385}}}}},
 		{"an idle worker replaces a rank its neighbour suspects; the suspect is excluded", func(b *snap) {
 			b.worker("w1", 1).worker("w2", 2).worker("w3", 3).worker("w4", 4)
@@ -130,7 +130,7 @@ func TestPlan(t *testing.T) {
 			Reason: "worker w2 (rank 1) lost: rank 0 reported gone", StatusRev: 101,
 			Exclude: []*pb.ExcludedWorker{{WorkerId: "w2", WorkerRevision: 2, Reason: "worker w2 (rank 1) lost: rank 0 reported gone"}},
 			History: []*pb.HistoryEntry{
-				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: rank 0 reported gone"},
+				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: rank 0 reported gone", WorkerId: "w2"},
 				{TimeMs: now, Generation: 2, Event: "joined", Detail: "workers [w4] replace the ranks lost"},
 				{TimeMs: now, Generation: 2, Event: "rebuilt", Detail: "ring rebuilt on 3 workers [w1 w3 w4]"}}}}},
 		{"an excluded worker is not idle, a re-registered one is", func(b *snap) {
@@ -140,6 +140,35 @@ func TestPlan(t *testing.T) {
 			j.Status.Value.Excluded = []*pb.ExcludedWorker{{WorkerId: "w2", WorkerRevision: 2}, {WorkerId: "w3", WorkerRevision: 1}}
 		}, []Action{Reconfigure{JobID: "j", Generation: 3, Workers: []string{"w1", "w3"}, Reason: "workers [w3] joined", StatusRev: 101,
 			History: []*pb.HistoryEntry{{TimeMs: now, Generation: 3, Event: "joined", Detail: "workers [w3] joined at a step boundary; the ring has 2 ranks"}}}}},
+		{"a worker lost a second time is kept out for a while, however it registers", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 7).worker("w4", 4)
+			j := b.job("j", 2, running, 1)
+			b.s.Workers["w2"] = state.Versioned[*pb.Worker]{Value: &pb.Worker{Id: "w2"}, CreateRev: 2}
+			b.running(j, 3, "w1", "w2")
+			b.worker("w2", 7) // crashed and registered again
+			j.Spec.MaxRestarts = 3
+			j.Status.Value.History = []*pb.HistoryEntry{{Generation: 1, Event: "lost", WorkerId: "w2"}}
+		}, []Action{Reconfigure{JobID: "j", Generation: 4, Workers: []string{"w1", "w4"}, Abort: true, Failure: true,
+			Reason: "worker w2 (rank 1) lost: it restarted", StatusRev: 101,
+			Exclude: []*pb.ExcludedWorker{{WorkerId: "w2", WorkerRevision: 2, UntilMs: now + RepeatExclusion.Milliseconds(),
+				Reason: "worker w2 (rank 1) lost: it restarted; lost 2 times by this job"}},
+			History: []*pb.HistoryEntry{
+				{TimeMs: now, Generation: 3, Event: "lost", Detail: "worker w2 (rank 1) lost: it restarted", WorkerId: "w2"},
+				{TimeMs: now, Generation: 4, Event: "joined", Detail: "workers [w4] replace the ranks lost"},
+				{TimeMs: now, Generation: 4, Event: "rebuilt", Detail: "ring rebuilt on 2 workers [w1 w4]"}}}}},
+		{"a repeatedly lost worker stays out until its exclusion ends", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 9)
+			j := b.job("j", 2, running, 1)
+			b.running(j, 2, "w1")
+			j.Status.Value.Excluded = []*pb.ExcludedWorker{{WorkerId: "w2", WorkerRevision: 2, UntilMs: now + 1}}
+		}, nil},
+		{"a repeatedly lost worker comes back when its exclusion ends", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 9)
+			j := b.job("j", 2, running, 1)
+			b.running(j, 2, "w1")
+			j.Status.Value.Excluded = []*pb.ExcludedWorker{{WorkerId: "w2", WorkerRevision: 2, UntilMs: now}}
+		}, []Action{Reconfigure{JobID: "j", Generation: 3, Workers: []string{"w1", "w2"}, Reason: "workers [w2] joined", StatusRev: 101,
+			History: []*pb.HistoryEntry{{TimeMs: now, Generation: 3, Event: "joined", Detail: "workers [w2] joined at a step boundary; the ring has 2 ranks"}}}}},
 		{"a ring report that blames nobody changes nothing", func(b *snap) {
 			b.worker("w1", 1).worker("w2", 2)
 			j := b.job("j", 2, running, 1)
@@ -154,7 +183,7 @@ func TestPlan(t *testing.T) {
 			j.Reports = []*pb.RankReport{{Generation: 1, Rank: 0, Leaving: true}}
 		}, []Action{Reconfigure{JobID: "j", Generation: 2, Workers: []string{"w2"}, Reason: "worker w1 (rank 0) left", StatusRev: 101,
 			History: []*pb.HistoryEntry{
-				{TimeMs: now, Generation: 1, Event: "left", Detail: "worker w1 (rank 0) left at a step boundary"},
+				{TimeMs: now, Generation: 1, Event: "left", Detail: "worker w1 (rank 0) left at a step boundary", WorkerId: "w1"},
 				{TimeMs: now, Generation: 2, Event: "rebuilt", Detail: "ring rebuilt on 1 workers [w2]"}}}}},
 		{"every rank lost: restart from the latest checkpoint", func(b *snap) {
 			b.worker("w1", 9)
@@ -165,7 +194,7 @@ func TestPlan(t *testing.T) {
 			j.Spec.MaxRestarts = 3
 		}, []Action{Requeue{JobID: "j", Message: "worker w1 (rank 0) lost: it restarted; 0 of the 1 ranks remain (at least 1 needed)", StatusRev: 101,
 			History: []*pb.HistoryEntry{
-				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w1 (rank 0) lost: it restarted"},
+				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w1 (rank 0) lost: it restarted", WorkerId: "w1"},
 				{TimeMs: now, Generation: 1, Event: "restarted", Detail: "worker w1 (rank 0) lost: it restarted; 0 of the 1 ranks remain (at least 1 needed); restarting from the latest checkpoint"}}}}},
 		{"an elastic job below its minimum restarts from the checkpoint", func(b *snap) {
 			b.worker("w1", 1).worker("w2", 2)
@@ -175,7 +204,7 @@ func TestPlan(t *testing.T) {
 			delete(b.s.Workers, "w2")
 		}, []Action{Requeue{JobID: "j", Message: "worker w2 (rank 1) lost: its lease expired; 1 of the 2 ranks remain (at least 2 needed)", StatusRev: 101,
 			History: []*pb.HistoryEntry{
-				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: its lease expired"},
+				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: its lease expired", WorkerId: "w2"},
 				{TimeMs: now, Generation: 1, Event: "restarted", Detail: "worker w2 (rank 1) lost: its lease expired; 1 of the 2 ranks remain (at least 2 needed); restarting from the latest checkpoint"}}}}},
 		{"an elastic job starts on its minimum and takes up to its maximum", func(b *snap) {
 			b.worker("w1", 1).worker("w2", 2).worker("w3", 3)
@@ -197,7 +226,7 @@ func TestPlan(t *testing.T) {
 		}, []Action{Reconfigure{JobID: "j", Generation: 2, Workers: []string{"w1", "w3"}, Abort: true, Failure: true,
 			Reason: "worker w2 (rank 1) lost: its lease expired", StatusRev: 102,
 			History: []*pb.HistoryEntry{
-				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: its lease expired"},
+				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: its lease expired", WorkerId: "w2"},
 				{TimeMs: now, Generation: 2, Event: "joined", Detail: "workers [w3] replace the ranks lost"},
 				{TimeMs: now, Generation: 2, Event: "rebuilt", Detail: "ring rebuilt on 2 workers [w1 w3]"}}}}},
 		{"a rank report of the current generation fails the job", func(b *snap) {

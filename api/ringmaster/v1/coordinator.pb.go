@@ -1798,7 +1798,9 @@ type HistoryEntry struct {
 	Event  string `protobuf:"bytes,3,opt,name=event,proto3" json:"event,omitempty"`
 	Detail string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
 	// The job's last recorded step when it happened.
-	Step          int64 `protobuf:"varint,5,opt,name=step,proto3" json:"step,omitempty"`
+	Step int64 `protobuf:"varint,5,opt,name=step,proto3" json:"step,omitempty"`
+	// The worker it is about, for "lost", "joined" and "left".
+	WorkerId      string `protobuf:"bytes,6,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1868,11 +1870,22 @@ func (x *HistoryEntry) GetStep() int64 {
 	return 0
 }
 
+func (x *HistoryEntry) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+// A worker a job will not run on. Without until_ms, only while the worker
+// keeps the registration it had when it failed (worker_revision); with it,
+// whatever its registration, until then (a worker that failed repeatedly).
 type ExcludedWorker struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	WorkerId       string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	WorkerRevision int64                  `protobuf:"varint,2,opt,name=worker_revision,json=workerRevision,proto3" json:"worker_revision,omitempty"`
 	Reason         string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	UntilMs        int64                  `protobuf:"varint,4,opt,name=until_ms,json=untilMs,proto3" json:"until_ms,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -1926,6 +1939,13 @@ func (x *ExcludedWorker) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *ExcludedWorker) GetUntilMs() int64 {
+	if x != nil {
+		return x.UntilMs
+	}
+	return 0
 }
 
 type JobResult struct {
@@ -3071,7 +3091,7 @@ const file_coordinator_proto_rawDesc = "" +
 	" \x01(\x05R\aworkers\x12\x1a\n" +
 	"\brestarts\x18\v \x01(\x05R\brestarts\x125\n" +
 	"\ahistory\x18\f \x03(\v2\x1b.ringmaster.v1.HistoryEntryR\ahistory\x129\n" +
-	"\bexcluded\x18\r \x03(\v2\x1d.ringmaster.v1.ExcludedWorkerR\bexcluded\"\x89\x01\n" +
+	"\bexcluded\x18\r \x03(\v2\x1d.ringmaster.v1.ExcludedWorkerR\bexcluded\"\xa6\x01\n" +
 	"\fHistoryEntry\x12\x17\n" +
 	"\atime_ms\x18\x01 \x01(\x03R\x06timeMs\x12\x1e\n" +
 	"\n" +
@@ -3079,11 +3099,13 @@ const file_coordinator_proto_rawDesc = "" +
 	"generation\x12\x14\n" +
 	"\x05event\x18\x03 \x01(\tR\x05event\x12\x16\n" +
 	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x12\n" +
-	"\x04step\x18\x05 \x01(\x03R\x04step\"n\n" +
+	"\x04step\x18\x05 \x01(\x03R\x04step\x12\x1b\n" +
+	"\tworker_id\x18\x06 \x01(\tR\bworkerId\"\x89\x01\n" +
 	"\x0eExcludedWorker\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12'\n" +
 	"\x0fworker_revision\x18\x02 \x01(\x03R\x0eworkerRevision\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xce\x01\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12\x19\n" +
+	"\buntil_ms\x18\x04 \x01(\x03R\auntilMs\"\xce\x01\n" +
 	"\tJobResult\x12#\n" +
 	"\rtest_accuracy\x18\x01 \x01(\x01R\ftestAccuracy\x12!\n" +
 	"\ftest_samples\x18\x02 \x01(\x03R\vtestSamples\x12'\n" +
