@@ -58,7 +58,7 @@ func NewCoordinatorCommand() *cobra.Command {
 	root.AddCommand(newServeCommand(), newRunCommand(),
 		newSubmitCommand(client), newListCommand(client), newStatusCommand(client), newCancelCommand(client),
 		newWatchCommand(client), newWorkersCommand(client), newResumeCommand(client), newCheckpointsCommand(client),
-		newPrepareCommand(), newExportCommand(client))
+		newPrepareCommand(), newExportCommand(client), newSnapshotCommand(client))
 	// The all-in-one run command starts workers as processes of this same
 	// binary, so `go run ./cmd/coordinator run` needs no second build.
 	w := NewWorkerCommand()

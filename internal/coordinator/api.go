@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"time"
@@ -475,6 +476,38 @@ func (a *api) WatchJob(req *pb.WatchJobRequest, stream pb.Coordinator_WatchJobSe
 			if done, err := sendState(); err != nil || done {
 				return err
 			}
+		}
+	}
+}
+
+// snapshotChunk is the size of each SaveSnapshot message.
+const snapshotChunk = 1 << 20
+
+func (a *api) SaveSnapshot(_ *pb.SaveSnapshotRequest, stream pb.Coordinator_SaveSnapshotServer) error {
+	ctx := stream.Context()
+	resp, err := a.c.etcd.SnapshotWithVersion(ctx)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "etcd snapshot: %v", err)
+	}
+	defer resp.Snapshot.Close()
+	buf := make([]byte, snapshotChunk)
+	first := true
+	for {
+		n, err := io.ReadFull(resp.Snapshot, buf)
+		if n > 0 || first {
+			chunk := &pb.SnapshotChunk{Data: buf[:n]}
+			if first {
+				chunk.EtcdVersion, first = resp.Version, false
+			}
+			if serr := stream.Send(chunk); serr != nil {
+				return serr
+			}
+		}
+		switch {
+		case err == io.EOF || err == io.ErrUnexpectedEOF:
+			return nil
+		case err != nil:
+			return status.Errorf(codes.Unavailable, "etcd snapshot: %v", err)
 		}
 	}
 }

@@ -43,7 +43,7 @@ func StartEtcd(cfg EtcdConfig, log *zap.Logger) (*Etcd, error) {
 		return nil, err
 	}
 	c := embed.NewConfig()
-	c.Name = "ringmaster"
+	c.Name = EtcdMemberName
 	c.Dir = cfg.Dir
 	c.ZapLoggerBuilder = embed.NewZapLoggerBuilder(log.Named("etcd").WithOptions(zap.IncreaseLevel(zap.WarnLevel)))
 	lc, _ := url.Parse("http://" + clientAddr)
@@ -63,6 +63,10 @@ func StartEtcd(cfg EtcdConfig, log *zap.Logger) (*Etcd, error) {
 	// One member on local disk: a short election timeout lets a restarted
 	// coordinator's etcd serve within a second.
 	c.TickMs, c.ElectionMs = 50, 500
+	// Keep 10 minutes of history (enough for any watcher to catch up
+	// after a restart) and compact the rest: without it every progress
+	// write stays in etcd's history for ever.
+	c.AutoCompactionMode, c.AutoCompactionRetention = "periodic", "10m"
 	e, err := embed.StartEtcd(c)
 	if err != nil {
 		return nil, fmt.Errorf("starting embedded etcd: %w", err)
@@ -115,3 +119,7 @@ func loopbackIfAny(host string) string {
 	}
 	return host
 }
+
+// EtcdMemberName is the embedded etcd's member name (a restored snapshot
+// must use it).
+const EtcdMemberName = "ringmaster"

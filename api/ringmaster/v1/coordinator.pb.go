@@ -85,6 +85,95 @@ func (JobState) EnumDescriptor() ([]byte, []int) {
 	return file_coordinator_proto_rawDescGZIP(), []int{0}
 }
 
+type SaveSnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SaveSnapshotRequest) Reset() {
+	*x = SaveSnapshotRequest{}
+	mi := &file_coordinator_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SaveSnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SaveSnapshotRequest) ProtoMessage() {}
+
+func (x *SaveSnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coordinator_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SaveSnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SaveSnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_coordinator_proto_rawDescGZIP(), []int{0}
+}
+
+type SnapshotChunk struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Data  []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	// Set on the first chunk: the etcd server's version.
+	EtcdVersion   string `protobuf:"bytes,2,opt,name=etcd_version,json=etcdVersion,proto3" json:"etcd_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotChunk) Reset() {
+	*x = SnapshotChunk{}
+	mi := &file_coordinator_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotChunk) ProtoMessage() {}
+
+func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_coordinator_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
+func (*SnapshotChunk) Descriptor() ([]byte, []int) {
+	return file_coordinator_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SnapshotChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *SnapshotChunk) GetEtcdVersion() string {
+	if x != nil {
+		return x.EtcdVersion
+	}
+	return ""
+}
+
 type InfoRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -93,7 +182,7 @@ type InfoRequest struct {
 
 func (x *InfoRequest) Reset() {
 	*x = InfoRequest{}
-	mi := &file_coordinator_proto_msgTypes[0]
+	mi := &file_coordinator_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -105,7 +194,7 @@ func (x *InfoRequest) String() string {
 func (*InfoRequest) ProtoMessage() {}
 
 func (x *InfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[0]
+	mi := &file_coordinator_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -118,7 +207,7 @@ func (x *InfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoRequest.ProtoReflect.Descriptor instead.
 func (*InfoRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{0}
+	return file_coordinator_proto_rawDescGZIP(), []int{2}
 }
 
 type InfoResponse struct {
@@ -134,7 +223,7 @@ type InfoResponse struct {
 
 func (x *InfoResponse) Reset() {
 	*x = InfoResponse{}
-	mi := &file_coordinator_proto_msgTypes[1]
+	mi := &file_coordinator_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -146,7 +235,7 @@ func (x *InfoResponse) String() string {
 func (*InfoResponse) ProtoMessage() {}
 
 func (x *InfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[1]
+	mi := &file_coordinator_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -159,7 +248,7 @@ func (x *InfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InfoResponse.ProtoReflect.Descriptor instead.
 func (*InfoResponse) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{1}
+	return file_coordinator_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *InfoResponse) GetEtcdEndpoints() []string {
@@ -200,7 +289,7 @@ type SubmitJobRequest struct {
 
 func (x *SubmitJobRequest) Reset() {
 	*x = SubmitJobRequest{}
-	mi := &file_coordinator_proto_msgTypes[2]
+	mi := &file_coordinator_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -212,7 +301,7 @@ func (x *SubmitJobRequest) String() string {
 func (*SubmitJobRequest) ProtoMessage() {}
 
 func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[2]
+	mi := &file_coordinator_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -225,7 +314,7 @@ func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{2}
+	return file_coordinator_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SubmitJobRequest) GetSpecYaml() []byte {
@@ -244,7 +333,7 @@ type SubmitJobResponse struct {
 
 func (x *SubmitJobResponse) Reset() {
 	*x = SubmitJobResponse{}
-	mi := &file_coordinator_proto_msgTypes[3]
+	mi := &file_coordinator_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -256,7 +345,7 @@ func (x *SubmitJobResponse) String() string {
 func (*SubmitJobResponse) ProtoMessage() {}
 
 func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[3]
+	mi := &file_coordinator_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -269,7 +358,7 @@ func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobResponse) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{3}
+	return file_coordinator_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SubmitJobResponse) GetJobId() string {
@@ -287,7 +376,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_coordinator_proto_msgTypes[4]
+	mi := &file_coordinator_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -299,7 +388,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[4]
+	mi := &file_coordinator_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -312,7 +401,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{4}
+	return file_coordinator_proto_rawDescGZIP(), []int{6}
 }
 
 type ListJobsResponse struct {
@@ -324,7 +413,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_coordinator_proto_msgTypes[5]
+	mi := &file_coordinator_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -336,7 +425,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[5]
+	mi := &file_coordinator_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -349,7 +438,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{5}
+	return file_coordinator_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -368,7 +457,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_coordinator_proto_msgTypes[6]
+	mi := &file_coordinator_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -380,7 +469,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[6]
+	mi := &file_coordinator_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -393,7 +482,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{6}
+	return file_coordinator_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetJobRequest) GetJobId() string {
@@ -412,7 +501,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_coordinator_proto_msgTypes[7]
+	mi := &file_coordinator_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -424,7 +513,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[7]
+	mi := &file_coordinator_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -437,7 +526,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{7}
+	return file_coordinator_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CancelJobRequest) GetJobId() string {
@@ -464,7 +553,7 @@ type ResumeJobRequest struct {
 
 func (x *ResumeJobRequest) Reset() {
 	*x = ResumeJobRequest{}
-	mi := &file_coordinator_proto_msgTypes[8]
+	mi := &file_coordinator_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -476,7 +565,7 @@ func (x *ResumeJobRequest) String() string {
 func (*ResumeJobRequest) ProtoMessage() {}
 
 func (x *ResumeJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[8]
+	mi := &file_coordinator_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -489,7 +578,7 @@ func (x *ResumeJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResumeJobRequest.ProtoReflect.Descriptor instead.
 func (*ResumeJobRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{8}
+	return file_coordinator_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ResumeJobRequest) GetJobId() string {
@@ -532,7 +621,7 @@ type ListCheckpointsRequest struct {
 
 func (x *ListCheckpointsRequest) Reset() {
 	*x = ListCheckpointsRequest{}
-	mi := &file_coordinator_proto_msgTypes[9]
+	mi := &file_coordinator_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -544,7 +633,7 @@ func (x *ListCheckpointsRequest) String() string {
 func (*ListCheckpointsRequest) ProtoMessage() {}
 
 func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[9]
+	mi := &file_coordinator_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -557,7 +646,7 @@ func (x *ListCheckpointsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsRequest.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{9}
+	return file_coordinator_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListCheckpointsRequest) GetJobId() string {
@@ -586,7 +675,7 @@ type ListCheckpointsResponse struct {
 
 func (x *ListCheckpointsResponse) Reset() {
 	*x = ListCheckpointsResponse{}
-	mi := &file_coordinator_proto_msgTypes[10]
+	mi := &file_coordinator_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -598,7 +687,7 @@ func (x *ListCheckpointsResponse) String() string {
 func (*ListCheckpointsResponse) ProtoMessage() {}
 
 func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[10]
+	mi := &file_coordinator_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -611,7 +700,7 @@ func (x *ListCheckpointsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCheckpointsResponse.ProtoReflect.Descriptor instead.
 func (*ListCheckpointsResponse) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{10}
+	return file_coordinator_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListCheckpointsResponse) GetStore() string {
@@ -648,7 +737,7 @@ type CheckpointInfo struct {
 
 func (x *CheckpointInfo) Reset() {
 	*x = CheckpointInfo{}
-	mi := &file_coordinator_proto_msgTypes[11]
+	mi := &file_coordinator_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +749,7 @@ func (x *CheckpointInfo) String() string {
 func (*CheckpointInfo) ProtoMessage() {}
 
 func (x *CheckpointInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[11]
+	mi := &file_coordinator_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +762,7 @@ func (x *CheckpointInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointInfo.ProtoReflect.Descriptor instead.
 func (*CheckpointInfo) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{11}
+	return file_coordinator_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CheckpointInfo) GetStep() int64 {
@@ -747,7 +836,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_coordinator_proto_msgTypes[12]
+	mi := &file_coordinator_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +848,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[12]
+	mi := &file_coordinator_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +861,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{12}
+	return file_coordinator_proto_rawDescGZIP(), []int{14}
 }
 
 type ListWorkersResponse struct {
@@ -784,7 +873,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_coordinator_proto_msgTypes[13]
+	mi := &file_coordinator_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -796,7 +885,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[13]
+	mi := &file_coordinator_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -809,7 +898,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{13}
+	return file_coordinator_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*Worker {
@@ -828,7 +917,7 @@ type WatchJobRequest struct {
 
 func (x *WatchJobRequest) Reset() {
 	*x = WatchJobRequest{}
-	mi := &file_coordinator_proto_msgTypes[14]
+	mi := &file_coordinator_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -840,7 +929,7 @@ func (x *WatchJobRequest) String() string {
 func (*WatchJobRequest) ProtoMessage() {}
 
 func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[14]
+	mi := &file_coordinator_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -853,7 +942,7 @@ func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
 func (*WatchJobRequest) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{14}
+	return file_coordinator_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *WatchJobRequest) GetJobId() string {
@@ -878,7 +967,7 @@ type Job struct {
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_coordinator_proto_msgTypes[15]
+	mi := &file_coordinator_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -890,7 +979,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[15]
+	mi := &file_coordinator_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -903,7 +992,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{15}
+	return file_coordinator_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Job) GetId() string {
@@ -999,7 +1088,7 @@ type JobSpec struct {
 
 func (x *JobSpec) Reset() {
 	*x = JobSpec{}
-	mi := &file_coordinator_proto_msgTypes[16]
+	mi := &file_coordinator_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1100,7 @@ func (x *JobSpec) String() string {
 func (*JobSpec) ProtoMessage() {}
 
 func (x *JobSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[16]
+	mi := &file_coordinator_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1113,7 @@ func (x *JobSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobSpec.ProtoReflect.Descriptor instead.
 func (*JobSpec) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{16}
+	return file_coordinator_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *JobSpec) GetName() string {
@@ -1183,7 +1272,7 @@ type ModelConfig struct {
 
 func (x *ModelConfig) Reset() {
 	*x = ModelConfig{}
-	mi := &file_coordinator_proto_msgTypes[17]
+	mi := &file_coordinator_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1195,7 +1284,7 @@ func (x *ModelConfig) String() string {
 func (*ModelConfig) ProtoMessage() {}
 
 func (x *ModelConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[17]
+	mi := &file_coordinator_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1208,7 +1297,7 @@ func (x *ModelConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ModelConfig.ProtoReflect.Descriptor instead.
 func (*ModelConfig) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{17}
+	return file_coordinator_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ModelConfig) GetVocab() int32 {
@@ -1281,7 +1370,7 @@ type Collective struct {
 
 func (x *Collective) Reset() {
 	*x = Collective{}
-	mi := &file_coordinator_proto_msgTypes[18]
+	mi := &file_coordinator_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1293,7 +1382,7 @@ func (x *Collective) String() string {
 func (*Collective) ProtoMessage() {}
 
 func (x *Collective) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[18]
+	mi := &file_coordinator_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1306,7 +1395,7 @@ func (x *Collective) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Collective.ProtoReflect.Descriptor instead.
 func (*Collective) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{18}
+	return file_coordinator_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Collective) GetBucketBytes() int64 {
@@ -1342,7 +1431,7 @@ type Dataset struct {
 
 func (x *Dataset) Reset() {
 	*x = Dataset{}
-	mi := &file_coordinator_proto_msgTypes[19]
+	mi := &file_coordinator_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1443,7 @@ func (x *Dataset) String() string {
 func (*Dataset) ProtoMessage() {}
 
 func (x *Dataset) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[19]
+	mi := &file_coordinator_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1456,7 @@ func (x *Dataset) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Dataset.ProtoReflect.Descriptor instead.
 func (*Dataset) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{19}
+	return file_coordinator_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Dataset) GetName() string {
@@ -1423,7 +1512,7 @@ type Optimizer struct {
 
 func (x *Optimizer) Reset() {
 	*x = Optimizer{}
-	mi := &file_coordinator_proto_msgTypes[20]
+	mi := &file_coordinator_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1435,7 +1524,7 @@ func (x *Optimizer) String() string {
 func (*Optimizer) ProtoMessage() {}
 
 func (x *Optimizer) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[20]
+	mi := &file_coordinator_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1448,7 +1537,7 @@ func (x *Optimizer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Optimizer.ProtoReflect.Descriptor instead.
 func (*Optimizer) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{20}
+	return file_coordinator_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Optimizer) GetName() string {
@@ -1559,7 +1648,7 @@ type CheckpointPolicy struct {
 
 func (x *CheckpointPolicy) Reset() {
 	*x = CheckpointPolicy{}
-	mi := &file_coordinator_proto_msgTypes[21]
+	mi := &file_coordinator_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1571,7 +1660,7 @@ func (x *CheckpointPolicy) String() string {
 func (*CheckpointPolicy) ProtoMessage() {}
 
 func (x *CheckpointPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[21]
+	mi := &file_coordinator_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1584,7 +1673,7 @@ func (x *CheckpointPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointPolicy.ProtoReflect.Descriptor instead.
 func (*CheckpointPolicy) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{21}
+	return file_coordinator_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *CheckpointPolicy) GetEverySteps() int64 {
@@ -1669,7 +1758,7 @@ type JobStatus struct {
 
 func (x *JobStatus) Reset() {
 	*x = JobStatus{}
-	mi := &file_coordinator_proto_msgTypes[22]
+	mi := &file_coordinator_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1681,7 +1770,7 @@ func (x *JobStatus) String() string {
 func (*JobStatus) ProtoMessage() {}
 
 func (x *JobStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[22]
+	mi := &file_coordinator_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1694,7 +1783,7 @@ func (x *JobStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobStatus.ProtoReflect.Descriptor instead.
 func (*JobStatus) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{22}
+	return file_coordinator_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *JobStatus) GetState() JobState {
@@ -1807,7 +1896,7 @@ type HistoryEntry struct {
 
 func (x *HistoryEntry) Reset() {
 	*x = HistoryEntry{}
-	mi := &file_coordinator_proto_msgTypes[23]
+	mi := &file_coordinator_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1819,7 +1908,7 @@ func (x *HistoryEntry) String() string {
 func (*HistoryEntry) ProtoMessage() {}
 
 func (x *HistoryEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[23]
+	mi := &file_coordinator_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1832,7 +1921,7 @@ func (x *HistoryEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HistoryEntry.ProtoReflect.Descriptor instead.
 func (*HistoryEntry) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{23}
+	return file_coordinator_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *HistoryEntry) GetTimeMs() int64 {
@@ -1892,7 +1981,7 @@ type ExcludedWorker struct {
 
 func (x *ExcludedWorker) Reset() {
 	*x = ExcludedWorker{}
-	mi := &file_coordinator_proto_msgTypes[24]
+	mi := &file_coordinator_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1904,7 +1993,7 @@ func (x *ExcludedWorker) String() string {
 func (*ExcludedWorker) ProtoMessage() {}
 
 func (x *ExcludedWorker) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[24]
+	mi := &file_coordinator_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1917,7 +2006,7 @@ func (x *ExcludedWorker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExcludedWorker.ProtoReflect.Descriptor instead.
 func (*ExcludedWorker) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{24}
+	return file_coordinator_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ExcludedWorker) GetWorkerId() string {
@@ -1964,7 +2053,7 @@ type JobResult struct {
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_coordinator_proto_msgTypes[25]
+	mi := &file_coordinator_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1976,7 +2065,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[25]
+	mi := &file_coordinator_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1989,7 +2078,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{25}
+	return file_coordinator_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *JobResult) GetTestAccuracy() float64 {
@@ -2052,7 +2141,7 @@ type Assignment struct {
 
 func (x *Assignment) Reset() {
 	*x = Assignment{}
-	mi := &file_coordinator_proto_msgTypes[26]
+	mi := &file_coordinator_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2064,7 +2153,7 @@ func (x *Assignment) String() string {
 func (*Assignment) ProtoMessage() {}
 
 func (x *Assignment) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[26]
+	mi := &file_coordinator_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2077,7 +2166,7 @@ func (x *Assignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Assignment.ProtoReflect.Descriptor instead.
 func (*Assignment) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{26}
+	return file_coordinator_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Assignment) GetGeneration() uint64 {
@@ -2130,7 +2219,7 @@ type RankAssignment struct {
 
 func (x *RankAssignment) Reset() {
 	*x = RankAssignment{}
-	mi := &file_coordinator_proto_msgTypes[27]
+	mi := &file_coordinator_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2142,7 +2231,7 @@ func (x *RankAssignment) String() string {
 func (*RankAssignment) ProtoMessage() {}
 
 func (x *RankAssignment) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[27]
+	mi := &file_coordinator_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2155,7 +2244,7 @@ func (x *RankAssignment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankAssignment.ProtoReflect.Descriptor instead.
 func (*RankAssignment) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{27}
+	return file_coordinator_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RankAssignment) GetRank() int32 {
@@ -2209,7 +2298,7 @@ type Progress struct {
 
 func (x *Progress) Reset() {
 	*x = Progress{}
-	mi := &file_coordinator_proto_msgTypes[28]
+	mi := &file_coordinator_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2221,7 +2310,7 @@ func (x *Progress) String() string {
 func (*Progress) ProtoMessage() {}
 
 func (x *Progress) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[28]
+	mi := &file_coordinator_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2234,7 +2323,7 @@ func (x *Progress) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Progress.ProtoReflect.Descriptor instead.
 func (*Progress) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{28}
+	return file_coordinator_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Progress) GetGeneration() uint64 {
@@ -2337,7 +2426,7 @@ type RankReport struct {
 
 func (x *RankReport) Reset() {
 	*x = RankReport{}
-	mi := &file_coordinator_proto_msgTypes[29]
+	mi := &file_coordinator_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2349,7 +2438,7 @@ func (x *RankReport) String() string {
 func (*RankReport) ProtoMessage() {}
 
 func (x *RankReport) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[29]
+	mi := &file_coordinator_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2362,7 +2451,7 @@ func (x *RankReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RankReport.ProtoReflect.Descriptor instead.
 func (*RankReport) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{29}
+	return file_coordinator_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RankReport) GetGeneration() uint64 {
@@ -2433,7 +2522,7 @@ type CheckpointRecord struct {
 
 func (x *CheckpointRecord) Reset() {
 	*x = CheckpointRecord{}
-	mi := &file_coordinator_proto_msgTypes[30]
+	mi := &file_coordinator_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2445,7 +2534,7 @@ func (x *CheckpointRecord) String() string {
 func (*CheckpointRecord) ProtoMessage() {}
 
 func (x *CheckpointRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[30]
+	mi := &file_coordinator_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2458,7 +2547,7 @@ func (x *CheckpointRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckpointRecord.ProtoReflect.Descriptor instead.
 func (*CheckpointRecord) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{30}
+	return file_coordinator_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CheckpointRecord) GetStep() int64 {
@@ -2511,7 +2600,7 @@ type Worker struct {
 
 func (x *Worker) Reset() {
 	*x = Worker{}
-	mi := &file_coordinator_proto_msgTypes[31]
+	mi := &file_coordinator_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2523,7 +2612,7 @@ func (x *Worker) String() string {
 func (*Worker) ProtoMessage() {}
 
 func (x *Worker) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[31]
+	mi := &file_coordinator_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2536,7 +2625,7 @@ func (x *Worker) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Worker.ProtoReflect.Descriptor instead.
 func (*Worker) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{31}
+	return file_coordinator_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *Worker) GetId() string {
@@ -2618,7 +2707,7 @@ type Claim struct {
 
 func (x *Claim) Reset() {
 	*x = Claim{}
-	mi := &file_coordinator_proto_msgTypes[32]
+	mi := &file_coordinator_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2630,7 +2719,7 @@ func (x *Claim) String() string {
 func (*Claim) ProtoMessage() {}
 
 func (x *Claim) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[32]
+	mi := &file_coordinator_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2643,7 +2732,7 @@ func (x *Claim) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Claim.ProtoReflect.Descriptor instead.
 func (*Claim) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{32}
+	return file_coordinator_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Claim) GetJobId() string {
@@ -2691,7 +2780,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_coordinator_proto_msgTypes[33]
+	mi := &file_coordinator_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2703,7 +2792,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[33]
+	mi := &file_coordinator_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2716,7 +2805,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{33}
+	return file_coordinator_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *JobEvent) GetJobId() string {
@@ -2790,7 +2879,7 @@ type StepMetrics struct {
 
 func (x *StepMetrics) Reset() {
 	*x = StepMetrics{}
-	mi := &file_coordinator_proto_msgTypes[34]
+	mi := &file_coordinator_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2802,7 +2891,7 @@ func (x *StepMetrics) String() string {
 func (*StepMetrics) ProtoMessage() {}
 
 func (x *StepMetrics) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[34]
+	mi := &file_coordinator_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2815,7 +2904,7 @@ func (x *StepMetrics) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepMetrics.ProtoReflect.Descriptor instead.
 func (*StepMetrics) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{34}
+	return file_coordinator_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StepMetrics) GetGeneration() uint64 {
@@ -2887,7 +2976,7 @@ type StateChange struct {
 
 func (x *StateChange) Reset() {
 	*x = StateChange{}
-	mi := &file_coordinator_proto_msgTypes[35]
+	mi := &file_coordinator_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2899,7 +2988,7 @@ func (x *StateChange) String() string {
 func (*StateChange) ProtoMessage() {}
 
 func (x *StateChange) ProtoReflect() protoreflect.Message {
-	mi := &file_coordinator_proto_msgTypes[35]
+	mi := &file_coordinator_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2912,7 +3001,7 @@ func (x *StateChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StateChange.ProtoReflect.Descriptor instead.
 func (*StateChange) Descriptor() ([]byte, []int) {
-	return file_coordinator_proto_rawDescGZIP(), []int{35}
+	return file_coordinator_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StateChange) GetState() JobState {
@@ -2947,7 +3036,11 @@ var File_coordinator_proto protoreflect.FileDescriptor
 
 const file_coordinator_proto_rawDesc = "" +
 	"\n" +
-	"\x11coordinator.proto\x12\rringmaster.v1\"\r\n" +
+	"\x11coordinator.proto\x12\rringmaster.v1\"\x15\n" +
+	"\x13SaveSnapshotRequest\"F\n" +
+	"\rSnapshotChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\x12!\n" +
+	"\fetcd_version\x18\x02 \x01(\tR\vetcdVersion\"\r\n" +
 	"\vInfoRequest\"\x8b\x01\n" +
 	"\fInfoResponse\x12%\n" +
 	"\x0eetcd_endpoints\x18\x01 \x03(\tR\retcdEndpoints\x12\x19\n" +
@@ -3210,7 +3303,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x04\x12\x17\n" +
-	"\x13JOB_STATE_CANCELLED\x10\x052\xaa\x05\n" +
+	"\x13JOB_STATE_CANCELLED\x10\x052\xfe\x05\n" +
 	"\vCoordinator\x12?\n" +
 	"\x04Info\x12\x1a.ringmaster.v1.InfoRequest\x1a\x1b.ringmaster.v1.InfoResponse\x12N\n" +
 	"\tSubmitJob\x12\x1f.ringmaster.v1.SubmitJobRequest\x1a .ringmaster.v1.SubmitJobResponse\x12K\n" +
@@ -3220,7 +3313,8 @@ const file_coordinator_proto_rawDesc = "" +
 	"\tResumeJob\x12\x1f.ringmaster.v1.ResumeJobRequest\x1a\x12.ringmaster.v1.Job\x12`\n" +
 	"\x0fListCheckpoints\x12%.ringmaster.v1.ListCheckpointsRequest\x1a&.ringmaster.v1.ListCheckpointsResponse\x12T\n" +
 	"\vListWorkers\x12!.ringmaster.v1.ListWorkersRequest\x1a\".ringmaster.v1.ListWorkersResponse\x12E\n" +
-	"\bWatchJob\x12\x1e.ringmaster.v1.WatchJobRequest\x1a\x17.ringmaster.v1.JobEvent0\x01BAZ?github.com/ringmaster/ringmaster/api/ringmaster/v1;ringmasterv1b\x06proto3"
+	"\bWatchJob\x12\x1e.ringmaster.v1.WatchJobRequest\x1a\x17.ringmaster.v1.JobEvent0\x01\x12R\n" +
+	"\fSaveSnapshot\x12\".ringmaster.v1.SaveSnapshotRequest\x1a\x1c.ringmaster.v1.SnapshotChunk0\x01BAZ?github.com/ringmaster/ringmaster/api/ringmaster/v1;ringmasterv1b\x06proto3"
 
 var (
 	file_coordinator_proto_rawDescOnce sync.Once
@@ -3235,90 +3329,94 @@ func file_coordinator_proto_rawDescGZIP() []byte {
 }
 
 var file_coordinator_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_coordinator_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_coordinator_proto_goTypes = []any{
 	(JobState)(0),                   // 0: ringmaster.v1.JobState
-	(*InfoRequest)(nil),             // 1: ringmaster.v1.InfoRequest
-	(*InfoResponse)(nil),            // 2: ringmaster.v1.InfoResponse
-	(*SubmitJobRequest)(nil),        // 3: ringmaster.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),       // 4: ringmaster.v1.SubmitJobResponse
-	(*ListJobsRequest)(nil),         // 5: ringmaster.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),        // 6: ringmaster.v1.ListJobsResponse
-	(*GetJobRequest)(nil),           // 7: ringmaster.v1.GetJobRequest
-	(*CancelJobRequest)(nil),        // 8: ringmaster.v1.CancelJobRequest
-	(*ResumeJobRequest)(nil),        // 9: ringmaster.v1.ResumeJobRequest
-	(*ListCheckpointsRequest)(nil),  // 10: ringmaster.v1.ListCheckpointsRequest
-	(*ListCheckpointsResponse)(nil), // 11: ringmaster.v1.ListCheckpointsResponse
-	(*CheckpointInfo)(nil),          // 12: ringmaster.v1.CheckpointInfo
-	(*ListWorkersRequest)(nil),      // 13: ringmaster.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),     // 14: ringmaster.v1.ListWorkersResponse
-	(*WatchJobRequest)(nil),         // 15: ringmaster.v1.WatchJobRequest
-	(*Job)(nil),                     // 16: ringmaster.v1.Job
-	(*JobSpec)(nil),                 // 17: ringmaster.v1.JobSpec
-	(*ModelConfig)(nil),             // 18: ringmaster.v1.ModelConfig
-	(*Collective)(nil),              // 19: ringmaster.v1.Collective
-	(*Dataset)(nil),                 // 20: ringmaster.v1.Dataset
-	(*Optimizer)(nil),               // 21: ringmaster.v1.Optimizer
-	(*CheckpointPolicy)(nil),        // 22: ringmaster.v1.CheckpointPolicy
-	(*JobStatus)(nil),               // 23: ringmaster.v1.JobStatus
-	(*HistoryEntry)(nil),            // 24: ringmaster.v1.HistoryEntry
-	(*ExcludedWorker)(nil),          // 25: ringmaster.v1.ExcludedWorker
-	(*JobResult)(nil),               // 26: ringmaster.v1.JobResult
-	(*Assignment)(nil),              // 27: ringmaster.v1.Assignment
-	(*RankAssignment)(nil),          // 28: ringmaster.v1.RankAssignment
-	(*Progress)(nil),                // 29: ringmaster.v1.Progress
-	(*RankReport)(nil),              // 30: ringmaster.v1.RankReport
-	(*CheckpointRecord)(nil),        // 31: ringmaster.v1.CheckpointRecord
-	(*Worker)(nil),                  // 32: ringmaster.v1.Worker
-	(*Claim)(nil),                   // 33: ringmaster.v1.Claim
-	(*JobEvent)(nil),                // 34: ringmaster.v1.JobEvent
-	(*StepMetrics)(nil),             // 35: ringmaster.v1.StepMetrics
-	(*StateChange)(nil),             // 36: ringmaster.v1.StateChange
+	(*SaveSnapshotRequest)(nil),     // 1: ringmaster.v1.SaveSnapshotRequest
+	(*SnapshotChunk)(nil),           // 2: ringmaster.v1.SnapshotChunk
+	(*InfoRequest)(nil),             // 3: ringmaster.v1.InfoRequest
+	(*InfoResponse)(nil),            // 4: ringmaster.v1.InfoResponse
+	(*SubmitJobRequest)(nil),        // 5: ringmaster.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),       // 6: ringmaster.v1.SubmitJobResponse
+	(*ListJobsRequest)(nil),         // 7: ringmaster.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 8: ringmaster.v1.ListJobsResponse
+	(*GetJobRequest)(nil),           // 9: ringmaster.v1.GetJobRequest
+	(*CancelJobRequest)(nil),        // 10: ringmaster.v1.CancelJobRequest
+	(*ResumeJobRequest)(nil),        // 11: ringmaster.v1.ResumeJobRequest
+	(*ListCheckpointsRequest)(nil),  // 12: ringmaster.v1.ListCheckpointsRequest
+	(*ListCheckpointsResponse)(nil), // 13: ringmaster.v1.ListCheckpointsResponse
+	(*CheckpointInfo)(nil),          // 14: ringmaster.v1.CheckpointInfo
+	(*ListWorkersRequest)(nil),      // 15: ringmaster.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),     // 16: ringmaster.v1.ListWorkersResponse
+	(*WatchJobRequest)(nil),         // 17: ringmaster.v1.WatchJobRequest
+	(*Job)(nil),                     // 18: ringmaster.v1.Job
+	(*JobSpec)(nil),                 // 19: ringmaster.v1.JobSpec
+	(*ModelConfig)(nil),             // 20: ringmaster.v1.ModelConfig
+	(*Collective)(nil),              // 21: ringmaster.v1.Collective
+	(*Dataset)(nil),                 // 22: ringmaster.v1.Dataset
+	(*Optimizer)(nil),               // 23: ringmaster.v1.Optimizer
+	(*CheckpointPolicy)(nil),        // 24: ringmaster.v1.CheckpointPolicy
+	(*JobStatus)(nil),               // 25: ringmaster.v1.JobStatus
+	(*HistoryEntry)(nil),            // 26: ringmaster.v1.HistoryEntry
+	(*ExcludedWorker)(nil),          // 27: ringmaster.v1.ExcludedWorker
+	(*JobResult)(nil),               // 28: ringmaster.v1.JobResult
+	(*Assignment)(nil),              // 29: ringmaster.v1.Assignment
+	(*RankAssignment)(nil),          // 30: ringmaster.v1.RankAssignment
+	(*Progress)(nil),                // 31: ringmaster.v1.Progress
+	(*RankReport)(nil),              // 32: ringmaster.v1.RankReport
+	(*CheckpointRecord)(nil),        // 33: ringmaster.v1.CheckpointRecord
+	(*Worker)(nil),                  // 34: ringmaster.v1.Worker
+	(*Claim)(nil),                   // 35: ringmaster.v1.Claim
+	(*JobEvent)(nil),                // 36: ringmaster.v1.JobEvent
+	(*StepMetrics)(nil),             // 37: ringmaster.v1.StepMetrics
+	(*StateChange)(nil),             // 38: ringmaster.v1.StateChange
 }
 var file_coordinator_proto_depIdxs = []int32{
-	16, // 0: ringmaster.v1.ListJobsResponse.jobs:type_name -> ringmaster.v1.Job
-	12, // 1: ringmaster.v1.ListCheckpointsResponse.checkpoints:type_name -> ringmaster.v1.CheckpointInfo
-	32, // 2: ringmaster.v1.ListWorkersResponse.workers:type_name -> ringmaster.v1.Worker
-	17, // 3: ringmaster.v1.Job.spec:type_name -> ringmaster.v1.JobSpec
-	23, // 4: ringmaster.v1.Job.status:type_name -> ringmaster.v1.JobStatus
-	27, // 5: ringmaster.v1.Job.assignment:type_name -> ringmaster.v1.Assignment
-	29, // 6: ringmaster.v1.Job.progress:type_name -> ringmaster.v1.Progress
-	31, // 7: ringmaster.v1.Job.checkpoints:type_name -> ringmaster.v1.CheckpointRecord
-	20, // 8: ringmaster.v1.JobSpec.dataset:type_name -> ringmaster.v1.Dataset
-	21, // 9: ringmaster.v1.JobSpec.optimizer:type_name -> ringmaster.v1.Optimizer
-	22, // 10: ringmaster.v1.JobSpec.checkpoint:type_name -> ringmaster.v1.CheckpointPolicy
-	18, // 11: ringmaster.v1.JobSpec.model_config:type_name -> ringmaster.v1.ModelConfig
-	19, // 12: ringmaster.v1.JobSpec.collective:type_name -> ringmaster.v1.Collective
+	18, // 0: ringmaster.v1.ListJobsResponse.jobs:type_name -> ringmaster.v1.Job
+	14, // 1: ringmaster.v1.ListCheckpointsResponse.checkpoints:type_name -> ringmaster.v1.CheckpointInfo
+	34, // 2: ringmaster.v1.ListWorkersResponse.workers:type_name -> ringmaster.v1.Worker
+	19, // 3: ringmaster.v1.Job.spec:type_name -> ringmaster.v1.JobSpec
+	25, // 4: ringmaster.v1.Job.status:type_name -> ringmaster.v1.JobStatus
+	29, // 5: ringmaster.v1.Job.assignment:type_name -> ringmaster.v1.Assignment
+	31, // 6: ringmaster.v1.Job.progress:type_name -> ringmaster.v1.Progress
+	33, // 7: ringmaster.v1.Job.checkpoints:type_name -> ringmaster.v1.CheckpointRecord
+	22, // 8: ringmaster.v1.JobSpec.dataset:type_name -> ringmaster.v1.Dataset
+	23, // 9: ringmaster.v1.JobSpec.optimizer:type_name -> ringmaster.v1.Optimizer
+	24, // 10: ringmaster.v1.JobSpec.checkpoint:type_name -> ringmaster.v1.CheckpointPolicy
+	20, // 11: ringmaster.v1.JobSpec.model_config:type_name -> ringmaster.v1.ModelConfig
+	21, // 12: ringmaster.v1.JobSpec.collective:type_name -> ringmaster.v1.Collective
 	0,  // 13: ringmaster.v1.JobStatus.state:type_name -> ringmaster.v1.JobState
-	26, // 14: ringmaster.v1.JobStatus.result:type_name -> ringmaster.v1.JobResult
-	24, // 15: ringmaster.v1.JobStatus.history:type_name -> ringmaster.v1.HistoryEntry
-	25, // 16: ringmaster.v1.JobStatus.excluded:type_name -> ringmaster.v1.ExcludedWorker
-	28, // 17: ringmaster.v1.Assignment.ranks:type_name -> ringmaster.v1.RankAssignment
-	26, // 18: ringmaster.v1.Progress.result:type_name -> ringmaster.v1.JobResult
-	35, // 19: ringmaster.v1.JobEvent.step:type_name -> ringmaster.v1.StepMetrics
-	36, // 20: ringmaster.v1.JobEvent.state:type_name -> ringmaster.v1.StateChange
+	28, // 14: ringmaster.v1.JobStatus.result:type_name -> ringmaster.v1.JobResult
+	26, // 15: ringmaster.v1.JobStatus.history:type_name -> ringmaster.v1.HistoryEntry
+	27, // 16: ringmaster.v1.JobStatus.excluded:type_name -> ringmaster.v1.ExcludedWorker
+	30, // 17: ringmaster.v1.Assignment.ranks:type_name -> ringmaster.v1.RankAssignment
+	28, // 18: ringmaster.v1.Progress.result:type_name -> ringmaster.v1.JobResult
+	37, // 19: ringmaster.v1.JobEvent.step:type_name -> ringmaster.v1.StepMetrics
+	38, // 20: ringmaster.v1.JobEvent.state:type_name -> ringmaster.v1.StateChange
 	0,  // 21: ringmaster.v1.StateChange.state:type_name -> ringmaster.v1.JobState
-	26, // 22: ringmaster.v1.StateChange.result:type_name -> ringmaster.v1.JobResult
-	1,  // 23: ringmaster.v1.Coordinator.Info:input_type -> ringmaster.v1.InfoRequest
-	3,  // 24: ringmaster.v1.Coordinator.SubmitJob:input_type -> ringmaster.v1.SubmitJobRequest
-	5,  // 25: ringmaster.v1.Coordinator.ListJobs:input_type -> ringmaster.v1.ListJobsRequest
-	7,  // 26: ringmaster.v1.Coordinator.GetJob:input_type -> ringmaster.v1.GetJobRequest
-	8,  // 27: ringmaster.v1.Coordinator.CancelJob:input_type -> ringmaster.v1.CancelJobRequest
-	9,  // 28: ringmaster.v1.Coordinator.ResumeJob:input_type -> ringmaster.v1.ResumeJobRequest
-	10, // 29: ringmaster.v1.Coordinator.ListCheckpoints:input_type -> ringmaster.v1.ListCheckpointsRequest
-	13, // 30: ringmaster.v1.Coordinator.ListWorkers:input_type -> ringmaster.v1.ListWorkersRequest
-	15, // 31: ringmaster.v1.Coordinator.WatchJob:input_type -> ringmaster.v1.WatchJobRequest
-	2,  // 32: ringmaster.v1.Coordinator.Info:output_type -> ringmaster.v1.InfoResponse
-	4,  // 33: ringmaster.v1.Coordinator.SubmitJob:output_type -> ringmaster.v1.SubmitJobResponse
-	6,  // 34: ringmaster.v1.Coordinator.ListJobs:output_type -> ringmaster.v1.ListJobsResponse
-	16, // 35: ringmaster.v1.Coordinator.GetJob:output_type -> ringmaster.v1.Job
-	16, // 36: ringmaster.v1.Coordinator.CancelJob:output_type -> ringmaster.v1.Job
-	16, // 37: ringmaster.v1.Coordinator.ResumeJob:output_type -> ringmaster.v1.Job
-	11, // 38: ringmaster.v1.Coordinator.ListCheckpoints:output_type -> ringmaster.v1.ListCheckpointsResponse
-	14, // 39: ringmaster.v1.Coordinator.ListWorkers:output_type -> ringmaster.v1.ListWorkersResponse
-	34, // 40: ringmaster.v1.Coordinator.WatchJob:output_type -> ringmaster.v1.JobEvent
-	32, // [32:41] is the sub-list for method output_type
-	23, // [23:32] is the sub-list for method input_type
+	28, // 22: ringmaster.v1.StateChange.result:type_name -> ringmaster.v1.JobResult
+	3,  // 23: ringmaster.v1.Coordinator.Info:input_type -> ringmaster.v1.InfoRequest
+	5,  // 24: ringmaster.v1.Coordinator.SubmitJob:input_type -> ringmaster.v1.SubmitJobRequest
+	7,  // 25: ringmaster.v1.Coordinator.ListJobs:input_type -> ringmaster.v1.ListJobsRequest
+	9,  // 26: ringmaster.v1.Coordinator.GetJob:input_type -> ringmaster.v1.GetJobRequest
+	10, // 27: ringmaster.v1.Coordinator.CancelJob:input_type -> ringmaster.v1.CancelJobRequest
+	11, // 28: ringmaster.v1.Coordinator.ResumeJob:input_type -> ringmaster.v1.ResumeJobRequest
+	12, // 29: ringmaster.v1.Coordinator.ListCheckpoints:input_type -> ringmaster.v1.ListCheckpointsRequest
+	15, // 30: ringmaster.v1.Coordinator.ListWorkers:input_type -> ringmaster.v1.ListWorkersRequest
+	17, // 31: ringmaster.v1.Coordinator.WatchJob:input_type -> ringmaster.v1.WatchJobRequest
+	1,  // 32: ringmaster.v1.Coordinator.SaveSnapshot:input_type -> ringmaster.v1.SaveSnapshotRequest
+	4,  // 33: ringmaster.v1.Coordinator.Info:output_type -> ringmaster.v1.InfoResponse
+	6,  // 34: ringmaster.v1.Coordinator.SubmitJob:output_type -> ringmaster.v1.SubmitJobResponse
+	8,  // 35: ringmaster.v1.Coordinator.ListJobs:output_type -> ringmaster.v1.ListJobsResponse
+	18, // 36: ringmaster.v1.Coordinator.GetJob:output_type -> ringmaster.v1.Job
+	18, // 37: ringmaster.v1.Coordinator.CancelJob:output_type -> ringmaster.v1.Job
+	18, // 38: ringmaster.v1.Coordinator.ResumeJob:output_type -> ringmaster.v1.Job
+	13, // 39: ringmaster.v1.Coordinator.ListCheckpoints:output_type -> ringmaster.v1.ListCheckpointsResponse
+	16, // 40: ringmaster.v1.Coordinator.ListWorkers:output_type -> ringmaster.v1.ListWorkersResponse
+	36, // 41: ringmaster.v1.Coordinator.WatchJob:output_type -> ringmaster.v1.JobEvent
+	2,  // 42: ringmaster.v1.Coordinator.SaveSnapshot:output_type -> ringmaster.v1.SnapshotChunk
+	33, // [33:43] is the sub-list for method output_type
+	23, // [23:33] is the sub-list for method input_type
 	23, // [23:23] is the sub-list for extension type_name
 	23, // [23:23] is the sub-list for extension extendee
 	0,  // [0:23] is the sub-list for field type_name
@@ -3329,7 +3427,7 @@ func file_coordinator_proto_init() {
 	if File_coordinator_proto != nil {
 		return
 	}
-	file_coordinator_proto_msgTypes[33].OneofWrappers = []any{
+	file_coordinator_proto_msgTypes[35].OneofWrappers = []any{
 		(*JobEvent_Step)(nil),
 		(*JobEvent_State)(nil),
 	}
@@ -3339,7 +3437,7 @@ func file_coordinator_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coordinator_proto_rawDesc), len(file_coordinator_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

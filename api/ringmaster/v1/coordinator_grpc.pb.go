@@ -32,6 +32,7 @@ const (
 	Coordinator_ListCheckpoints_FullMethodName = "/ringmaster.v1.Coordinator/ListCheckpoints"
 	Coordinator_ListWorkers_FullMethodName     = "/ringmaster.v1.Coordinator/ListWorkers"
 	Coordinator_WatchJob_FullMethodName        = "/ringmaster.v1.Coordinator/WatchJob"
+	Coordinator_SaveSnapshot_FullMethodName    = "/ringmaster.v1.Coordinator/SaveSnapshot"
 )
 
 // CoordinatorClient is the client API for Coordinator service.
@@ -57,6 +58,10 @@ type CoordinatorClient interface {
 	// WatchJob streams the job's events (progress and state changes) as the
 	// workers publish them on NATS, starting with the job's current state.
 	WatchJob(ctx context.Context, in *WatchJobRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[JobEvent], error)
+	// SaveSnapshot streams a consistent snapshot of the cluster's etcd (every
+	// job, worker and checkpoint record): a backup that `coordinator snapshot
+	// restore` turns back into a data directory.
+	SaveSnapshot(ctx context.Context, in *SaveSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotChunk], error)
 }
 
 type coordinatorClient struct {
@@ -166,6 +171,25 @@ func (c *coordinatorClient) WatchJob(ctx context.Context, in *WatchJobRequest, o
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Coordinator_WatchJobClient = grpc.ServerStreamingClient[JobEvent]
 
+func (c *coordinatorClient) SaveSnapshot(ctx context.Context, in *SaveSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Coordinator_ServiceDesc.Streams[1], Coordinator_SaveSnapshot_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SaveSnapshotRequest, SnapshotChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Coordinator_SaveSnapshotClient = grpc.ServerStreamingClient[SnapshotChunk]
+
 // CoordinatorServer is the server API for Coordinator service.
 // All implementations must embed UnimplementedCoordinatorServer
 // for forward compatibility.
@@ -189,6 +213,10 @@ type CoordinatorServer interface {
 	// WatchJob streams the job's events (progress and state changes) as the
 	// workers publish them on NATS, starting with the job's current state.
 	WatchJob(*WatchJobRequest, grpc.ServerStreamingServer[JobEvent]) error
+	// SaveSnapshot streams a consistent snapshot of the cluster's etcd (every
+	// job, worker and checkpoint record): a backup that `coordinator snapshot
+	// restore` turns back into a data directory.
+	SaveSnapshot(*SaveSnapshotRequest, grpc.ServerStreamingServer[SnapshotChunk]) error
 	mustEmbedUnimplementedCoordinatorServer()
 }
 
@@ -225,6 +253,9 @@ func (UnimplementedCoordinatorServer) ListWorkers(context.Context, *ListWorkersR
 }
 func (UnimplementedCoordinatorServer) WatchJob(*WatchJobRequest, grpc.ServerStreamingServer[JobEvent]) error {
 	return status.Errorf(codes.Unimplemented, "method WatchJob not implemented")
+}
+func (UnimplementedCoordinatorServer) SaveSnapshot(*SaveSnapshotRequest, grpc.ServerStreamingServer[SnapshotChunk]) error {
+	return status.Errorf(codes.Unimplemented, "method SaveSnapshot not implemented")
 }
 func (UnimplementedCoordinatorServer) mustEmbedUnimplementedCoordinatorServer() {}
 func (UnimplementedCoordinatorServer) testEmbeddedByValue()                     {}
@@ -402,6 +433,17 @@ func _Coordinator_WatchJob_Handler(srv interface{}, stream grpc.ServerStream) er
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Coordinator_WatchJobServer = grpc.ServerStreamingServer[JobEvent]
 
+func _Coordinator_SaveSnapshot_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(SaveSnapshotRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(CoordinatorServer).SaveSnapshot(m, &grpc.GenericServerStream[SaveSnapshotRequest, SnapshotChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Coordinator_SaveSnapshotServer = grpc.ServerStreamingServer[SnapshotChunk]
+
 // Coordinator_ServiceDesc is the grpc.ServiceDesc for Coordinator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -446,6 +488,11 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchJob",
 			Handler:       _Coordinator_WatchJob_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "SaveSnapshot",
+			Handler:       _Coordinator_SaveSnapshot_Handler,
 			ServerStreams: true,
 		},
 	},

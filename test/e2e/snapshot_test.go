@@ -1,0 +1,85 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/internal/coordinator"
+)
+
+// `coordinator snapshot save` backs the control plane's state up while it
+// serves; `snapshot restore` turns the file into a new data directory whose
+// coordinator serves the same jobs. A damaged snapshot is refused.
+func TestSnapshotSaveAndRestore(t *testing.T) {
+	c := startCluster(t)
+	out, err := c.cli("submit", writeSpec(t, c.dir, `
+name: backed-up
+model: cnn
+dataset: {name: mnist, digits: [0, 1]}
+workers: 3
+batch_size: 16
+epochs: 1
+`))
+	if err != nil {
+		t.Fatalf("submit: %v: %s", err, out)
+	}
+	id := strings.TrimSpace(out)
+	file := filepath.Join(c.dir, "backup.db")
+	if out, err := c.cli("snapshot", "save", file); err != nil {
+		t.Fatalf("snapshot save: %v: %s", err, out)
+	} else {
+		t.Log(strings.TrimSpace(out))
+	}
+
+	// A damaged copy is refused by its integrity hash.
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := bytes.Clone(b)
+	bad[len(bad)/2] ^= 0xff
+	badFile := filepath.Join(c.dir, "damaged.db")
+	if err := os.WriteFile(badFile, bad, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := c.cli("snapshot", "restore", badFile, "--data-dir", filepath.Join(c.dir, "from-damaged")); err == nil {
+		t.Errorf("restoring a damaged snapshot succeeded: %s", out)
+	}
+
+	restored := filepath.Join(c.dir, "restored")
+	if out, err := c.cli("snapshot", "restore", file, "--data-dir", restored); err != nil {
+		t.Fatalf("snapshot restore: %v: %s", err, out)
+	}
+	if out, err := c.cli("snapshot", "restore", file, "--data-dir", restored); err == nil || !strings.Contains(err.Error(), "exists") {
+		t.Errorf("restoring over an existing data directory: %v: %s", err, out)
+	}
+	c2, err := coordinator.Start(coordinator.Config{Listen: "127.0.0.1:0", DataDir: restored}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	conn, err := grpc.NewClient(c2.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	j, err := pb.NewCoordinatorClient(conn).GetJob(ctx, &pb.GetJobRequest{JobId: id})
+	if err != nil {
+		t.Fatalf("the restored coordinator does not know job %s: %v", id, err)
+	}
+	if j.Spec.Name != "backed-up" || j.Spec.Workers != 3 || j.Status.State != pb.JobState_JOB_STATE_PENDING {
+		t.Errorf("restored job: spec %v, state %v", j.Spec, j.Status.State)
+	}
+}
