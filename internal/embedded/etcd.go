@@ -5,16 +5,19 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // Etcd is a single-member etcd server.
 type Etcd struct {
 	e         *embed.Etcd
 	endpoints []string
+	closing   *atomic.Bool
 }
 
 // EtcdConfig configures an embedded etcd.
@@ -45,7 +48,9 @@ func StartEtcd(cfg EtcdConfig, log *zap.Logger) (*Etcd, error) {
 	c := embed.NewConfig()
 	c.Name = EtcdMemberName
 	c.Dir = cfg.Dir
-	c.ZapLoggerBuilder = embed.NewZapLoggerBuilder(log.Named("etcd").WithOptions(zap.IncreaseLevel(zap.WarnLevel)))
+	closing := new(atomic.Bool)
+	c.ZapLoggerBuilder = embed.NewZapLoggerBuilder(log.Named("etcd").WithOptions(zap.IncreaseLevel(zap.WarnLevel),
+		zap.WrapCore(func(core zapcore.Core) zapcore.Core { return quietOnClose{Core: core, closing: closing} })))
 	lc, _ := url.Parse("http://" + clientAddr)
 	lp, _ := url.Parse("http://" + peerAddr)
 	ac := *lc
@@ -81,7 +86,7 @@ func StartEtcd(cfg EtcdConfig, log *zap.Logger) (*Etcd, error) {
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd did not become ready within 60s")
 	}
-	return &Etcd{e: e, endpoints: []string{ac.String()}}, nil
+	return &Etcd{e: e, endpoints: []string{ac.String()}, closing: closing}, nil
 }
 
 // Endpoints returns the client URLs.
@@ -91,7 +96,28 @@ func (e *Etcd) Endpoints() []string { return e.endpoints }
 func (e *Etcd) Err() <-chan error { return e.e.Err() }
 
 // Close stops the server.
-func (e *Etcd) Close() { e.e.Close() }
+func (e *Etcd) Close() {
+	e.closing.Store(true)
+	e.e.Close()
+}
+
+// quietOnClose drops what etcd logs while it is being closed: its
+// listeners report "server closed" as ERROR lines at every normal exit.
+type quietOnClose struct {
+	zapcore.Core
+	closing *atomic.Bool
+}
+
+func (q quietOnClose) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if q.closing.Load() {
+		return ce
+	}
+	return q.Core.Check(ent, ce)
+}
+
+func (q quietOnClose) With(f []zapcore.Field) zapcore.Core {
+	return quietOnClose{Core: q.Core.With(f), closing: q.closing}
+}
 
 // resolvePort replaces port 0 with a free port, because etcd advertises the
 // configured URL, not the bound one. The port is free when chosen; another
