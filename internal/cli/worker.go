@@ -76,6 +76,7 @@ func NewWorkerCommand() *cobra.Command {
 	f.IntVar(&cfg.Threads, "threads", 0, "goroutines per compute kernel (0: all CPUs)")
 	f.StringVar(&cfg.CacheDir, "cache-dir", "", "where dataset shards from object storage are staged while in use (default: the temporary directory)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", worker.DefaultLeaseTTL, "registration lease TTL: a dead or hung worker is noticed within it")
+	f.DurationVar(&cfg.StallTimeout, "stall-timeout", worker.DefaultStallTimeout, "report this worker wedged when its training loop makes no progress in its own computation for this long (at least 10 times its longest step computation; 0: never)")
 	f.DurationVar(&drainTimeout, "drain-timeout", time.Minute, "after SIGTERM, how long the worker may take to leave its job at a step boundary")
 	f.StringVar(&cfg.SampleLog, "sample-log", "", "append one line per committed step to this file (which samples the ring consumed; for tests)")
 	addLogFlags(cmd, &lf)

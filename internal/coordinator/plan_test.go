@@ -169,6 +169,18 @@ func TestPlan(t *testing.T) {
 			j.Status.Value.Excluded = []*pb.ExcludedWorker{{WorkerId: "w2", WorkerRevision: 2, UntilMs: now}}
 		}, []Action{Reconfigure{JobID: "j", Generation: 3, Workers: []string{"w1", "w2"}, Reason: "workers [w2] joined", StatusRev: 101,
 			History: []*pb.HistoryEntry{{TimeMs: now, Generation: 3, Event: "joined", Detail: "workers [w2] joined at a step boundary; the ring has 2 ranks"}}}}},
+		{"a rank that reports itself wedged is replaced and excluded", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2)
+			j := b.job("j", 2, running, 1)
+			b.running(j, 1, "w1", "w2")
+			j.Spec.MaxRestarts = 3
+			j.Reports = []*pb.RankReport{{Generation: 1, Rank: 1, WorkerId: "w2", Ring: true, Suspects: []int32{1}, Error: "wedged"}}
+		}, []Action{Reconfigure{JobID: "j", Generation: 2, Workers: []string{"w1"}, Abort: true, Failure: true,
+			Reason: "worker w2 (rank 1) lost: rank 1 reported wedged", StatusRev: 101,
+			Exclude: []*pb.ExcludedWorker{{WorkerId: "w2", WorkerRevision: 2, Reason: "worker w2 (rank 1) lost: rank 1 reported wedged"}},
+			History: []*pb.HistoryEntry{
+				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: rank 1 reported wedged", WorkerId: "w2"},
+				{TimeMs: now, Generation: 2, Event: "rebuilt", Detail: "ring rebuilt on 1 workers [w1]"}}}}},
 		{"a ring report that blames nobody changes nothing", func(b *snap) {
 			b.worker("w1", 1).worker("w2", 2)
 			j := b.job("j", 2, running, 1)

@@ -274,6 +274,9 @@ func (w *Worker) runGeneration(ctx context.Context, r *jobRun, t *Trainer, c *pb
 			}
 		}
 	}()
+	// The stall watchdog: a training loop stuck in its own computation.
+	follow.Add(1)
+	go func() { defer follow.Done(); w.watchStall(gctx, t, c, log) }()
 	defer follow.Wait()
 	defer gcancel()
 

@@ -115,6 +115,7 @@ type Trainer struct {
 	saver         *checkpoint.AsyncSaver
 	saverCtx      context.Context
 	yield         atomic.Bool
+	beat          heartbeat
 	prepared      bool
 }
 
@@ -266,9 +267,11 @@ func (t *Trainer) Join(ctx context.Context, r Ring) error {
 	if t.snapshot != nil {
 		// A checkpoint's copy reads the parameters the broadcast may
 		// write. It is finished, not given up, whatever ended the ring.
+		t.beat.enter(PhaseIO)
 		if _, err := t.snapshot.Wait(t.saverCtx); err != nil {
 			return err
 		}
+		t.beat.enter(PhaseCompute)
 		t.snapshot = nil
 	}
 	t.Rank, t.World, t.Generation, t.Comm = r.Rank, r.World, r.Generation, r.Comm
@@ -388,6 +391,8 @@ func (t *Trainer) Step(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	t.beat.enter(PhaseCompute)
+	defer t.beat.enter(PhaseIdle)
 	spec := t.Spec
 	all, g, next, err := t.sampler.Step(t.pos, 1, 0, t.batch)
 	if err != nil {
@@ -408,9 +413,11 @@ func (t *Trainer) Step(ctx context.Context) error {
 	if t.yield.Load() {
 		t.stats[1] = 1
 	}
+	t.beat.enter(PhaseWait)
 	if err := t.Comm.AllReduce(ctx, t.stats, allreduce.Sum); err != nil {
 		return fmt.Errorf("step %d: %w", t.step+1, err)
 	}
+	t.beat.enter(PhaseCompute)
 	var gradNorm float64
 	if c := spec.Optimizer.GetGradClip(); c > 0 {
 		gradNorm = model.ClipGradNorm(t.Backend, t.grads, float64(c))
@@ -420,9 +427,11 @@ func (t *Trainer) Step(ctx context.Context) error {
 		// state overlapped this step's forward and backward pass; it must
 		// end before the optimizer writes them; a ring that ends meanwhile
 		// does not give the save up.
+		t.beat.enter(PhaseIO)
 		if _, err := t.snapshot.Wait(t.saverCtx); err != nil {
 			return err
 		}
+		t.beat.enter(PhaseCompute)
 		t.snapshot = nil
 	}
 	t.opt.Step(t.params, t.grads)
@@ -441,6 +450,9 @@ func (t *Trainer) Step(ctx context.Context) error {
 	if t.StepHook != nil {
 		t.StepHook(t.step, t.m)
 	}
+	// Reports, replica checks and checkpoint saves: slow stores are not
+	// a stall.
+	t.beat.enter(PhaseIO)
 	if err := t.afterStep(ctx, g, gradNorm); err != nil {
 		return err
 	}
@@ -471,18 +483,23 @@ func (t *Trainer) forwardBackward(ctx context.Context, idx []int32, g int) (floa
 	var hookErr error
 	for k := range accum {
 		mlo, mhi := len(idx)*k/accum, len(idx)*(k+1)/accum
+		t.beat.enter(PhaseIO) // a cold data shard is not a stall
 		if err := t.Train.Fill(ctx, idx[mlo:mhi], &t.b); err != nil {
 			return 0, fmt.Errorf("reading the batch: %w", err)
 		}
+		t.beat.enter(PhaseCompute)
 		if k == accum-1 && bucketBytes > 0 && t.World > 1 {
 			// The last micro-batch's backward pass finishes the gradient
 			// tensor by tensor; each finished bucket is all-reduced while
 			// the rest is computed.
 			bk = t.Comm.NewBucketer(ctx, t.grads, allreduce.Sum, bucketBytes)
 			t.m.SetGradReadyHook(func(lo, hi int) {
+				// Handing a bucket over may wait for the ring.
+				t.beat.enter(PhaseWait)
 				if err := bk.Ready(ctx, lo, hi); err != nil && hookErr == nil {
 					hookErr = err
 				}
+				t.beat.enter(PhaseCompute)
 			})
 		}
 		st, err := t.m.ForwardBackward(t.b, scale)
@@ -496,6 +513,7 @@ func (t *Trainer) forwardBackward(ctx context.Context, idx []int32, g int) (floa
 		loss += st.Loss
 	}
 	var err error
+	t.beat.enter(PhaseWait)
 	if bk != nil {
 		err = bk.Wait(ctx)
 		if err == nil {

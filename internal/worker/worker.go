@@ -45,6 +45,11 @@ type Config struct {
 	LeaseTTL time.Duration
 	// RequestTimeout bounds each call to etcd and the coordinator.
 	RequestTimeout time.Duration
+	// StallTimeout is the least time the training loop may spend in its
+	// own computation without progress before the worker reports itself
+	// wedged (the limit grows to 10 times the longest stretch seen); 0
+	// turns the watchdog off.
+	StallTimeout time.Duration
 	// SampleLog, if set, is a file to which the worker appends one line
 	// per committed step: "job step epoch lo hi world rank generation
 	// worker", the part [lo, hi) of the epoch's order the ring consumed.
@@ -59,6 +64,10 @@ type Config struct {
 // keep-alive (sent every third of it): a hung or vanished worker is
 // noticed within it, and its job's ring rebuilt without it.
 const DefaultLeaseTTL = 3 * time.Second
+
+// DefaultStallTimeout is the stall watchdog's floor (see
+// Config.StallTimeout).
+const DefaultStallTimeout = time.Minute
 
 // Worker registers itself in etcd under a lease, waits for the coordinator
 // to claim it for a job, and runs its rank of that job.
