@@ -98,6 +98,7 @@ type Coordinator struct {
 	etcd      *clientv3.Client
 	nc        *nats.Conn
 	pub       *events.Publisher
+	damaged   map[string]error // damaged keys already reported (reconcile's)
 	grpc      *grpc.Server
 	lis       net.Listener
 	etcdURLs  []string
@@ -326,6 +327,13 @@ func (c *Coordinator) reconcile(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	for key, err := range snap.Damaged {
+		if _, seen := c.damaged[key]; !seen {
+			c.log.Error("a key in etcd cannot be decoded; what it describes is left alone until it is repaired or deleted",
+				zap.String("key", key), zap.Error(err))
+		}
+	}
+	c.damaged = snap.Damaged
 	for _, a := range Plan(snap, time.Now().UnixMilli()) {
 		err := c.apply(ctx, snap, a)
 		if errors.Is(err, errConflict) {

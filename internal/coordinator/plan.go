@@ -112,7 +112,7 @@ func Plan(s *state.Snapshot, now int64) []Action {
 	acted := map[string]bool{}
 	for _, id := range ids {
 		j := s.Jobs[id]
-		if j.Status.Value.State != pb.JobState_JOB_STATE_RUNNING {
+		if j.Status.Value.State != pb.JobState_JOB_STATE_RUNNING || s.DamagedJobs[id] {
 			continue
 		}
 		if a := planRunning(s, j, &idle, now); a != nil {
@@ -123,7 +123,7 @@ func Plan(s *state.Snapshot, now int64) []Action {
 	for _, id := range ids {
 		j := s.Jobs[id]
 		st := j.Status.Value
-		if st.State != pb.JobState_JOB_STATE_PENDING {
+		if st.State != pb.JobState_JOB_STATE_PENDING || s.DamagedJobs[id] {
 			continue
 		}
 		if st.CancelRequested {
@@ -172,6 +172,8 @@ func Plan(s *state.Snapshot, now int64) []Action {
 		j := s.Jobs[c.Value.JobId]
 		var why string
 		switch {
+		case s.DamagedJobs[c.Value.JobId]:
+			// Nothing is decided about a job that cannot be read.
 		case j == nil || j.Status.Value == nil:
 			why = fmt.Sprintf("job %s does not exist", c.Value.JobId)
 		case j.Status.Value.State != pb.JobState_JOB_STATE_RUNNING:

@@ -181,6 +181,14 @@ func TestPlan(t *testing.T) {
 			History: []*pb.HistoryEntry{
 				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: rank 1 reported wedged", WorkerId: "w2"},
 				{TimeMs: now, Generation: 2, Event: "rebuilt", Detail: "ring rebuilt on 1 workers [w1]"}}}}},
+		{"a job with a damaged key is left alone, its claims kept; others go on", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2).worker("w3", 3)
+			j := b.job("damaged", 2, running, 1)
+			b.running(j, 1, "w1", "w2")
+			j.Assignment = nil // its assignment could not be decoded
+			b.s.DamagedJobs = map[string]bool{"damaged": true}
+			b.job("p", 1, pending, 2)
+		}, []Action{Assign{JobID: "p", Generation: 1, Workers: []string{"w3"}, StatusRev: 102}}},
 		{"a ring report that blames nobody changes nothing", func(b *snap) {
 			b.worker("w1", 1).worker("w2", 2)
 			j := b.job("j", 2, running, 1)

@@ -83,6 +83,15 @@ type Snapshot struct {
 	Workers map[string]Versioned[*pb.Worker]
 	Claims  map[string]Versioned[*pb.Claim]
 	Jobs    map[string]*JobEntry
+	// Damaged are the keys whose values could not be decoded, with why.
+	// Read leaves what they describe out (a job without its spec or
+	// status, a worker whose claim is unreadable) instead of failing:
+	// one bad key must not stop scheduling.
+	Damaged map[string]error
+	// DamagedJobs are the jobs with a damaged key: the planner takes no
+	// decision about them (their claims stay) until the key is repaired
+	// or removed.
+	DamagedJobs map[string]bool
 }
 
 // JobIDs returns the job ids in submission order.
@@ -114,6 +123,9 @@ func Read(ctx context.Context, cli *clientv3.Client, k Keys) (*Snapshot, error) 
 		Workers: map[string]Versioned[*pb.Worker]{},
 		Claims:  map[string]Versioned[*pb.Claim]{},
 		Jobs:    map[string]*JobEntry{},
+		Damaged: map[string]error{},
+
+		DamagedJobs: map[string]bool{},
 	}
 	job := func(id string) *JobEntry {
 		j := s.Jobs[id]
@@ -171,7 +183,27 @@ func Read(ctx context.Context, cli *clientv3.Client, k Keys) (*Snapshot, error) 
 			}
 		}
 		if err != nil {
-			return nil, fmt.Errorf("state: decoding %s: %w", key, err)
+			s.Damaged[key] = err
+			if id, rest, ok := strings.Cut(strings.TrimPrefix(key, k.Jobs()), "/"); ok && strings.HasPrefix(key, k.Jobs()) {
+				s.DamagedJobs[id] = true
+				switch j := s.Jobs[id]; rest {
+				case "spec":
+					j.Spec = nil
+				case "status":
+					j.Status = Versioned[*pb.JobStatus]{}
+				case "progress":
+					j.Progress, j.ProgressRev = nil, 0
+				case "assignment":
+					j.Assignment = nil
+				}
+			}
+		}
+	}
+	// A worker whose claim cannot be read may be busy: it is given
+	// nothing.
+	for key := range s.Damaged {
+		if id, ok := strings.CutPrefix(key, k.Claims()); ok {
+			delete(s.Workers, id)
 		}
 	}
 	return s, nil

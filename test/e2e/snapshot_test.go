@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -81,5 +82,39 @@ epochs: 1
 	}
 	if j.Spec.Name != "backed-up" || j.Spec.Workers != 3 || j.Status.State != pb.JobState_JOB_STATE_PENDING {
 		t.Errorf("restored job: spec %v, state %v", j.Spec, j.Status.State)
+	}
+}
+
+// A key in the job prefix that cannot be decoded (a bad manual edit, a
+// value from a newer version) is left alone: the other jobs are scheduled
+// and finish.
+func TestDamagedKeyDoesNotStopScheduling(t *testing.T) {
+	c := startCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	info, err := c.client.Info(ctx, &pb.InfoRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	if _, err := cli.Put(ctx, info.EtcdPrefix+"jobs/bogus/status", "{not a status"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, info.EtcdPrefix+"jobs/bogus/spec", `{"name": "bogus", "workers": 1}`); err != nil {
+		t.Fatal(err)
+	}
+	c.startWorker("d0", testLease)
+	c.waitWorkers("d0")
+	out, err := c.cli("submit", writeSpec(t, c.dir, "name: fine\nmodel: cnn\nsteps: 4\ndataset: {name: mnist, digits: [0, 1]}\n"))
+	if err != nil {
+		t.Fatalf("submit: %v: %s", err, out)
+	}
+	c.waitState(strings.TrimSpace(out), pb.JobState_JOB_STATE_SUCCEEDED, 2*time.Minute)
+	if out, err := c.cli("list"); err != nil {
+		t.Errorf("list with a damaged job: %v: %s", err, out)
 	}
 }
