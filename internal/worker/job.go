@@ -669,6 +669,8 @@ func (r *etcdReporter) flush(ctx context.Context) error {
 		switch {
 		case errors.Is(err, errFenced):
 			r.fenced = true
+		case err != nil && ctx.Err() != nil:
+			// Cancelled, not unreachable: the run's last flush follows.
 		case err != nil:
 			if r.down.IsZero() {
 				r.down = time.Now()

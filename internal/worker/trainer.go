@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"path"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -295,7 +296,9 @@ func (t *Trainer) Join(ctx context.Context, r Ring) error {
 	t.Log.Info("training", zap.Int("rank", t.Rank), zap.Int("world", t.World), zap.Uint64("generation", t.Generation),
 		zap.String("model", cfg.Name), zap.Int64("from_step", t.step), zap.Int64("total_steps", t.total),
 		zap.Int("epoch", t.pos.Epoch), zap.Int("epoch_pos", t.pos.Pos), zap.Int("params", len(t.params)),
-		zap.Int("global_batch", t.batch), zap.Int("micro_batch", t.micro), zap.Int("samples", t.n))
+		zap.Int("global_batch", t.batch), zap.Int("micro_batch", t.micro), zap.Int("samples", t.n),
+		// Across generations, a count that grows with each is a leak.
+		zap.Int("goroutines", runtime.NumGoroutine()))
 	return nil
 }
 

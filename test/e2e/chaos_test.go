@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -234,7 +235,44 @@ func (c *chaosCluster) checkRecovered(id string, failures int) *pb.Job {
 	c.t.Logf("history:\n%s", strings.Join(events, "\n"))
 	c.t.Logf("finished on generation %d with %d ranks, %d steps redone, accuracy %.4f",
 		j.Assignment.Generation, len(j.Assignment.Ranks), redone, j.Status.Result.GetTestAccuracy())
+	c.checkNoLeak(j)
 	return j
+}
+
+// trainingLine is a worker log's line for joining a ring generation.
+var trainingLine = regexp.MustCompile(`\ttraining\t\{.*"world": (\d+), "generation": (\d+).*"goroutines": (\d+)`)
+
+// checkNoLeak compares, in the log of each worker that trained on the
+// first generation and on the last, its goroutines when it joined each:
+// a survivor of a ring that did not grow holds no more goroutines than
+// before (a small margin covers connections that come and go).
+func (c *chaosCluster) checkNoLeak(j *pb.Job) {
+	c.t.Helper()
+	const margin = 3
+	for _, r := range j.Assignment.Ranks {
+		b, err := os.ReadFile(filepath.Join(c.dir, r.WorkerId+".log"))
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		var joins [][]string
+		for _, line := range strings.Split(string(b), "\n") {
+			if m := trainingLine.FindStringSubmatch(line); m != nil {
+				joins = append(joins, m[1:])
+			}
+		}
+		if len(joins) < 2 || joins[0][1] != "1" {
+			continue // a replacement, or no change of ring
+		}
+		first, last := joins[0], joins[len(joins)-1]
+		w0, _ := strconv.Atoi(first[0])
+		w1, _ := strconv.Atoi(last[0])
+		g0, _ := strconv.Atoi(first[2])
+		g1, _ := strconv.Atoi(last[2])
+		c.t.Logf("%s: %d goroutines on generation 1 (world %d), %d on generation %s (world %d)", r.WorkerId, g0, w0, g1, last[1], w1)
+		if w1 <= w0 && g1 > g0+margin {
+			c.t.Errorf("survivor %s leaked goroutines: %d when it joined generation 1, %d when it joined generation %s", r.WorkerId, g0, g1, last[1])
+		}
+	}
 }
 
 func (c *chaosCluster) submit(spec string) string {
