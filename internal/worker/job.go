@@ -175,7 +175,7 @@ func (w *Worker) runJob(ctx context.Context, r *jobRun, log *zap.Logger) (*pb.Cl
 	}
 	mgr := w.manager(store, c.JobId, spec, log)
 	t := &Trainer{JobID: c.JobId, Spec: spec, Train: train, Eval: eval, Backend: w.be, Start: start, Init: init,
-		Log: log, World: len(asg.Ranks), CommitHook: w.commitHook(c.JobId)}
+		Log: log, World: len(asg.Ranks), CommitHook: w.commitHook(c.JobId), MaySave: w.leaseHeld}
 	if err := t.Prepare(ctx); err != nil {
 		return c, err
 	}

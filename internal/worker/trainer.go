@@ -93,6 +93,12 @@ type Trainer struct {
 	// which epoch's order the whole ring consumed (tests count samples with
 	// it across failures).
 	CommitHook func(Commit)
+	// MaySave, if set, is asked before every checkpoint save; an error
+	// skips the save (training goes on; the final one waits). The worker
+	// refuses while it cannot rule out that its lease expired: its job
+	// may then run on another ring whose checkpoints this one's would
+	// collide with.
+	MaySave func() error
 
 	// The job's state on this rank; it outlives rings.
 	m             model.Model
@@ -593,6 +599,15 @@ func (t *Trainer) Finish(ctx context.Context) (*pb.JobResult, error) {
 		}
 	}
 	if t.lastSaved != t.step && t.Checkpoints != nil {
+		// The final checkpoint waits until this rank knows it still holds
+		// its place (or ctx ends: then it has been replaced).
+		for t.MaySave != nil && t.MaySave() != nil {
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("final checkpoint: %w (%v)", ctx.Err(), t.MaySave())
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
 		if _, err := t.save(ctx, nil, t.m, t.opt, t.step, t.pos, t.global); err != nil {
 			return nil, fmt.Errorf("final checkpoint: %w", err)
 		}
@@ -783,6 +798,11 @@ func (t *Trainer) evaluate(ctx context.Context, m model.Model) (model.Stats, err
 func (t *Trainer) save(ctx context.Context, saver *checkpoint.AsyncSaver, m model.Model, opt model.Optimizer, step int64, pos shard.Position, global int64) (*checkpoint.Pending, error) {
 	if t.Checkpoints == nil {
 		return nil, nil
+	}
+	if t.MaySave != nil {
+		if err := t.MaySave(); err != nil {
+			return nil, fmt.Errorf("not saving the checkpoint of step %d: %w", step, err)
+		}
 	}
 	st := t.state(m, opt, step, pos, global)
 	if saver != nil {

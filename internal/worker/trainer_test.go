@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -153,6 +155,7 @@ type run struct {
 	start   *checkpoint.State
 	hook    func(rank int, step int64, m model.Model)
 	samples func(rank int, step int64, idx []int32)
+	maySave func() error // rank 0's Trainer.MaySave
 }
 
 // runJob runs every rank of a job to the end and returns rank 0's
@@ -182,7 +185,7 @@ func runJob(t *testing.T, j run) (*memReporter, []float32, error) {
 			tr := &Trainer{JobID: "t", Spec: j.spec, Rank: r, World: j.world, Generation: 1, Comm: comms[r], Train: j.train, Eval: j.eval,
 				Backend: model.NewCPU(2), Start: j.start, Init: j.init, Reporter: rep, Log: zaptest.NewLogger(t), ReplicaCheckEvery: 5}
 			if r == 0 {
-				tr.Checkpoints = j.mgr
+				tr.Checkpoints, tr.MaySave = j.mgr, j.maySave
 			}
 			tr.StepHook = func(step int64, m model.Model) {
 				if j.hook != nil {
@@ -328,5 +331,56 @@ func TestLearningRateSchedule(t *testing.T) {
 	}
 	if got := float32(learningRate(warm, 99, 100)); !near(got, 0) {
 		t.Errorf("last step: %v, want 0", got)
+	}
+}
+
+// A rank that cannot rule out that its lease expired writes no checkpoint
+// (its job may run on another ring by now); training goes on, and the
+// final checkpoint waits until the lease is confirmed.
+func TestNoCheckpointWithoutTheLease(t *testing.T) {
+	spec := testSpec(2, 8, 12)
+	spec.Checkpoint.EverySteps = 2
+	store, err := checkpoint.NewFileStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mgr := checkpoint.NewManager(store, "t", 100, zaptest.NewLogger(t))
+	var step atomic.Int64
+	var finalRefusals atomic.Int32
+	maySave := func() error {
+		switch s := step.Load(); {
+		case s < 6:
+			return errors.New("lease unconfirmed")
+		case s == 12 && finalRefusals.Add(1) <= 3:
+			return errors.New("lease unconfirmed at the end")
+		}
+		return nil
+	}
+	rep, _, err := runJob(t, run{spec: spec, world: 2, mgr: mgr, maySave: maySave,
+		hook: func(rank int, s int64, _ model.Model) {
+			if rank == 0 {
+				step.Store(s)
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := mgr.List(context.Background(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saved []int64
+	for _, c := range list {
+		saved = append(saved, c.Step)
+	}
+	slices.Sort(saved)
+	if want := []int64{6, 8, 10, 12}; !slices.Equal(saved, want) {
+		t.Errorf("checkpoints at steps %v, want %v (none while the lease was unconfirmed)", saved, want)
+	}
+	if n := finalRefusals.Load(); n < 4 {
+		t.Errorf("the final checkpoint asked %d times, want it to wait until allowed", n)
+	}
+	if rep.result == nil || rep.result.LastCheckpoint == "" {
+		t.Errorf("no final checkpoint recorded: %+v", rep.result)
 	}
 }

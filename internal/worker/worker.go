@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -91,6 +92,27 @@ type Worker struct {
 
 	drainOnce sync.Once
 	drain     chan struct{} // closed by Drain
+
+	// renewed is when etcd last confirmed the lease (unix nanoseconds),
+	// and leaseTTL its TTL: past renewed + TTL the coordinator may have
+	// given this worker's place to another, so it writes no checkpoint.
+	renewed  atomic.Int64
+	leaseTTL atomic.Int64 // nanoseconds
+}
+
+// leaseSafetyMargin is how long before its lease could have expired (by
+// this worker's clock) the worker stops trusting it.
+const leaseSafetyMargin = 500 * time.Millisecond
+
+// leaseHeld returns an error when etcd has not confirmed this worker's
+// lease recently enough to rule out that it expired: its job may then run
+// on another ring, so its checkpoints could collide with that ring's.
+func (w *Worker) leaseHeld() error {
+	since, ttl := time.Since(time.Unix(0, w.renewed.Load())), time.Duration(w.leaseTTL.Load())
+	if since > ttl-min(leaseSafetyMargin, ttl/6) {
+		return fmt.Errorf("etcd has not confirmed this worker's lease for %v (TTL %v): it may have been replaced", since.Round(time.Millisecond), ttl)
+	}
+	return nil
 }
 
 // Drain makes the worker leave: at once when idle, otherwise at the next
@@ -288,6 +310,8 @@ func (w *Worker) serveLease(ctx context.Context) error {
 		return fmt.Errorf("registering: %w", err)
 	}
 	regRev := put.Header.Revision
+	w.leaseTTL.Store(int64(time.Duration(ttl) * time.Second))
+	w.renewed.Store(time.Now().UnixNano())
 	kctx, stopKeepAlive := context.WithCancel(ctx)
 	defer stopKeepAlive()
 	ka, err := w.etcd.KeepAlive(kctx, lease.ID)
@@ -357,7 +381,10 @@ func (w *Worker) serveLease(ctx context.Context) error {
 		case <-runDone:
 		case <-ctx.Done():
 			return ctx.Err()
-		case _, ok := <-ka:
+		case resp, ok := <-ka:
+			if ok && resp != nil && resp.TTL > 0 {
+				w.renewed.Store(time.Now().UnixNano())
+			}
 			if !ok {
 				// etcd is unreachable (or the lease is gone). Training
 				// does not need it between decisions: the job goes on
@@ -379,6 +406,7 @@ func (w *Worker) serveLease(ctx context.Context) error {
 				// job's ring has moved on: it is fenced.
 				return fmt.Errorf("the lease expired while etcd was unreachable (for %v)", time.Since(lostAt).Round(time.Millisecond))
 			default:
+				w.renewed.Store(time.Now().UnixNano())
 				if ka, err = w.etcd.KeepAlive(kctx, lease.ID); err != nil {
 					ka, retry = nil, time.After(250*time.Millisecond)
 				} else {
