@@ -1883,7 +1883,8 @@ type HistoryEntry struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	TimeMs     int64                  `protobuf:"varint,1,opt,name=time_ms,json=timeMs,proto3" json:"time_ms,omitempty"`
 	Generation uint64                 `protobuf:"varint,2,opt,name=generation,proto3" json:"generation,omitempty"`
-	// "lost", "rebuilt", "joined", "left", "restarted", "waiting", "failed".
+	// "lost", "rebuilt", "joined", "left", or "restarted" (from the latest
+	// checkpoint; the detail says how many workers it waits for).
 	Event  string `protobuf:"bytes,3,opt,name=event,proto3" json:"event,omitempty"`
 	Detail string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
 	// The job's last recorded step when it happened.
