@@ -183,9 +183,11 @@ func (a *api) job(ctx context.Context, id string) (*state.Snapshot, *state.JobEn
 	if id == "" {
 		return nil, nil, status.Error(codes.InvalidArgument, "job id is empty; see `coordinator list`")
 	}
-	s, err := a.snapshot(ctx)
+	rctx, cancel := context.WithTimeout(ctx, a.c.cfg.RequestTimeout)
+	defer cancel()
+	s, err := state.ReadJob(rctx, a.c.etcd, a.c.keys, id)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, status.Errorf(codes.Unavailable, "%v", err)
 	}
 	j := s.Jobs[id]
 	if j == nil || j.Spec == nil || j.Status.Value == nil {

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -292,12 +293,35 @@ func (c *Coordinator) reconcileLoop(ctx context.Context) error {
 	tick := time.NewTicker(c.cfg.ReconcileInterval)
 	defer tick.Stop()
 	for {
-		if err := c.reconcile(ctx); err != nil && ctx.Err() == nil {
+		again, err := c.reconcile(ctx)
+		if err != nil && ctx.Err() == nil {
 			c.log.Warn("reconcile failed", zap.Error(err))
 		}
+		if again {
+			// A decision lost a race with a concurrent change: plan again
+			// on the new state at once.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(10 * time.Millisecond):
+			}
+			continue
+		}
+		if err := c.waitForChange(ctx, wch, tick.C); err != nil {
+			return err
+		}
+	}
+}
+
+// waitForChange returns when the state has changed in a way that may
+// alter a decision (a burst of changes is coalesced), or at the next tick.
+func (c *Coordinator) waitForChange(ctx context.Context, wch clientv3.WatchChan, tick <-chan time.Time) error {
+	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-tick:
+			return nil
 		case wr, ok := <-wch:
 			if !ok {
 				return errors.New("etcd watch closed")
@@ -305,27 +329,58 @@ func (c *Coordinator) reconcileLoop(ctx context.Context) error {
 			if err := wr.Err(); err != nil {
 				return err
 			}
-			// Coalesce a burst of changes into one pass.
+			plan := needsPlan(c.keys, wr.Events)
 			timer := time.NewTimer(20 * time.Millisecond)
 		drain:
 			for {
 				select {
-				case <-wch:
+				case wr := <-wch:
+					plan = plan || needsPlan(c.keys, wr.Events)
 				case <-timer.C:
 					break drain
 				}
 			}
-		case <-tick.C:
+			if plan {
+				return nil
+			}
 		}
 	}
 }
 
-func (c *Coordinator) reconcile(ctx context.Context) error {
+// needsPlan reports whether changes can alter a decision. Rank 0's
+// progress (about once a second per running job) and checkpoint records
+// cannot, except the progress that says the job is done; the steady tick
+// still plans with whatever they hold.
+func needsPlan(k state.Keys, evs []*clientv3.Event) bool {
+	for _, ev := range evs {
+		key := string(ev.Kv.Key)
+		rest, ok := strings.CutPrefix(key, k.Jobs())
+		if !ok {
+			return true
+		}
+		_, part, _ := strings.Cut(rest, "/")
+		switch {
+		case strings.HasPrefix(part, "checkpoints/"):
+			continue
+		case part == "progress" && ev.Type == clientv3.EventTypePut:
+			p := &pb.Progress{}
+			if state.Unmarshal(ev.Kv.Value, p) == nil && !p.Done {
+				continue
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// reconcile plans on a fresh snapshot and applies the actions; again is
+// true when one lost a race with a concurrent change.
+func (c *Coordinator) reconcile(ctx context.Context) (again bool, _ error) {
 	rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	snap, err := state.Read(rctx, c.etcd, c.keys)
 	cancel()
 	if err != nil {
-		return err
+		return false, err
 	}
 	for key, err := range snap.Damaged {
 		if _, seen := c.damaged[key]; !seen {
@@ -338,15 +393,15 @@ func (c *Coordinator) reconcile(ctx context.Context) error {
 		err := c.apply(ctx, snap, a)
 		if errors.Is(err, errConflict) {
 			c.log.Debug("action superseded by a concurrent change", zap.String("action", a.describe()))
-			return nil // replan on the next pass
+			return true, nil // replan on the new state
 		}
 		if err != nil {
-			return err
+			return false, err
 		}
 		c.log.Info("decided", zap.String("action", a.describe()))
 		c.announce(a)
 	}
-	return nil
+	return false, nil
 }
 
 // announce publishes a job state change on NATS.

@@ -114,9 +114,20 @@ func (s *Snapshot) JobIDs() []string {
 
 // Read loads a snapshot of the whole cluster state.
 func Read(ctx context.Context, cli *clientv3.Client, k Keys) (*Snapshot, error) {
-	resp, err := cli.Get(ctx, k.Prefix, clientv3.WithPrefix())
+	return read(ctx, cli, k, k.Prefix)
+}
+
+// ReadJob loads a snapshot that holds job id only (its spec, status,
+// assignment, progress, reports and checkpoint records): what the API
+// needs to answer about one job, read without the rest of the cluster.
+func ReadJob(ctx context.Context, cli *clientv3.Client, k Keys, id string) (*Snapshot, error) {
+	return read(ctx, cli, k, k.Job(id))
+}
+
+func read(ctx context.Context, cli *clientv3.Client, k Keys, prefix string) (*Snapshot, error) {
+	resp, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
 	if err != nil {
-		return nil, fmt.Errorf("state: reading %s: %w", k.Prefix, err)
+		return nil, fmt.Errorf("state: reading %s: %w", prefix, err)
 	}
 	s := &Snapshot{
 		Rev:     resp.Header.Revision,
