@@ -263,7 +263,11 @@ func (c *Coordinator) lead(ctx context.Context) {
 }
 
 func (c *Coordinator) leadOnce(ctx context.Context) error {
-	sess, err := concurrency.NewSession(c.etcd, concurrency.WithTTL(5), concurrency.WithContext(ctx))
+	// The session's context outlives ctx so that Close can still revoke
+	// its lease on a clean stop: the next coordinator on this data
+	// directory is elected at once instead of after the 5 s TTL (Close
+	// stops the session's keep-alive itself).
+	sess, err := concurrency.NewSession(c.etcd, concurrency.WithTTL(5), concurrency.WithContext(context.WithoutCancel(ctx)))
 	if err != nil {
 		return err
 	}

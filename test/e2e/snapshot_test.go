@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -116,5 +117,73 @@ func TestDamagedKeyDoesNotStopScheduling(t *testing.T) {
 	c.waitState(strings.TrimSpace(out), pb.JobState_JOB_STATE_SUCCEEDED, 2*time.Minute)
 	if out, err := c.cli("list"); err != nil {
 		t.Errorf("list with a damaged job: %v: %s", err, out)
+	}
+}
+
+// A coordinator that stops cleanly gives up its leadership at once: the
+// next one on the same data directory finds no election key of the old
+// one (it would otherwise wait for that key's 5 s lease to expire).
+func TestCleanStopHandsLeadershipOver(t *testing.T) {
+	dir := t.TempDir()
+	start := func() *coordinator.Coordinator {
+		c, err := coordinator.Start(coordinator.Config{Listen: "127.0.0.1:0", DataDir: dir}, zaptest.NewLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	a := start()
+	conn, err := grpc.NewClient(a.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	info, err := pb.NewCoordinatorClient(conn).Info(ctx, &pb.InfoRequest{})
+	conn.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	election := info.EtcdPrefix + "election/"
+	keys := func(c *coordinator.Coordinator) []string {
+		t.Helper()
+		conn, err := grpc.NewClient(c.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		info, err := pb.NewCoordinatorClient(conn).Info(ctx, &pb.InfoRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli, err := clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: 10 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cli.Close()
+		resp, err := cli.Get(ctx, election, clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var vals []string
+		for _, kv := range resp.Kvs {
+			vals = append(vals, string(kv.Value))
+		}
+		return vals
+	}
+	waitFor(t, 30*time.Second, "the first coordinator to lead", func() error {
+		if len(keys(a)) == 0 {
+			return errors.New("no election key yet")
+		}
+		return nil
+	})
+	aAddr := a.Addr()
+	a.Close()
+	b := start()
+	defer b.Close()
+	for _, v := range keys(b) {
+		if strings.HasSuffix(v, "/"+aAddr) {
+			t.Errorf("the stopped coordinator's election key is still there: %s", v)
+		}
 	}
 }
