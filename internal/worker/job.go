@@ -593,14 +593,24 @@ type etcdReporter struct {
 	kick chan struct{} // wakes run; capacity 1
 
 	mu       sync.Mutex
-	progress *pb.Progress           // newest undelivered progress
-	records  []*pb.CheckpointRecord // undelivered checkpoint records, oldest first
-	fenced   bool                   // the claim has ended: nothing more is written
-	down     time.Time              // when deliveries started failing (zero: they do not)
+	progress *pb.Progress // newest undelivered progress
+	records  []recordOp   // undelivered checkpoint records and removals, oldest first
+	seq      uint64       // of the last recordOp queued
+	fenced   bool         // the claim has ended: nothing more is written
+	down     time.Time    // when deliveries started failing (zero: they do not)
 }
 
-// maxPendingRecords bounds the checkpoint records kept while etcd is
-// unreachable; the oldest are dropped first (the store still lists them).
+// recordOp is a checkpoint record to write, or (rec nil) the record of
+// step to delete because retention removed its checkpoint.
+type recordOp struct {
+	rec  *pb.CheckpointRecord
+	step int64
+	seq  uint64
+}
+
+// maxPendingRecords bounds the checkpoint record operations kept while
+// etcd is unreachable; the oldest are dropped first (the store still
+// lists its checkpoints).
 const maxPendingRecords = 64
 
 // errFenced: this worker's claim on the job has ended.
@@ -648,23 +658,27 @@ func (r *etcdReporter) flush(ctx context.Context) error {
 			r.mu.Unlock()
 			return errFenced
 		}
-		var key string
-		var val []byte
-		var rec *pb.CheckpointRecord
+		var op clientv3.Op
+		var rec *recordOp
 		var prog *pb.Progress
 		switch {
 		case len(r.records) > 0:
-			rec = r.records[0]
-			key, val = r.w.keys.Checkpoint(r.jobID, rec.Step), []byte(state.Marshal(rec))
+			first := r.records[0]
+			rec = &first
+			if rec.rec != nil {
+				op = clientv3.OpPut(r.w.keys.Checkpoint(r.jobID, rec.rec.Step), state.Marshal(rec.rec))
+			} else {
+				op = clientv3.OpDelete(r.w.keys.Checkpoint(r.jobID, rec.step))
+			}
 		case r.progress != nil:
 			prog = r.progress
-			key, val = r.w.keys.Progress(r.jobID), []byte(state.Marshal(prog))
+			op = clientv3.OpPut(r.w.keys.Progress(r.jobID), state.Marshal(prog))
 		}
 		r.mu.Unlock()
-		if key == "" {
+		if rec == nil && prog == nil {
 			return nil
 		}
-		err := r.put(ctx, key, string(val))
+		err := r.do(ctx, op)
 		r.mu.Lock()
 		switch {
 		case errors.Is(err, errFenced):
@@ -681,7 +695,7 @@ func (r *etcdReporter) flush(ctx context.Context) error {
 				r.log.Info("progress delivered again", zap.Duration("after", time.Since(r.down).Round(time.Millisecond)))
 				r.down = time.Time{}
 			}
-			if rec != nil && len(r.records) > 0 && r.records[0] == rec {
+			if rec != nil && len(r.records) > 0 && r.records[0].seq == rec.seq {
 				r.records = r.records[1:]
 			}
 			if prog != nil && r.progress == prog {
@@ -699,12 +713,14 @@ func (r *etcdReporter) Step(m *pb.StepMetrics) {
 	_ = r.w.pub.Publish(&pb.JobEvent{JobId: r.jobID, Event: &pb.JobEvent_Step{Step: m}})
 }
 
-func (r *etcdReporter) put(ctx context.Context, key, val string) error {
+// do runs op if this worker's claim is still the one the reporter was
+// made for.
+func (r *etcdReporter) do(ctx context.Context, op clientv3.Op) error {
 	ctx, cancel := context.WithTimeout(ctx, r.w.cfg.RequestTimeout)
 	defer cancel()
 	resp, err := r.w.etcd.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(r.claimKey), "=", r.claimValue)).
-		Then(clientv3.OpPut(key, val)).Commit()
+		Then(op).Commit()
 	if err != nil {
 		return err
 	}
@@ -759,13 +775,33 @@ func (r *etcdReporter) Checkpoint(_ context.Context, rec *pb.CheckpointRecord) e
 	if r.fenced {
 		return errFenced
 	}
+	r.queue(recordOp{rec: rec})
+	return nil
+}
+
+// CheckpointsRemoved queues the deletion of the records of checkpoints
+// that retention removed.
+func (r *etcdReporter) CheckpointsRemoved(steps []int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range steps {
+		r.queue(recordOp{step: s})
+	}
+}
+
+// queue adds op to the outbox; r.mu is held.
+func (r *etcdReporter) queue(op recordOp) {
+	if r.fenced {
+		return
+	}
 	if len(r.records) == maxPendingRecords {
-		r.log.Warn("too many checkpoint records wait for etcd; dropping the oldest (the store still lists it)", zap.Int64("step", r.records[0].Step))
+		r.log.Warn("too many checkpoint records wait for etcd; dropping the oldest (the store still lists its checkpoint)")
 		r.records = r.records[1:]
 	}
-	r.records = append(r.records, rec)
+	r.seq++
+	op.seq = r.seq
+	r.records = append(r.records, op)
 	r.wake()
-	return nil
 }
 
 // commitHook returns the trainer's CommitHook for Config.SampleLog, or

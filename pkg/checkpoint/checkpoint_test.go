@@ -509,10 +509,18 @@ func TestRetentionKeepsNewestAndEveryMth(t *testing.T) {
 	ts := fileStore(t)
 	ctx := context.Background()
 	m := newManager(t, ts.store, 2, checkpoint.KeepEvery(4))
+	var removed []int64
 	for s := int64(1); s <= 9; s++ {
-		if _, err := m.Save(ctx, randomState(s, uint64(s), 100)); err != nil {
+		info, err := m.Save(ctx, randomState(s, uint64(s), 100))
+		if err != nil {
 			t.Fatal(err)
 		}
+		removed = append(removed, info.Removed...)
+	}
+	// Each save says which checkpoints it made retention remove, once.
+	slices.Sort(removed)
+	if !slices.Equal(removed, []int64{1, 2, 3, 5, 6, 7}) {
+		t.Errorf("saves reported removing %v, want [1 2 3 5 6 7]", removed)
 	}
 	list, err := m.List(ctx, true)
 	if err != nil {

@@ -55,6 +55,9 @@ type Info struct {
 	World         int
 	Valid         bool
 	Problem       string // why it is not valid
+	// Removed, from Save, are the steps of valid checkpoints that
+	// retention removed after this one committed.
+	Removed []int64
 }
 
 // EventKind says what an Event reports.
@@ -233,9 +236,11 @@ func (m *Manager) Save(ctx context.Context, st *State) (Info, error) {
 	}
 	info := Info{Step: st.Step, Key: dir, URL: url, Size: man.Size + int64(len(mb)), Created: man.Created,
 		Epoch: man.Epoch, GlobalSamples: man.GlobalSamples, World: man.World, Valid: true}
-	if err := m.retain(ctx, st.Step); err != nil {
+	removed, err := m.retain(ctx, st.Step)
+	if err != nil {
 		m.log.Warn("checkpoint: retention failed", zap.Error(err))
 	}
+	info.Removed = removed
 	return info, nil
 }
 
@@ -508,10 +513,10 @@ func (m *Manager) deleteObjects(ctx context.Context, dir string, objs []ObjectIn
 // step and newer ones may still be in flight elsewhere) and objects of
 // other attempts inside older kept checkpoints. The checkpoint just committed is the newest valid one, so
 // the last valid checkpoint is never removed.
-func (m *Manager) retain(ctx context.Context, committed int64) error {
+func (m *Manager) retain(ctx context.Context, committed int64) (removed []int64, err error) {
 	objs, steps, err := m.list(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	kept := 0
 	for _, s := range steps {
@@ -521,7 +526,7 @@ func (m *Manager) retain(ctx context.Context, committed int64) error {
 		dir := m.stepKey(s)
 		man, _, verr := m.check(ctx, s, objs[s])
 		if verr != nil && !errors.Is(verr, ErrInvalid) {
-			return verr // unreadable is not invalid: delete nothing
+			return removed, verr // unreadable is not invalid: delete nothing
 		}
 		keep := verr == nil && (kept < m.keep || (m.keepEvery > 0 && s%m.keepEvery == 0))
 		if verr == nil && kept < m.keep {
@@ -529,7 +534,10 @@ func (m *Manager) retain(ctx context.Context, committed int64) error {
 		}
 		if !keep {
 			if err := m.deleteObjects(ctx, dir, objs[s]); err != nil {
-				return err
+				return removed, err
+			}
+			if verr == nil {
+				removed = append(removed, s)
 			}
 			continue
 		}
@@ -544,7 +552,7 @@ func (m *Manager) retain(ctx context.Context, committed int64) error {
 		for _, o := range objs[s] {
 			if !listed[strings.TrimPrefix(o.Key, dir)] {
 				if err := m.store.Delete(ctx, o.Key); err != nil {
-					return err
+					return removed, err
 				}
 			}
 		}
@@ -556,13 +564,13 @@ func (m *Manager) retain(ctx context.Context, committed int64) error {
 			return ok && s < committed
 		})
 		if err != nil {
-			return err
+			return removed, err
 		}
 		if n > 0 {
 			m.log.Info("checkpoint: removed unfinished uploads of saves that never committed", zap.Int("count", n))
 		}
 	}
-	return nil
+	return removed, nil
 }
 
 // Newer returns the steps above step that have any object (valid or

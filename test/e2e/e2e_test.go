@@ -34,7 +34,8 @@ func TestJobRunsEndToEnd(t *testing.T) {
 	c.waitWorkers("w0", "w1")
 	losses := c.recordLosses()
 
-	out, err := c.cli("submit", writeSpec(t, c.dir, smallJob))
+	// Keep 2: retention removes the checkpoint of step 8, and its record.
+	out, err := c.cli("submit", writeSpec(t, c.dir, strings.Replace(smallJob, "keep: 5", "keep: 2", 1)))
 	if err != nil {
 		t.Fatalf("submit: %v: %s", err, out)
 	}
@@ -50,8 +51,8 @@ func TestJobRunsEndToEnd(t *testing.T) {
 	for _, ck := range j.Checkpoints {
 		steps = append(steps, ck.Step)
 	}
-	if fmt.Sprint(steps) != "[8 16 24]" {
-		t.Errorf("checkpoints recorded at %v, want [8 16 24]", steps)
+	if fmt.Sprint(steps) != "[16 24]" {
+		t.Errorf("checkpoints recorded at %v, want [16 24] (8 was removed by retention)", steps)
 	}
 	if len(j.Assignment.Ranks) != 2 || j.Assignment.Generation != 1 {
 		t.Errorf("assignment = %v", j.Assignment)
