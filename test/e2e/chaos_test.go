@@ -83,8 +83,16 @@ func chaosOn(t *testing.T, c *cluster, seed uint64) *chaosCluster {
 
 func (c *chaosCluster) startWorker(id string) {
 	c.t.Helper()
-	cmd := c.cluster.startWorker(id, chaosLease, "--sample-log", c.samples)
-	_ = cmd
+	c.cluster.startWorker(id, chaosLease, "--sample-log", c.samples)
+}
+
+// startWorkers starts workers ids and waits until they are registered.
+func (c *chaosCluster) startWorkers(ids ...string) {
+	c.t.Helper()
+	for _, id := range ids {
+		c.startWorker(id)
+	}
+	c.waitWorkers(ids...)
 }
 
 // workerOfRank returns the worker that holds rank r of the job now.
@@ -288,10 +296,7 @@ func (c *chaosCluster) submit(spec string) string {
 // survivors rebuild the ring in place and finish the job.
 func TestChaosKillRecoversInPlace(t *testing.T) {
 	c := startChaos(t)
-	for _, id := range []string{"k0", "k1", "k2"} {
-		c.startWorker(id)
-	}
-	c.waitWorkers("k0", "k1", "k2")
+	c.startWorkers("k0", "k1", "k2")
 	losses := c.recordLosses()
 	id := c.submit(chaosSpec("3", 3))
 	rank, step := c.rng.IntN(3), int64(5+c.rng.IntN(60))
@@ -310,10 +315,7 @@ func TestChaosKillRecoversInPlace(t *testing.T) {
 // A kill, then a second one while the ring recovers from the first.
 func TestChaosTwoKillsInARow(t *testing.T) {
 	c := startChaos(t)
-	for _, id := range []string{"t0", "t1", "t2"} {
-		c.startWorker(id)
-	}
-	c.waitWorkers("t0", "t1", "t2")
+	c.startWorkers("t0", "t1", "t2")
 	losses := c.recordLosses()
 	id := c.submit(chaosSpec("3", 3))
 	step := int64(5 + c.rng.IntN(40))
@@ -342,10 +344,7 @@ func TestChaosTwoKillsInARow(t *testing.T) {
 // noticed within the lease TTL and the survivors go on without it.
 func TestChaosStoppedWorker(t *testing.T) {
 	c := startChaos(t)
-	for _, id := range []string{"s0", "s1", "s2"} {
-		c.startWorker(id)
-	}
-	c.waitWorkers("s0", "s1", "s2")
+	c.startWorkers("s0", "s1", "s2")
 	losses := c.recordLosses()
 	id := c.submit(chaosSpec("3", 3))
 	rank, step := c.rng.IntN(3), int64(5+c.rng.IntN(60))
@@ -361,10 +360,7 @@ func TestChaosStoppedWorker(t *testing.T) {
 // and the checkpoint that remains is valid or absent, never half-written.
 func TestChaosKillDuringCheckpoint(t *testing.T) {
 	c := startChaos(t)
-	for _, id := range []string{"c0", "c1", "c2"} {
-		c.startWorker(id)
-	}
-	c.waitWorkers("c0", "c1", "c2")
+	c.startWorkers("c0", "c1", "c2")
 	losses := c.recordLosses()
 	id := c.submit(chaosSpec("3", 3))
 	step := int64(20 * (1 + c.rng.IntN(3)))
@@ -403,10 +399,7 @@ func TestChaosWorkerJoinsMidEpoch(t *testing.T) {
 // redone, and the worker process exits by itself.
 func TestChaosWorkerLeavesOnSIGTERM(t *testing.T) {
 	c := startChaos(t)
-	for _, id := range []string{"l0", "l1", "l2"} {
-		c.startWorker(id)
-	}
-	c.waitWorkers("l0", "l1", "l2")
+	c.startWorkers("l0", "l1", "l2")
 	losses := c.recordLosses()
 	id := c.submit(chaosSpec("3", 3))
 	rank, step := c.rng.IntN(3), int64(5+c.rng.IntN(60))

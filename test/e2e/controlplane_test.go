@@ -37,12 +37,7 @@ func startProcessCluster(t *testing.T) *cluster {
 	}
 	cl := &cluster{t: t, addr: addr, client: pb.NewCoordinatorClient(conn), dir: dir, workers: map[string]*exec.Cmd{}}
 	t.Cleanup(func() {
-		cl.mu.Lock()
-		for _, w := range cl.workers {
-			_ = w.Process.Kill()
-			_ = w.Wait()
-		}
-		cl.mu.Unlock()
+		cl.killWorkers()
 		if cl.proc != nil {
 			_ = cl.proc.Process.Signal(syscall.SIGTERM)
 			_ = cl.proc.Wait()
@@ -125,10 +120,7 @@ func (c *chaosCluster) waitCommitted(id string, step int64, timeout time.Duratio
 func TestCoordinatorRestartDoesNotStopTraining(t *testing.T) {
 	seed := chaosSeed(t)
 	c := chaosOn(t, startProcessCluster(t), seed)
-	for _, id := range []string{"p0", "p1", "p2"} {
-		c.startWorker(id)
-	}
-	c.waitWorkers("p0", "p1", "p2")
+	c.startWorkers("p0", "p1", "p2")
 	id := c.submit(chaosSpec("3", 3))
 	at := int64(10 + c.rng.IntN(40))
 	c.waitCommitted(id, at, 3*time.Minute)

@@ -79,12 +79,7 @@ func startClusterOn(t *testing.T, host string) *cluster {
 	}
 	cl := &cluster{t: t, coord: c, addr: c.Addr(), client: pb.NewCoordinatorClient(conn), dir: dir, workers: map[string]*exec.Cmd{}}
 	t.Cleanup(func() {
-		cl.mu.Lock()
-		for _, w := range cl.workers {
-			_ = w.Process.Kill()
-			_ = w.Wait()
-		}
-		cl.mu.Unlock()
+		cl.killWorkers()
 		conn.Close()
 		c.Close()
 		if t.Failed() {
@@ -123,6 +118,16 @@ func (c *cluster) startWorkerVia(prefix []string, id string, ttl time.Duration, 
 	c.workers[id] = cmd
 	c.mu.Unlock()
 	return cmd
+}
+
+// killWorkers ends every worker process still running.
+func (c *cluster) killWorkers() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, w := range c.workers {
+		_ = w.Process.Kill()
+		_ = w.Wait()
+	}
 }
 
 // kill ends a worker process abruptly (SIGKILL: no deregistration).
