@@ -131,9 +131,9 @@ func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
 	prev := loadListenAddrs(cfg.DataDir)
 	c.etcdURLs = cfg.EtcdEndpoints
 	if len(c.etcdURLs) == 0 {
-		etcdDir := filepath.Join(cfg.DataDir, "etcd")
-		c.embEtcd, err = embedded.StartEtcd(embedded.EtcdConfig{Dir: etcdDir, ClientAddr: reuse(cfg.EmbeddedEtcdListen, prev.Etcd)}, log)
-		if err != nil && reuse(cfg.EmbeddedEtcdListen, prev.Etcd) != cfg.EmbeddedEtcdListen {
+		etcdDir, addr := filepath.Join(cfg.DataDir, "etcd"), reuse(cfg.EmbeddedEtcdListen, prev.Etcd)
+		c.embEtcd, err = embedded.StartEtcd(embedded.EtcdConfig{Dir: etcdDir, ClientAddr: addr}, log)
+		if err != nil && addr != cfg.EmbeddedEtcdListen {
 			log.Warn("the embedded etcd's previous address is not free; taking another (running workers must be restarted)", zap.String("previous", prev.Etcd), zap.Error(err))
 			c.embEtcd, err = embedded.StartEtcd(embedded.EtcdConfig{Dir: etcdDir, ClientAddr: cfg.EmbeddedEtcdListen}, log)
 		}
@@ -155,8 +155,9 @@ func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
 	}
 	c.natsURL = cfg.NATSURL
 	if c.natsURL == "" {
-		c.embNATS, err = embedded.StartNATS(reuse(cfg.EmbeddedNATSListen, prev.NATS), log)
-		if err != nil && reuse(cfg.EmbeddedNATSListen, prev.NATS) != cfg.EmbeddedNATSListen {
+		addr := reuse(cfg.EmbeddedNATSListen, prev.NATS)
+		c.embNATS, err = embedded.StartNATS(addr, log)
+		if err != nil && addr != cfg.EmbeddedNATSListen {
 			log.Warn("the embedded NATS's previous address is not free; taking another", zap.String("previous", prev.NATS), zap.Error(err))
 			c.embNATS, err = embedded.StartNATS(cfg.EmbeddedNATSListen, log)
 		}

@@ -130,12 +130,11 @@ func read(ctx context.Context, cli *clientv3.Client, k Keys, prefix string) (*Sn
 		return nil, fmt.Errorf("state: reading %s: %w", prefix, err)
 	}
 	s := &Snapshot{
-		Rev:     resp.Header.Revision,
-		Workers: map[string]Versioned[*pb.Worker]{},
-		Claims:  map[string]Versioned[*pb.Claim]{},
-		Jobs:    map[string]*JobEntry{},
-		Damaged: map[string]error{},
-
+		Rev:         resp.Header.Revision,
+		Workers:     map[string]Versioned[*pb.Worker]{},
+		Claims:      map[string]Versioned[*pb.Claim]{},
+		Jobs:        map[string]*JobEntry{},
+		Damaged:     map[string]error{},
 		DamagedJobs: map[string]bool{},
 	}
 	job := func(id string) *JobEntry {

@@ -37,10 +37,10 @@ func (p Phase) String() string {
 // The loop writes it at every phase change; the stall watchdog reads it
 // from another goroutine.
 type heartbeat struct {
-	phase    atomic.Int32
-	since    atomic.Int64 // unix nanoseconds
-	longest  atomic.Int64 // nanoseconds
-	stretchs atomic.Int64 // computation stretches finished
+	phase     atomic.Int32
+	since     atomic.Int64 // unix nanoseconds
+	longest   atomic.Int64 // nanoseconds
+	stretches atomic.Int64 // computation stretches finished
 }
 
 func (h *heartbeat) enter(p Phase) {
@@ -49,7 +49,7 @@ func (h *heartbeat) enter(p Phase) {
 		if d := now - h.since.Load(); d > h.longest.Load() {
 			h.longest.Store(d)
 		}
-		h.stretchs.Add(1)
+		h.stretches.Add(1)
 	}
 	h.since.Store(now)
 	h.phase.Store(int32(p))
@@ -68,7 +68,7 @@ type Heartbeat struct {
 // Heartbeat returns the training loop's heartbeat.
 func (t *Trainer) Heartbeat() Heartbeat {
 	return Heartbeat{Phase: Phase(t.beat.phase.Load()), Since: time.Unix(0, t.beat.since.Load()),
-		Longest: time.Duration(t.beat.longest.Load()), Stretches: t.beat.stretchs.Load()}
+		Longest: time.Duration(t.beat.longest.Load()), Stretches: t.beat.stretches.Load()}
 }
 
 // stallFactor: a stretch of computation this many times longer than the

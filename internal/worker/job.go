@@ -772,11 +772,7 @@ func (r *etcdReporter) Checkpoint(_ context.Context, rec *pb.CheckpointRecord) e
 		Detail: fmt.Sprintf("checkpoint at step %d saved to %s", rec.Step, rec.Url)}}})
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.fenced {
-		return errFenced
-	}
-	r.queue(recordOp{rec: rec})
-	return nil
+	return r.queue(recordOp{rec: rec})
 }
 
 // CheckpointsRemoved queues the deletion of the records of checkpoints
@@ -785,14 +781,14 @@ func (r *etcdReporter) CheckpointsRemoved(steps []int64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, s := range steps {
-		r.queue(recordOp{step: s})
+		_ = r.queue(recordOp{step: s}) // fenced: this record then stays, stale
 	}
 }
 
 // queue adds op to the outbox; r.mu is held.
-func (r *etcdReporter) queue(op recordOp) {
+func (r *etcdReporter) queue(op recordOp) error {
 	if r.fenced {
-		return
+		return errFenced
 	}
 	if len(r.records) == maxPendingRecords {
 		r.log.Warn("too many checkpoint records wait for etcd; dropping the oldest (the store still lists its checkpoint)")
@@ -802,6 +798,7 @@ func (r *etcdReporter) queue(op recordOp) {
 	op.seq = r.seq
 	r.records = append(r.records, op)
 	r.wake()
+	return nil
 }
 
 // commitHook returns the trainer's CommitHook for Config.SampleLog, or

@@ -281,7 +281,9 @@ func (t *Trainer) Join(ctx context.Context, r Ring) error {
 		if _, err := t.snapshot.Wait(t.saverCtx); err != nil {
 			return err
 		}
-		t.beat.enter(PhaseCompute)
+		// Joining (waiting for the ring, receiving the state) is not
+		// computation: a slow peer must not make this rank look wedged.
+		t.beat.enter(PhaseIdle)
 		t.snapshot = nil
 	}
 	t.Rank, t.World, t.Generation, t.Comm = r.Rank, r.World, r.Generation, r.Comm

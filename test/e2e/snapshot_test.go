@@ -93,15 +93,7 @@ func TestDamagedKeyDoesNotStopScheduling(t *testing.T) {
 	c := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	info, err := c.client.Info(ctx, &pb.InfoRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: 10 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli, info := etcdOf(t, c.addr)
 	if _, err := cli.Put(ctx, info.EtcdPrefix+"jobs/bogus/status", "{not a status"); err != nil {
 		t.Fatal(err)
 	}
@@ -133,35 +125,13 @@ func TestCleanStopHandsLeadershipOver(t *testing.T) {
 		return c
 	}
 	a := start()
-	conn, err := grpc.NewClient(a.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	t.Cleanup(a.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	info, err := pb.NewCoordinatorClient(conn).Info(ctx, &pb.InfoRequest{})
-	conn.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	election := info.EtcdPrefix + "election/"
-	keys := func(c *coordinator.Coordinator) []string {
+	cliA, info := etcdOf(t, a.Addr())
+	keys := func(cli *clientv3.Client) []string {
 		t.Helper()
-		conn, err := grpc.NewClient(c.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		info, err := pb.NewCoordinatorClient(conn).Info(ctx, &pb.InfoRequest{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cli, err := clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: 10 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cli.Close()
-		resp, err := cli.Get(ctx, election, clientv3.WithPrefix())
+		resp, err := cli.Get(ctx, info.EtcdPrefix+"election/", clientv3.WithPrefix())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -172,7 +142,7 @@ func TestCleanStopHandsLeadershipOver(t *testing.T) {
 		return vals
 	}
 	waitFor(t, 30*time.Second, "the first coordinator to lead", func() error {
-		if len(keys(a)) == 0 {
+		if len(keys(cliA)) == 0 {
 			return errors.New("no election key yet")
 		}
 		return nil
@@ -181,9 +151,33 @@ func TestCleanStopHandsLeadershipOver(t *testing.T) {
 	a.Close()
 	b := start()
 	defer b.Close()
-	for _, v := range keys(b) {
+	cliB, _ := etcdOf(t, b.Addr())
+	for _, v := range keys(cliB) {
 		if strings.HasSuffix(v, "/"+aAddr) {
 			t.Errorf("the stopped coordinator's election key is still there: %s", v)
 		}
 	}
+}
+
+// etcdOf returns a client of the etcd that the coordinator at addr uses,
+// and the coordinator's Info; both are closed at the end of the test.
+func etcdOf(t *testing.T, addr string) (*clientv3.Client, *pb.InfoResponse) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	info, err := pb.NewCoordinatorClient(conn).Info(ctx, &pb.InfoRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli, info
 }
