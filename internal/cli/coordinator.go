@@ -13,12 +13,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/internal/apiclient"
 	"github.com/ringmaster/ringmaster/internal/coordinator"
 	"github.com/ringmaster/ringmaster/internal/state"
 )
@@ -40,7 +39,7 @@ func NewCoordinatorCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	var addr string
-	root.PersistentFlags().StringVar(&addr, "addr", "", "coordinator API address (default $"+EnvAddr+" or "+DefaultAddr+")")
+	root.PersistentFlags().StringVar(&addr, "addr", "", "coordinator API address, or the replicas' addresses separated by commas (default $"+EnvAddr+" or "+DefaultAddr+")")
 	client := func() (pb.CoordinatorClient, func(), error) {
 		a := addr
 		if a == "" {
@@ -49,16 +48,16 @@ func NewCoordinatorCommand() *cobra.Command {
 		if a == "" {
 			a = DefaultAddr
 		}
-		conn, err := grpc.NewClient(a, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := apiclient.Dial(a)
 		if err != nil {
-			return nil, nil, fmt.Errorf("coordinator address %q: %w", a, err)
+			return nil, nil, err
 		}
 		return pb.NewCoordinatorClient(conn), func() { conn.Close() }, nil
 	}
 	root.AddCommand(newServeCommand(), newRunCommand(),
 		newSubmitCommand(client), newListCommand(client), newStatusCommand(client), newCancelCommand(client),
 		newWatchCommand(client), newWorkersCommand(client), newResumeCommand(client), newCheckpointsCommand(client),
-		newPrepareCommand(), newExportCommand(client), newSnapshotCommand(client))
+		newPrepareCommand(), newExportCommand(client), newSnapshotCommand(client), newMembersCommand(client))
 	// The all-in-one run command starts workers as processes of this same
 	// binary, so `go run ./cmd/coordinator run` needs no second build.
 	w := NewWorkerCommand()
@@ -135,6 +134,11 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&cfg.EmbeddedNATSListen, "embedded-nats-listen", "127.0.0.1:0", "address of the embedded NATS server (port 0: a free one, kept across restarts of this data directory)")
 	f.StringVar(&cfg.AdvertiseHost, "advertise-host", "", "host workers use to reach the embedded etcd and NATS (for listening on 0.0.0.0)")
 	f.StringVar(&cfg.DefaultStore, "default-store", "", "checkpoint store of jobs that name none (default file://DATA_DIR/checkpoints)")
+	f.StringVar(&cfg.Name, "name", "ringmaster", "this replica's name (its embedded etcd member and its entry in --initial-cluster and --nats-routes)")
+	f.StringVar(&cfg.InitialCluster, "initial-cluster", "", "run as one of several replicas forming an embedded etcd cluster: name=http://host:port (etcd peer URLs) of every replica, this one included")
+	f.StringVar(&cfg.NATSRoutes, "nats-routes", "", "with --initial-cluster: name=nats://host:port (NATS route URLs) of every replica; this one listens on its own entry")
+	f.DurationVar(&cfg.EtcdElectionTimeout, "etcd-election-timeout", 500*time.Millisecond, "the embedded etcd's election timeout; raise it to about 10 round trips between replicas on a slow network")
+	f.StringVar(&cfg.PeerListenHost, "peer-listen-host", "", "host to listen on for the other replicas (default: the host of this replica's own entries; 0.0.0.0 in a pod)")
 	addLogFlags(cmd, &lf)
 	return cmd
 }

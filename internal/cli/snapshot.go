@@ -99,16 +99,20 @@ func saveSnapshot(ctx context.Context, client clientFunc, timeout time.Duration,
 }
 
 func newSnapshotRestoreCommand() *cobra.Command {
-	var dataDir string
+	var dataDir, name, initialCluster string
 	cmd := &cobra.Command{
-		Use:   "restore FILE --data-dir DIR",
+		Use:   "restore FILE --data-dir DIR [--name N --initial-cluster N=http://HOST:PORT,...]",
 		Short: "Turn a snapshot into the embedded etcd of a new data directory",
 		Long: `Checks the snapshot's integrity hash and writes it as the embedded etcd of
 DIR (DIR/etcd must not exist). Then 'coordinator serve --data-dir DIR'
 serves the restored state: jobs that were running are adopted and go on
 when their workers reconnect; the restored revisions are moved past the
 old ones, so watchers of the old etcd resynchronise instead of missing
-changes. Checkpoints live in their store, not in the snapshot.`,
+changes. Checkpoints live in their store, not in the snapshot.
+
+For replicas that form an embedded etcd cluster, restore the same FILE
+into each replica's data directory with its --name and the cluster's
+--initial-cluster, then start the replicas with the flags they had.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if dataDir == "" {
@@ -121,13 +125,21 @@ changes. Checkpoints live in their store, not in the snapshot.`,
 			if err := os.MkdirAll(dataDir, 0o755); err != nil {
 				return err
 			}
+			peer, cluster := "http://127.0.0.1:2380", name+"=http://127.0.0.1:2380"
+			if initialCluster != "" {
+				own, err := embedded.OwnPeerURL(initialCluster, name)
+				if err != nil {
+					return err
+				}
+				peer, cluster = own.String(), initialCluster
+			}
 			err := snapshot.NewV3(zap.NewNop()).Restore(snapshot.RestoreConfig{
 				SnapshotPath:        args[0],
-				Name:                embedded.EtcdMemberName,
+				Name:                name,
 				OutputDataDir:       dir,
-				PeerURLs:            []string{"http://127.0.0.1:2380"},
-				InitialCluster:      embedded.EtcdMemberName + "=http://127.0.0.1:2380",
-				InitialClusterToken: "ringmaster-restored",
+				PeerURLs:            []string{peer},
+				InitialCluster:      cluster,
+				InitialClusterToken: "ringmaster",
 				RevisionBump:        1_000_000,
 				MarkCompacted:       true,
 			})
@@ -139,5 +151,7 @@ changes. Checkpoints live in their store, not in the snapshot.`,
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", "", "coordinator data directory to restore into")
+	cmd.Flags().StringVar(&name, "name", embedded.EtcdMemberName, "the replica's name (as its serve --name)")
+	cmd.Flags().StringVar(&initialCluster, "initial-cluster", "", "for replicas: the cluster's serve --initial-cluster")
 	return cmd
 }

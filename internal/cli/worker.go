@@ -68,7 +68,7 @@ func NewWorkerCommand() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.Coordinator, "coordinator", "", "coordinator API address (default $RINGMASTER_ADDR)")
+	f.StringVar(&cfg.Coordinator, "coordinator", "", "coordinator API address, or the replicas' addresses separated by commas (default $RINGMASTER_ADDR)")
 	f.StringVar(&cfg.ID, "id", "", "worker id in etcd (default hostname-pid)")
 	f.StringVar(&cfg.Listen, "listen", "127.0.0.1:7071", "ring (all-reduce) listen address; port 0 picks one")
 	f.StringVar(&cfg.Advertise, "advertise", "", "ring address peers dial (default: the bound address)")

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
@@ -36,8 +37,19 @@ func (a *api) Info(ctx context.Context, _ *pb.InfoRequest) (*pb.InfoResponse, er
 	// through the advertised host. External servers' URLs pass unchanged.
 	eps := append([]string(nil), a.c.etcdURLs...)
 	if a.c.embEtcd != nil {
-		for i, u := range eps {
-			eps[i] = a.c.advertised(u)
+		// Every member of the embedded cluster, as each advertises
+		// itself: a worker's etcd client fails over between them.
+		eps = a.c.embEtcd.Endpoints()
+		if a.c.cfg.InitialCluster != "" {
+			mctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			ms, err := a.c.etcd.MemberList(mctx)
+			cancel()
+			if err == nil {
+				eps = nil
+				for _, m := range ms.Members {
+					eps = append(eps, m.ClientURLs...)
+				}
+			}
 		}
 	}
 	natsURL := a.c.natsURL
@@ -69,23 +81,99 @@ func (a *api) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) (*pb.Subm
 		Message: fmt.Sprintf("waiting for %d idle workers", spec.Workers)}
 	ctx, cancel := context.WithTimeout(ctx, a.c.cfg.RequestTimeout)
 	defer cancel()
+	k := a.c.keys
+	specJSON, statusJSON := state.Marshal(spec), state.Marshal(st)
 	for range 5 {
 		id := spec.Name + "-" + randomSuffix()
-		k := a.c.keys
-		resp, err := a.c.etcd.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(k.Spec(id)), "=", 0)).
-			Then(clientv3.OpPut(k.Spec(id), state.Marshal(spec)), clientv3.OpPut(k.Status(id), state.Marshal(st))).
-			Commit()
+		// A write that timed out in an etcd leader change may have
+		// landed: it is retried under the same id, and a spec and status
+		// found there equal to ours are this submission's own.
+		var landed, uncertain bool
+		err := retryTransient(ctx, func(ctx context.Context) error {
+			resp, err := a.c.etcd.Txn(ctx).
+				If(clientv3.Compare(clientv3.CreateRevision(k.Spec(id)), "=", 0)).
+				Then(clientv3.OpPut(k.Spec(id), specJSON), clientv3.OpPut(k.Status(id), statusJSON)).
+				Else(clientv3.OpGet(k.Spec(id)), clientv3.OpGet(k.Status(id))).
+				Commit()
+			if err != nil {
+				// Refused for want of a leader, a request was not
+				// proposed; any other failure may have been (and may
+				// still commit when a quorum is back).
+				uncertain = uncertain || rpctypes.Error(err) != rpctypes.ErrNoLeader
+				return err
+			}
+			landed = resp.Succeeded
+			if !resp.Succeeded {
+				sp, stt := resp.Responses[0].GetResponseRange().Kvs, resp.Responses[1].GetResponseRange().Kvs
+				landed = len(sp) == 1 && len(stt) == 1 && string(sp[0].Value) == specJSON && string(stt[0].Value) == statusJSON
+			}
+			return nil
+		})
 		if err != nil {
-			return nil, status.Errorf(codes.Unavailable, "recording the job in etcd: %v", err)
+			msg := fmt.Sprintf("recording the job in etcd: %v", err)
+			if q := a.c.noQuorum(ctx); q != "" {
+				msg = q
+			}
+			if uncertain {
+				msg += fmt.Sprintf("; this submission may still be recorded as job %s if etcd had taken it before it lost its quorum: check `coordinator status %s` before submitting again", id, id)
+			}
+			return nil, status.Error(codes.Unavailable, msg)
 		}
-		if resp.Succeeded {
+		if landed {
 			a.c.log.Info("job submitted", zap.String("job", id), zap.String("model", spec.Model), zap.Int32("workers", spec.Workers))
 			_ = a.c.pub.Publish(&pb.JobEvent{JobId: id, Event: &pb.JobEvent_State{State: &pb.StateChange{State: st.State, Message: st.Message}}})
 			return &pb.SubmitJobResponse{JobId: id}, nil
 		}
 	}
 	return nil, status.Error(codes.Internal, "could not find a free job id")
+}
+
+// transientWindow is how long an API call retries etcd errors that an
+// etcd leader change causes (an election takes about a second); past it,
+// the call fails and says whether the cluster has lost its quorum.
+const transientWindow = 3 * time.Second
+
+// attemptTimeout bounds one try of a write: a proposal lost with a dead
+// etcd leader would otherwise wait out etcd's own request timeout (about
+// 6 s) before the next try.
+const attemptTimeout = 2 * time.Second
+
+// retryTransient runs op until it succeeds, fails for good, or etcd has
+// been in a leader change for transientWindow. Each try has its own
+// deadline; op must be safe to repeat after a try that timed out (which
+// may have landed).
+func retryTransient(ctx context.Context, op func(context.Context) error) error {
+	var deadline time.Time
+	for {
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		err := op(actx)
+		timedOut := actx.Err() != nil && ctx.Err() == nil
+		cancel()
+		if err == nil || ctx.Err() != nil || !(timedOut || transient(err)) {
+			return err
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(transientWindow)
+		} else if time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// transient reports whether an etcd error comes from a leader change or a
+// lost connection, after which the same request may succeed.
+func transient(err error) bool {
+	switch rpctypes.Error(err) {
+	case rpctypes.ErrTimeout, rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrTimeoutDueToConnectionLost,
+		rpctypes.ErrLeaderChanged, rpctypes.ErrNoLeader, rpctypes.ErrTooManyRequests:
+		return true
+	}
+	return status.Code(err) == codes.Unavailable
 }
 
 // resolveJobRef turns init_from's job reference into a job id: an
@@ -207,7 +295,8 @@ func (a *api) GetJob(ctx context.Context, req *pb.GetJobRequest) (*pb.Job, error
 // updateStatus applies fn to the job's status in a transaction guarded by
 // its revision, retrying on concurrent changes.
 func (a *api) updateStatus(ctx context.Context, id string, fn func(*state.JobEntry, *pb.JobStatus) error) (*pb.Job, error) {
-	for range 10 {
+	deadline := time.Now().Add(transientWindow)
+	for tries := 0; tries < 10; {
 		_, j, err := a.job(ctx, id)
 		if err != nil {
 			return nil, err
@@ -222,6 +311,12 @@ func (a *api) updateStatus(ctx context.Context, id string, fn func(*state.JobEnt
 			If(clientv3.Compare(clientv3.ModRevision(a.c.keys.Status(id)), "=", j.Status.ModRev)).
 			Then(clientv3.OpPut(a.c.keys.Status(id), state.Marshal(st))).Commit()
 		cancel()
+		if err != nil && transient(err) && time.Now().Before(deadline) {
+			// An etcd leader change: read the job again (the write may
+			// have landed, or not) and decide anew.
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
 		if err != nil {
 			return nil, status.Errorf(codes.Unavailable, "etcd: %v", err)
 		}
@@ -230,6 +325,7 @@ func (a *api) updateStatus(ctx context.Context, id string, fn func(*state.JobEnt
 			out.Status = st
 			return out, nil
 		}
+		tries++
 	}
 	return nil, status.Error(codes.Aborted, "the job kept changing; try again")
 }

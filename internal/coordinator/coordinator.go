@@ -52,6 +52,26 @@ type Config struct {
 	ReconcileInterval time.Duration
 	// RequestTimeout bounds each etcd request.
 	RequestTimeout time.Duration
+
+	// Name names this replica: its embedded etcd member and its entry in
+	// InitialCluster and NATSRoutes (default "ringmaster").
+	Name string
+	// InitialCluster makes this coordinator one of several replicas that
+	// together form the embedded etcd cluster: name=http://host:port (etcd
+	// peer URLs) of every replica, this one included. Empty: one replica.
+	InitialCluster string
+	// NATSRoutes are the replicas' embedded NATS route URLs, as
+	// name=nats://host:port of every replica; this one listens on its own
+	// entry. Required with InitialCluster unless NATSURL is set.
+	NATSRoutes string
+	// PeerListenHost, if set, is the host this replica listens on for its
+	// peers (etcd peers, NATS routes) instead of the host of its own
+	// entries (0.0.0.0 in a pod whose entries name its DNS name).
+	PeerListenHost string
+	// EtcdElectionTimeout is the embedded etcd's election timeout (0:
+	// 500 ms); raise it where replicas are more than a few milliseconds
+	// apart.
+	EtcdElectionTimeout time.Duration
 }
 
 func (c *Config) setDefaults() error {
@@ -84,7 +104,61 @@ func (c *Config) setDefaults() error {
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = 10 * time.Second
 	}
+	if c.Name == "" {
+		c.Name = embedded.EtcdMemberName
+	}
+	if c.InitialCluster != "" {
+		if len(c.EtcdEndpoints) > 0 {
+			return errors.New("--initial-cluster forms the replicas' own etcd cluster; it cannot be combined with --etcd-endpoints (an external etcd is replicated already)")
+		}
+		if _, err := embedded.OwnPeerURL(c.InitialCluster, c.Name); err != nil {
+			return err
+		}
+		if c.NATSURL == "" && c.NATSRoutes == "" {
+			return errors.New("--nats-routes is required with --initial-cluster: the replicas' embedded NATS servers form a cluster too (name=nats://host:port of every replica), or give --nats-url")
+		}
+	}
+	if c.NATSRoutes != "" && c.NATSURL != "" {
+		return errors.New("--nats-routes clusters the embedded NATS servers; it cannot be combined with --nats-url")
+	}
 	return nil
+}
+
+// natsCluster turns NATSRoutes into this replica's NATS cluster settings.
+func (c *Config) natsCluster() (*embedded.NATSCluster, error) {
+	if c.NATSRoutes == "" {
+		return nil, nil
+	}
+	out := &embedded.NATSCluster{}
+	for _, m := range strings.Split(c.NATSRoutes, ",") {
+		n, raw, ok := strings.Cut(strings.TrimSpace(m), "=")
+		u, err := url.Parse(raw)
+		if !ok || n == "" || err != nil || u.Scheme != "nats" || u.Port() == "" {
+			return nil, fmt.Errorf("--nats-routes entry %q: want name=nats://host:port", m)
+		}
+		out.Routes = append(out.Routes, u.String())
+		if n == c.Name {
+			out.Listen = u.Host
+		}
+	}
+	if out.Listen == "" {
+		return nil, fmt.Errorf("--nats-routes %q has no entry for this replica's --name %q", c.NATSRoutes, c.Name)
+	}
+	if c.PeerListenHost != "" {
+		_, port, _ := net.SplitHostPort(out.Listen)
+		out.Listen = net.JoinHostPort(c.PeerListenHost, port)
+	}
+	return out, nil
+}
+
+// peerListen is where this replica's etcd member listens for its peers
+// ("" : where its InitialCluster entry says).
+func (c *Config) peerListen() string {
+	if c.PeerListenHost == "" || c.InitialCluster == "" {
+		return ""
+	}
+	own, _ := embedded.OwnPeerURL(c.InitialCluster, c.Name)
+	return net.JoinHostPort(c.PeerListenHost, own.Port())
 }
 
 // Coordinator is the control plane: the gRPC API, the scheduler, and
@@ -131,17 +205,24 @@ func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
 	prev := loadListenAddrs(cfg.DataDir)
 	c.etcdURLs = cfg.EtcdEndpoints
 	if len(c.etcdURLs) == 0 {
-		etcdDir, addr := filepath.Join(cfg.DataDir, "etcd"), reuse(cfg.EmbeddedEtcdListen, prev.Etcd)
-		c.embEtcd, err = embedded.StartEtcd(embedded.EtcdConfig{Dir: etcdDir, ClientAddr: addr}, log)
-		if err != nil && addr != cfg.EmbeddedEtcdListen {
+		ecfg := embedded.EtcdConfig{Dir: filepath.Join(cfg.DataDir, "etcd"), ClientAddr: reuse(cfg.EmbeddedEtcdListen, prev.Etcd),
+			AdvertiseHost: cfg.AdvertiseHost, Name: cfg.Name, InitialCluster: cfg.InitialCluster, PeerListen: cfg.peerListen(),
+			ElectionTimeout: cfg.EtcdElectionTimeout}
+		if cfg.InitialCluster != "" {
+			log.Info("starting the embedded etcd as one member of a cluster; it serves once a majority of members is up",
+				zap.String("name", cfg.Name), zap.String("initial_cluster", cfg.InitialCluster))
+		}
+		c.embEtcd, err = embedded.StartEtcd(ecfg, log)
+		if err != nil && ecfg.ClientAddr != cfg.EmbeddedEtcdListen {
 			log.Warn("the embedded etcd's previous address is not free; taking another (running workers must be restarted)", zap.String("previous", prev.Etcd), zap.Error(err))
-			c.embEtcd, err = embedded.StartEtcd(embedded.EtcdConfig{Dir: etcdDir, ClientAddr: cfg.EmbeddedEtcdListen}, log)
+			ecfg.ClientAddr = cfg.EmbeddedEtcdListen
+			c.embEtcd, err = embedded.StartEtcd(ecfg, log)
 		}
 		if err != nil {
 			return nil, err
 		}
-		c.etcdURLs = c.embEtcd.Endpoints()
-		log.Info("embedded etcd started", zap.Strings("endpoints", c.etcdURLs))
+		c.etcdURLs = []string{c.embEtcd.LocalEndpoint()}
+		log.Info("embedded etcd started", zap.Strings("endpoints", c.embEtcd.Endpoints()))
 	}
 	c.etcd, err = clientv3.New(clientv3.Config{Endpoints: c.etcdURLs, DialTimeout: 10 * time.Second, Logger: log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.ErrorLevel))})
 	if err != nil {
@@ -155,11 +236,18 @@ func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
 	}
 	c.natsURL = cfg.NATSURL
 	if c.natsURL == "" {
+		nc, err := cfg.natsCluster()
+		if err != nil {
+			return nil, err
+		}
 		addr := reuse(cfg.EmbeddedNATSListen, prev.NATS)
-		c.embNATS, err = embedded.StartNATS(addr, log)
+		if _, port, _ := net.SplitHostPort(cfg.EmbeddedNATSListen); nc != nil && cfg.AdvertiseHost != "" && port != "0" {
+			nc.ClientAdvertise = net.JoinHostPort(cfg.AdvertiseHost, port)
+		}
+		c.embNATS, err = embedded.StartNATS(addr, nc, log)
 		if err != nil && addr != cfg.EmbeddedNATSListen {
 			log.Warn("the embedded NATS's previous address is not free; taking another", zap.String("previous", prev.NATS), zap.Error(err))
-			c.embNATS, err = embedded.StartNATS(cfg.EmbeddedNATSListen, log)
+			c.embNATS, err = embedded.StartNATS(cfg.EmbeddedNATSListen, nc, log)
 		}
 		if err != nil {
 			return nil, err
@@ -177,7 +265,7 @@ func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
 	if c.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("coordinator API listen %s: %w", cfg.Listen, err)
 	}
-	c.grpc = grpc.NewServer()
+	c.grpc = grpc.NewServer(grpc.UnaryInterceptor(c.unaryInterceptor))
 	pb.RegisterCoordinatorServer(c.grpc, &api{c: c})
 
 	runCtx, cancelRun := context.WithCancel(context.Background())
@@ -264,21 +352,28 @@ func (c *Coordinator) lead(ctx context.Context) {
 }
 
 func (c *Coordinator) leadOnce(ctx context.Context) error {
-	// The session's context outlives ctx so that Close can still revoke
-	// its lease on a clean stop: the next coordinator on this data
-	// directory is elected at once instead of after the 5 s TTL (Close
-	// stops the session's keep-alive itself).
-	sess, err := concurrency.NewSession(c.etcd, concurrency.WithTTL(5), concurrency.WithContext(context.WithoutCancel(ctx)))
+	// The session's lease is granted under ctx (it fails while etcd has
+	// no quorum, and a stop cancels it), but the session outlives ctx so
+	// that Close can still revoke the lease on a clean stop: another
+	// replica, or the next coordinator on this data directory, is elected
+	// at once instead of after the TTL.
+	gctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	lease, err := c.etcd.Grant(gctx, electionTTL)
+	cancel()
+	if err != nil {
+		return err
+	}
+	sess, err := concurrency.NewSession(c.etcd, concurrency.WithLease(lease.ID), concurrency.WithTTL(electionTTL),
+		concurrency.WithContext(context.WithoutCancel(ctx)))
 	if err != nil {
 		return err
 	}
 	defer sess.Close()
 	el := concurrency.NewElection(sess, c.keys.Election())
-	host, _ := os.Hostname()
-	if err := el.Campaign(ctx, fmt.Sprintf("%s/%d/%s", host, os.Getpid(), c.Addr())); err != nil {
+	if err := el.Campaign(ctx, c.replicaID()); err != nil {
 		return err
 	}
-	c.log.Info("elected leader; scheduling")
+	c.log.Info("elected leader; scheduling", zap.String("replica", c.cfg.Name))
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -289,6 +384,19 @@ func (c *Coordinator) leadOnce(ctx context.Context) error {
 		}
 	}()
 	return c.reconcileLoop(lctx)
+}
+
+// electionTTL is the lease of the scheduler's election key, in seconds:
+// when the replica that schedules dies, another takes over within it
+// (plus, when its etcd member led too, an etcd election and the lease
+// extension a new etcd leader grants).
+const electionTTL = 2
+
+// replicaID is what this replica writes in the election: its name and API
+// address, then host and pid.
+func (c *Coordinator) replicaID() string {
+	host, _ := os.Hostname()
+	return fmt.Sprintf("%s %s %s/%d", c.cfg.Name, c.Addr(), host, os.Getpid())
 }
 
 // reconcileLoop re-plans whenever the cluster state changes and at a
@@ -452,9 +560,7 @@ func loadListenAddrs(dir string) listenAddrs {
 func saveListenAddrs(dir string, e *embedded.Etcd, n *embedded.NATS) error {
 	var a listenAddrs
 	if e != nil {
-		if u, err := url.Parse(e.Endpoints()[0]); err == nil {
-			a.Etcd = u.Host
-		}
+		a.Etcd = e.ClientListen()
 	}
 	if n != nil {
 		if u, err := url.Parse(n.URL()); err == nil {

@@ -13,10 +13,13 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// Etcd is a single-member etcd server.
+// Etcd is an embedded etcd server: a single member, or one member of a
+// cluster formed by several coordinator replicas.
 type Etcd struct {
 	e         *embed.Etcd
 	endpoints []string
+	local     string
+	listen    string
 	closing   *atomic.Bool
 }
 
@@ -29,6 +32,20 @@ type EtcdConfig struct {
 	// AdvertiseHost, if set, replaces the listen host in the advertised
 	// client URL (for listening on 0.0.0.0 inside a pod).
 	AdvertiseHost string
+	// Name is this member's name (default EtcdMemberName).
+	Name string
+	// InitialCluster lists every member of a new cluster as
+	// name=http://host:port (their peer URLs), this one included; empty
+	// runs a single member. A member restarted on its Dir rejoins its
+	// cluster and ignores the list.
+	InitialCluster string
+	// PeerListen is the host:port this member listens on for its peers
+	// (default: the host and port of its own InitialCluster entry; for a
+	// single member, a free loopback port).
+	PeerListen string
+	// ElectionTimeout is etcd's election timeout (heartbeats are a tenth
+	// of it); 0 means 500 ms.
+	ElectionTimeout time.Duration
 }
 
 // StartEtcd starts etcd and waits until it serves.
@@ -40,14 +57,31 @@ func StartEtcd(cfg EtcdConfig, log *zap.Logger) (*Etcd, error) {
 	if err != nil {
 		return nil, fmt.Errorf("etcd client address %q: %w", cfg.ClientAddr, err)
 	}
-	host, _, _ := net.SplitHostPort(clientAddr)
-	peerAddr, err := resolvePort(net.JoinHostPort(loopbackIfAny(host), "0"))
-	if err != nil {
-		return nil, err
+	if cfg.Name == "" {
+		cfg.Name = EtcdMemberName
 	}
 	c := embed.NewConfig()
-	c.Name = EtcdMemberName
+	c.Name = cfg.Name
 	c.Dir = cfg.Dir
+	var ap url.URL // the advertised peer URL
+	peerAddr := cfg.PeerListen
+	if cfg.InitialCluster != "" {
+		own, err := OwnPeerURL(cfg.InitialCluster, cfg.Name)
+		if err != nil {
+			return nil, err
+		}
+		ap = *own
+		if peerAddr == "" {
+			peerAddr = own.Host
+		}
+		c.InitialCluster = cfg.InitialCluster
+		c.InitialClusterToken = "ringmaster"
+	} else {
+		host, _, _ := net.SplitHostPort(clientAddr)
+		if peerAddr, err = resolvePort(net.JoinHostPort(loopbackIfAny(host), "0")); err != nil {
+			return nil, err
+		}
+	}
 	closing := new(atomic.Bool)
 	c.ZapLoggerBuilder = embed.NewZapLoggerBuilder(log.Named("etcd").WithOptions(zap.IncreaseLevel(zap.WarnLevel),
 		zap.WrapCore(func(core zapcore.Core) zapcore.Core { return quietOnClose{Core: core, closing: closing} })))
@@ -61,13 +95,31 @@ func StartEtcd(cfg EtcdConfig, log *zap.Logger) (*Etcd, error) {
 		_, port, _ := net.SplitHostPort(clientAddr)
 		ac.Host = net.JoinHostPort("127.0.0.1", port)
 	}
-	ap := *lp
+	if lp == nil || lp.Host == "" {
+		return nil, fmt.Errorf("etcd peer address %q: want host:port", peerAddr)
+	}
+	if ap.Host == "" {
+		ap = *lp
+	}
 	c.ListenClientUrls, c.AdvertiseClientUrls = []url.URL{*lc}, []url.URL{ac}
 	c.ListenPeerUrls, c.AdvertisePeerUrls = []url.URL{*lp}, []url.URL{ap}
-	c.InitialCluster = c.InitialClusterFromName(c.Name)
-	// One member on local disk: a short election timeout lets a restarted
-	// coordinator's etcd serve within a second.
-	c.TickMs, c.ElectionMs = 50, 500
+	if cfg.InitialCluster == "" {
+		c.InitialCluster = c.InitialClusterFromName(c.Name)
+	}
+	// A short election timeout lets a restarted single member serve
+	// within a second, and a cluster replace a dead leader within one:
+	// the replicas of a control plane sit in one network (etcd's tuning
+	// guide asks for about ten round trips). A slower network sets
+	// ElectionTimeout.
+	c.ElectionMs = 500
+	if cfg.ElectionTimeout > 0 {
+		c.ElectionMs = uint(cfg.ElectionTimeout.Milliseconds())
+	}
+	c.TickMs = max(c.ElectionMs/10, 10)
+	// A quota keeps a runaway writer from filling the disk; etcd raises
+	// an alarm and refuses writes past it (state stays small: finished
+	// jobs expire).
+	c.QuotaBackendBytes = 2 << 30
 	// Keep 10 minutes of history (enough for any watcher to catch up
 	// after a restart) and compact the rest: without it every progress
 	// write stays in etcd's history for ever.
@@ -81,16 +133,68 @@ func StartEtcd(cfg EtcdConfig, log *zap.Logger) (*Etcd, error) {
 	case err := <-e.Err():
 		e.Close()
 		return nil, fmt.Errorf("embedded etcd failed: %w", err)
-	case <-time.After(60 * time.Second):
+	case <-time.After(readyTimeout(cfg)):
 		e.Server.Stop()
 		e.Close()
-		return nil, fmt.Errorf("embedded etcd did not become ready within 60s")
+		if cfg.InitialCluster != "" {
+			return nil, fmt.Errorf("embedded etcd member %s did not join a quorum of %s within %v: start the other replicas, and check that their peer addresses are reachable", cfg.Name, cfg.InitialCluster, readyTimeout(cfg))
+		}
+		return nil, fmt.Errorf("embedded etcd did not become ready within %v", readyTimeout(cfg))
 	}
-	return &Etcd{e: e, endpoints: []string{ac.String()}, closing: closing}, nil
+	local := *lc
+	if h := lc.Hostname(); h == "0.0.0.0" || h == "::" {
+		_, port, _ := net.SplitHostPort(clientAddr)
+		local.Host = net.JoinHostPort("127.0.0.1", port)
+	}
+	return &Etcd{e: e, endpoints: []string{ac.String()}, local: local.String(), listen: clientAddr, closing: closing}, nil
 }
 
-// Endpoints returns the client URLs.
+// readyTimeout is how long StartEtcd waits for the server: a cluster
+// member waits for a quorum of its peers, which may start minutes apart.
+func readyTimeout(cfg EtcdConfig) time.Duration {
+	if cfg.InitialCluster != "" {
+		return 5 * time.Minute
+	}
+	return time.Minute
+}
+
+// OwnPeerURL finds member name's peer URL in an initial-cluster list
+// (name=http://host:port,...), checking the list's syntax.
+func OwnPeerURL(initialCluster, name string) (*url.URL, error) {
+	var own *url.URL
+	seen := map[string]bool{}
+	for _, m := range strings.Split(initialCluster, ",") {
+		n, raw, ok := strings.Cut(strings.TrimSpace(m), "=")
+		if !ok || n == "" {
+			return nil, fmt.Errorf("--initial-cluster entry %q: want name=http://host:port", m)
+		}
+		u, err := url.Parse(raw)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Port() == "" {
+			return nil, fmt.Errorf("--initial-cluster entry %q: the peer URL must be http://host:port", m)
+		}
+		if seen[n] {
+			return nil, fmt.Errorf("--initial-cluster names member %q twice", n)
+		}
+		seen[n] = true
+		if n == name {
+			own = u
+		}
+	}
+	if own == nil {
+		return nil, fmt.Errorf("--initial-cluster %q has no entry for this replica's --name %q", initialCluster, name)
+	}
+	return own, nil
+}
+
+// Endpoints returns the advertised client URLs.
 func (e *Etcd) Endpoints() []string { return e.endpoints }
+
+// ClientListen is the host:port the client listener is bound to.
+func (e *Etcd) ClientListen() string { return e.listen }
+
+// LocalEndpoint is the client URL by which this process reaches its own
+// member.
+func (e *Etcd) LocalEndpoint() string { return e.local }
 
 // Err reports a fatal server error.
 func (e *Etcd) Err() <-chan error { return e.e.Err() }

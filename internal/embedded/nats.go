@@ -3,7 +3,9 @@ package embedded
 import (
 	"fmt"
 	"net"
+	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -16,9 +18,24 @@ type NATS struct {
 	url string
 }
 
+// NATSCluster joins an embedded NATS server to the servers of the other
+// coordinator replicas, so that an event published on one reaches
+// subscribers on any other, and clients fail over between them.
+type NATSCluster struct {
+	// Listen is this server's route address (host:port).
+	Listen string
+	// Routes are every replica's route URLs (nats://host:port), this one
+	// included (a route to itself is ignored).
+	Routes []string
+	// ClientAdvertise, if set, is the host:port this server tells clients
+	// to reach it by (when it listens on all interfaces).
+	ClientAdvertise string
+}
+
 // StartNATS starts NATS on addr (host:port, port 0 picks one) and waits
-// until it accepts connections.
-func StartNATS(addr string, log *zap.Logger) (*NATS, error) {
+// until it accepts connections; cluster, if not nil, joins it to the
+// other replicas' servers.
+func StartNATS(addr string, cluster *NATSCluster, log *zap.Logger) (*NATS, error) {
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
@@ -34,6 +51,24 @@ func StartNATS(addr string, log *zap.Logger) (*NATS, error) {
 		port = server.RANDOM_PORT
 	}
 	opts := &server.Options{Host: host, Port: port, NoSigs: true, MaxPayload: 8 << 20}
+	if cluster != nil {
+		ch, cp, err := net.SplitHostPort(cluster.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("NATS cluster address %q: %w", cluster.Listen, err)
+		}
+		if opts.Cluster.Port, err = strconv.Atoi(cp); err != nil {
+			return nil, fmt.Errorf("NATS cluster address %q: %w", cluster.Listen, err)
+		}
+		opts.Cluster.Host, opts.Cluster.Name = ch, "ringmaster"
+		opts.ClientAdvertise = cluster.ClientAdvertise
+		for _, r := range cluster.Routes {
+			u, err := url.Parse(r)
+			if err != nil || u.Scheme != "nats" || u.Port() == "" {
+				return nil, fmt.Errorf("NATS route %q: want nats://host:port", r)
+			}
+			opts.Routes = append(opts.Routes, u)
+		}
+	}
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("starting embedded NATS: %w", err)
@@ -67,6 +102,14 @@ type natsLogger struct{ s *zap.SugaredLogger }
 func (l natsLogger) Noticef(format string, v ...any) { l.s.Debugf(format, v...) }
 func (l natsLogger) Warnf(format string, v ...any)   { l.s.Warnf(format, v...) }
 func (l natsLogger) Fatalf(format string, v ...any)  { l.s.Errorf(format, v...) }
-func (l natsLogger) Errorf(format string, v ...any)  { l.s.Errorf(format, v...) }
-func (l natsLogger) Debugf(format string, v ...any)  { l.s.Debugf(format, v...) }
-func (l natsLogger) Tracef(format string, v ...any)  { l.s.Debugf(format, v...) }
+func (l natsLogger) Errorf(format string, v ...any) {
+	if strings.HasPrefix(format, "Error trying to connect to route") {
+		// A replica that is starting, restarting or down: NATS keeps
+		// trying, and `coordinator members` shows which is missing.
+		l.s.Debugf(format, v...)
+		return
+	}
+	l.s.Errorf(format, v...)
+}
+func (l natsLogger) Debugf(format string, v ...any) { l.s.Debugf(format, v...) }
+func (l natsLogger) Tracef(format string, v ...any) { l.s.Debugf(format, v...) }

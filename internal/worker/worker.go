@@ -15,9 +15,9 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/internal/apiclient"
 	"github.com/ringmaster/ringmaster/internal/events"
 	"github.com/ringmaster/ringmaster/internal/state"
 	"github.com/ringmaster/ringmaster/internal/version"
@@ -28,7 +28,8 @@ import (
 
 // Config configures a worker.
 type Config struct {
-	// Coordinator is the coordinator's API address.
+	// Coordinator is the coordinator's API address, or the replicas'
+	// addresses separated by commas.
 	Coordinator string
 	// ID names the worker in etcd; empty means hostname-pid.
 	ID string
@@ -250,9 +251,9 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 func (w *Worker) coordinatorInfo(ctx context.Context) (*pb.InfoResponse, error) {
-	conn, err := grpc.NewClient(w.cfg.Coordinator, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := apiclient.Dial(w.cfg.Coordinator)
 	if err != nil {
-		return nil, fmt.Errorf("worker: coordinator address %q: %w", w.cfg.Coordinator, err)
+		return nil, fmt.Errorf("worker: %w", err)
 	}
 	defer conn.Close()
 	cli := pb.NewCoordinatorClient(conn)

@@ -33,6 +33,7 @@ const (
 	Coordinator_ListWorkers_FullMethodName     = "/ringmaster.v1.Coordinator/ListWorkers"
 	Coordinator_WatchJob_FullMethodName        = "/ringmaster.v1.Coordinator/WatchJob"
 	Coordinator_SaveSnapshot_FullMethodName    = "/ringmaster.v1.Coordinator/SaveSnapshot"
+	Coordinator_ClusterStatus_FullMethodName   = "/ringmaster.v1.Coordinator/ClusterStatus"
 )
 
 // CoordinatorClient is the client API for Coordinator service.
@@ -62,6 +63,9 @@ type CoordinatorClient interface {
 	// job, worker and checkpoint record): a backup that `coordinator snapshot
 	// restore` turns back into a data directory.
 	SaveSnapshot(ctx context.Context, in *SaveSnapshotRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotChunk], error)
+	// ClusterStatus tells which replica schedules and how each etcd member
+	// is, as the replica that answers sees them.
+	ClusterStatus(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error)
 }
 
 type coordinatorClient struct {
@@ -190,6 +194,16 @@ func (c *coordinatorClient) SaveSnapshot(ctx context.Context, in *SaveSnapshotRe
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Coordinator_SaveSnapshotClient = grpc.ServerStreamingClient[SnapshotChunk]
 
+func (c *coordinatorClient) ClusterStatus(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ClusterStatusResponse)
+	err := c.cc.Invoke(ctx, Coordinator_ClusterStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CoordinatorServer is the server API for Coordinator service.
 // All implementations must embed UnimplementedCoordinatorServer
 // for forward compatibility.
@@ -217,6 +231,9 @@ type CoordinatorServer interface {
 	// job, worker and checkpoint record): a backup that `coordinator snapshot
 	// restore` turns back into a data directory.
 	SaveSnapshot(*SaveSnapshotRequest, grpc.ServerStreamingServer[SnapshotChunk]) error
+	// ClusterStatus tells which replica schedules and how each etcd member
+	// is, as the replica that answers sees them.
+	ClusterStatus(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error)
 	mustEmbedUnimplementedCoordinatorServer()
 }
 
@@ -256,6 +273,9 @@ func (UnimplementedCoordinatorServer) WatchJob(*WatchJobRequest, grpc.ServerStre
 }
 func (UnimplementedCoordinatorServer) SaveSnapshot(*SaveSnapshotRequest, grpc.ServerStreamingServer[SnapshotChunk]) error {
 	return status.Errorf(codes.Unimplemented, "method SaveSnapshot not implemented")
+}
+func (UnimplementedCoordinatorServer) ClusterStatus(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ClusterStatus not implemented")
 }
 func (UnimplementedCoordinatorServer) mustEmbedUnimplementedCoordinatorServer() {}
 func (UnimplementedCoordinatorServer) testEmbeddedByValue()                     {}
@@ -444,6 +464,24 @@ func _Coordinator_SaveSnapshot_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Coordinator_SaveSnapshotServer = grpc.ServerStreamingServer[SnapshotChunk]
 
+func _Coordinator_ClusterStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ClusterStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).ClusterStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_ClusterStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).ClusterStatus(ctx, req.(*ClusterStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Coordinator_ServiceDesc is the grpc.ServiceDesc for Coordinator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -482,6 +520,10 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListWorkers",
 			Handler:    _Coordinator_ListWorkers_Handler,
+		},
+		{
+			MethodName: "ClusterStatus",
+			Handler:    _Coordinator_ClusterStatus_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
