@@ -134,6 +134,7 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&cfg.EmbeddedNATSListen, "embedded-nats-listen", "127.0.0.1:0", "address of the embedded NATS server (port 0: a free one, kept across restarts of this data directory)")
 	f.StringVar(&cfg.AdvertiseHost, "advertise-host", "", "host workers use to reach the embedded etcd and NATS (for listening on 0.0.0.0)")
 	f.StringVar(&cfg.DefaultStore, "default-store", "", "checkpoint store of jobs that name none (default file://DATA_DIR/checkpoints)")
+	f.DurationVar(&cfg.JobRetention, "job-retention", 7*24*time.Hour, "how long a finished job stays listed (spec, final state, history); 0 keeps it for ever")
 	f.StringVar(&cfg.Name, "name", "ringmaster", "this replica's name (its embedded etcd member and its entry in --initial-cluster and --nats-routes)")
 	f.StringVar(&cfg.InitialCluster, "initial-cluster", "", "run as one of several replicas forming an embedded etcd cluster: name=http://host:port (etcd peer URLs) of every replica, this one included")
 	f.StringVar(&cfg.NATSRoutes, "nats-routes", "", "with --initial-cluster: name=nats://host:port (NATS route URLs) of every replica; this one listens on its own entry")

@@ -92,7 +92,7 @@ func (a *api) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) (*pb.Subm
 		err := retryTransient(ctx, func(ctx context.Context) error {
 			resp, err := a.c.etcd.Txn(ctx).
 				If(clientv3.Compare(clientv3.CreateRevision(k.Spec(id)), "=", 0)).
-				Then(clientv3.OpPut(k.Spec(id), specJSON), clientv3.OpPut(k.Status(id), statusJSON)).
+				Then(clientv3.OpPut(k.Spec(id), specJSON), clientv3.OpPut(k.Status(id), statusJSON), clientv3.OpPut(k.ActiveJob(id), "")).
 				Else(clientv3.OpGet(k.Spec(id)), clientv3.OpGet(k.Status(id))).
 				Commit()
 			if err != nil {
@@ -294,7 +294,10 @@ func (a *api) GetJob(ctx context.Context, req *pb.GetJobRequest) (*pb.Job, error
 
 // updateStatus applies fn to the job's status in a transaction guarded by
 // its revision, retrying on concurrent changes.
-func (a *api) updateStatus(ctx context.Context, id string, fn func(*state.JobEntry, *pb.JobStatus) error) (*pb.Job, error) {
+//
+// A resume (keep) also makes the job active again and takes its keys off
+// the retention lease it got when it finished.
+func (a *api) updateStatus(ctx context.Context, id string, fn func(*state.JobEntry, *pb.JobStatus) error, keep ...bool) (*pb.Job, error) {
 	deadline := time.Now().Add(transientWindow)
 	for tries := 0; tries < 10; {
 		_, j, err := a.job(ctx, id)
@@ -307,9 +310,13 @@ func (a *api) updateStatus(ctx context.Context, id string, fn func(*state.JobEnt
 		}
 		st.UpdatedMs = time.Now().UnixMilli()
 		tctx, cancel := context.WithTimeout(ctx, a.c.cfg.RequestTimeout)
-		resp, err := a.c.etcd.Txn(tctx).
-			If(clientv3.Compare(clientv3.ModRevision(a.c.keys.Status(id)), "=", j.Status.ModRev)).
-			Then(clientv3.OpPut(a.c.keys.Status(id), state.Marshal(st))).Commit()
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(a.c.keys.Status(id)), "=", j.Status.ModRev)}
+		ops := []clientv3.Op{clientv3.OpPut(a.c.keys.Status(id), state.Marshal(st))}
+		if len(keep) > 0 && keep[0] {
+			mc, mo := moveKeys(j, []string{a.c.keys.Status(id)}, "")
+			cmps, ops = append(cmps, mc...), append(append(ops, mo...), clientv3.OpPut(a.c.keys.ActiveJob(id), ""))
+		}
+		resp, err := a.c.etcd.Txn(tctx).If(cmps...).Then(ops...).Commit()
 		cancel()
 		if err != nil && transient(err) && time.Now().Before(deadline) {
 			// An etcd leader change: read the job again (the write may
@@ -405,7 +412,7 @@ func (a *api) ResumeJob(ctx context.Context, req *pb.ResumeJobRequest) (*pb.Job,
 			st.Message = fmt.Sprintf("resuming from the latest valid checkpoint (last recorded: step %d); waiting for %d idle workers", last.Step, workers)
 		}
 		return nil
-	})
+	}, true)
 }
 
 // checkpoints returns the manager of a job's checkpoints, as its workers

@@ -3,9 +3,12 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
@@ -16,8 +19,25 @@ import (
 // planned on; the next reconcile plans again.
 var errConflict = fmt.Errorf("coordinator: state changed concurrently")
 
+// moveKeys re-puts a job's keys as read (but those in skip and under
+// dropPrefix) with opts (a lease, or none to take them off one), each
+// guarded by its revision.
+func moveKeys(j *state.JobEntry, skip []string, dropPrefix string, opts ...clientv3.OpOption) ([]clientv3.Cmp, []clientv3.Op) {
+	var cmps []clientv3.Cmp
+	var ops []clientv3.Op
+	for _, kv := range j.KVs {
+		key := string(kv.Key)
+		if slices.Contains(skip, key) || (dropPrefix != "" && strings.HasPrefix(key, dropPrefix)) {
+			continue
+		}
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision))
+		ops = append(ops, clientv3.OpPut(key, string(kv.Value), opts...))
+	}
+	return cmps, ops
+}
+
 // apply runs one action as a guarded etcd transaction.
-func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) error {
+func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) (err error) {
 	k := c.keys
 	now := time.Now().UnixMilli()
 	var cmps []clientv3.Cmp
@@ -59,7 +79,30 @@ func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) er
 			st.Result = a.Result
 		}
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Status(a.JobID)), "=", a.StatusRev))
-		ops = append(ops, clientv3.OpPut(k.Status(a.JobID), state.Marshal(st)))
+		// The job leaves the scheduler's view, and its keys move onto a
+		// lease of the retention period (they are kept as they are until
+		// then; a resume moves them back).
+		var opts []clientv3.OpOption
+		if c.cfg.JobRetention > 0 {
+			gctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+			lease, err := c.etcd.Grant(gctx, int64(c.cfg.JobRetention/time.Second))
+			cancel()
+			if err != nil {
+				return fmt.Errorf("coordinator: a lease for the retention of job %s: %w", a.JobID, err)
+			}
+			opts = append(opts, clientv3.WithLease(lease.ID))
+			defer func() {
+				if err != nil {
+					rctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
+					_, _ = c.etcd.Revoke(rctx, lease.ID)
+					cancel()
+				}
+			}()
+		}
+		ops = append(ops, clientv3.OpPut(k.Status(a.JobID), state.Marshal(st), opts...), clientv3.OpDelete(k.ActiveJob(a.JobID)),
+			clientv3.OpDelete(k.Reports(a.JobID), clientv3.WithPrefix()))
+		mc, mo := moveKeys(j, []string{k.Status(a.JobID)}, k.Reports(a.JobID), opts...)
+		cmps, ops = append(cmps, mc...), append(ops, mo...)
 		for w, cl := range s.Claims {
 			if cl.Value.JobId == a.JobID {
 				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Claim(w)), "=", cl.ModRev))
@@ -155,3 +198,61 @@ func appendHistory(h, more []*pb.HistoryEntry) []*pb.HistoryEntry {
 }
 
 func cloneStatus(s *pb.JobStatus) *pb.JobStatus { return proto.Clone(s).(*pb.JobStatus) }
+
+// layoutVersion is the key layout this coordinator writes: version 2 adds
+// the active markers and the retention leases of finished jobs.
+const layoutVersion = "2"
+
+// migrate brings state written by an older coordinator to this layout: a
+// marker for each job that is not finished, and finished jobs onto a
+// retention lease. It runs once, by the leader, and is safe to repeat.
+func (c *Coordinator) migrate(ctx context.Context) error {
+	k := c.keys
+	rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := c.etcd.Get(rctx, k.Layout())
+	if err != nil {
+		return err
+	}
+	if len(resp.Kvs) > 0 && string(resp.Kvs[0].Value) == layoutVersion {
+		return nil
+	}
+	snap, err := state.Read(rctx, c.etcd, k)
+	if err != nil {
+		return err
+	}
+	active, finished := 0, 0
+	for _, id := range snap.JobIDs() {
+		j := snap.Jobs[id]
+		var ops []clientv3.Op
+		var cmps []clientv3.Cmp
+		if !state.IsTerminal(j.Status.Value.State) {
+			ops = append(ops, clientv3.OpPut(k.ActiveJob(id), ""))
+			active++
+		} else if c.cfg.JobRetention > 0 {
+			lease, err := c.etcd.Grant(rctx, int64(c.cfg.JobRetention/time.Second))
+			if err != nil {
+				return err
+			}
+			cmps, ops = moveKeys(j, nil, "", clientv3.WithLease(lease.ID))
+			finished++
+		}
+		if len(ops) == 0 {
+			continue
+		}
+		tr, err := c.etcd.Txn(rctx).If(cmps...).Then(ops...).Commit()
+		if err != nil {
+			return err
+		}
+		if !tr.Succeeded {
+			return fmt.Errorf("job %s changed while it was upgraded; trying again", id)
+		}
+	}
+	if _, err := c.etcd.Put(rctx, k.Layout(), layoutVersion); err != nil {
+		return err
+	}
+	if active+finished > 0 {
+		c.log.Info("key layout upgraded", zap.String("layout", layoutVersion), zap.Int("active_jobs", active), zap.Int("finished_jobs_on_retention", finished))
+	}
+	return nil
+}

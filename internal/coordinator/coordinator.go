@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -68,6 +69,9 @@ type Config struct {
 	// peers (etcd peers, NATS routes) instead of the host of its own
 	// entries (0.0.0.0 in a pod whose entries name its DNS name).
 	PeerListenHost string
+	// JobRetention is how long a finished job's record stays in etcd
+	// (its spec, final status, history and result); 0 keeps it for ever.
+	JobRetention time.Duration
 	// EtcdElectionTimeout is the embedded etcd's election timeout (0:
 	// 500 ms); raise it where replicas are more than a few milliseconds
 	// apart.
@@ -106,6 +110,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Name == "" {
 		c.Name = embedded.EtcdMemberName
+	}
+	if c.JobRetention < 0 {
+		return fmt.Errorf("--job-retention %v: give a duration of at least 1s, or 0 to keep finished jobs for ever", c.JobRetention)
+	}
+	if c.JobRetention > 0 && c.JobRetention < time.Second {
+		c.JobRetention = time.Second
 	}
 	if c.InitialCluster != "" {
 		if len(c.EtcdEndpoints) > 0 {
@@ -174,6 +184,8 @@ type Coordinator struct {
 	nc        *nats.Conn
 	pub       *events.Publisher
 	damaged   map[string]error // damaged keys already reported (reconcile's)
+	// reconcileReads is how many keys the last reconcile read.
+	reconcileReads atomic.Int64
 	grpc      *grpc.Server
 	lis       net.Listener
 	etcdURLs  []string
@@ -374,6 +386,9 @@ func (c *Coordinator) leadOnce(ctx context.Context) error {
 		return err
 	}
 	c.log.Info("elected leader; scheduling", zap.String("replica", c.cfg.Name))
+	if err := c.migrate(ctx); err != nil {
+		return fmt.Errorf("upgrading the key layout: %w", err)
+	}
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -490,11 +505,12 @@ func needsPlan(k state.Keys, evs []*clientv3.Event) bool {
 // true when one lost a race with a concurrent change.
 func (c *Coordinator) reconcile(ctx context.Context) (again bool, _ error) {
 	rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
-	snap, err := state.Read(rctx, c.etcd, c.keys)
+	snap, err := state.ReadActive(rctx, c.etcd, c.keys)
 	cancel()
 	if err != nil {
 		return false, err
 	}
+	c.reconcileReads.Store(int64(snap.KeysRead))
 	for key, err := range snap.Damaged {
 		if _, seen := c.damaged[key]; !seen {
 			c.log.Error("a key in etcd cannot be decoded; what it describes is left alone until it is repaired or deleted",

@@ -175,7 +175,7 @@ func Plan(s *state.Snapshot, now int64) []Action {
 		case s.DamagedJobs[c.Value.JobId]:
 			// Nothing is decided about a job that cannot be read.
 		case j == nil || j.Status.Value == nil:
-			why = fmt.Sprintf("job %s does not exist", c.Value.JobId)
+			why = fmt.Sprintf("job %s is not active", c.Value.JobId)
 		case j.Status.Value.State != pb.JobState_JOB_STATE_RUNNING:
 			why = fmt.Sprintf("job %s is %s", c.Value.JobId, state.StateName(j.Status.Value.State))
 		case j.Assignment == nil || j.Assignment.Value.Generation != c.Value.Generation:

@@ -13,7 +13,15 @@
 //	<prefix>jobs/<job-id>/progress              Progress, written by rank 0 after committed steps
 //	<prefix>jobs/<job-id>/reports/<rank>        RankReport: a rank's failure
 //	<prefix>jobs/<job-id>/checkpoints/<step>    CheckpointRecord
+//	<prefix>active/<job-id>                     empty marker while the job is not finished
 //	<prefix>election/                           coordinator leader election
+//	<prefix>layout                              version of this layout ("2")
+//
+// The scheduler reads workers, claims, and the jobs with an active marker
+// (ReadActive), so its reads grow with what is in play, not with history.
+// A finished job's keys lose their marker and are moved onto a lease of
+// the retention period: etcd deletes them when it runs out. Resuming a job
+// moves them back off the lease.
 //
 // Snapshot reads all of it at one revision; the coordinator's planner works
 // on snapshots and its actions are transactions that succeed only if the

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -39,6 +40,15 @@ func (k Keys) Checkpoint(id string, step int64) string {
 	return fmt.Sprintf("%s%012d", k.Checkpoints(id), step)
 }
 func (k Keys) Election() string { return k.Prefix + "election/" }
+
+// Active holds one empty marker key per job that is not finished: the
+// scheduler reads these jobs only, so its work does not grow with the
+// jobs that finished.
+func (k Keys) Active() string             { return k.Prefix + "active/" }
+func (k Keys) ActiveJob(id string) string { return k.Active() + id }
+
+// Layout records the version of this key layout (see Migrate).
+func (k Keys) Layout() string { return k.Prefix + "layout" }
 
 // Marshal encodes a message as stored in etcd.
 func Marshal(m proto.Message) string {
@@ -75,6 +85,9 @@ type JobEntry struct {
 	ProgressRev int64
 	Reports     []*pb.RankReport
 	Checkpoints []*pb.CheckpointRecord
+	// KVs are the job's keys as read, to move them between leases (a
+	// finished job's keys expire with a lease; a resumed job's are kept).
+	KVs []*mvccpb.KeyValue
 }
 
 // Snapshot is the cluster's state at one revision.
@@ -92,6 +105,8 @@ type Snapshot struct {
 	// decision about them (their claims stay) until the key is repaired
 	// or removed.
 	DamagedJobs map[string]bool
+	// KeysRead is how many keys were read to build the snapshot.
+	KeysRead int
 }
 
 // JobIDs returns the job ids in submission order.
@@ -129,14 +144,60 @@ func read(ctx context.Context, cli *clientv3.Client, k Keys, prefix string) (*Sn
 	if err != nil {
 		return nil, fmt.Errorf("state: reading %s: %w", prefix, err)
 	}
-	s := &Snapshot{
-		Rev:         resp.Header.Revision,
+	s := newSnapshot(resp.Header.Revision)
+	s.decode(k, resp.Kvs)
+	return s, nil
+}
+
+// ReadActive loads what the scheduler decides on, at one revision: the
+// workers, their claims, and the jobs that are not finished. What it reads
+// grows with the workers and the active jobs, not with the jobs that
+// finished.
+func ReadActive(ctx context.Context, cli *clientv3.Client, k Keys) (*Snapshot, error) {
+	resp, err := cli.Get(ctx, k.Workers(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("state: reading %s: %w", k.Workers(), err)
+	}
+	s := newSnapshot(resp.Header.Revision)
+	kvs := resp.Kvs
+	at := clientv3.WithRev(s.Rev)
+	for _, p := range []string{k.Claims(), k.Active()} {
+		resp, err := cli.Get(ctx, p, clientv3.WithPrefix(), at)
+		if err != nil {
+			return nil, fmt.Errorf("state: reading %s: %w", p, err)
+		}
+		kvs = append(kvs, resp.Kvs...)
+	}
+	for _, kv := range kvs {
+		id, ok := strings.CutPrefix(string(kv.Key), k.Active())
+		if !ok {
+			continue
+		}
+		resp, err := cli.Get(ctx, k.Job(id), clientv3.WithPrefix(), at)
+		if err != nil {
+			return nil, fmt.Errorf("state: reading job %s: %w", id, err)
+		}
+		kvs = append(kvs, resp.Kvs...)
+	}
+	s.decode(k, kvs)
+	return s, nil
+}
+
+func newSnapshot(rev int64) *Snapshot {
+	return &Snapshot{
+		Rev:         rev,
 		Workers:     map[string]Versioned[*pb.Worker]{},
 		Claims:      map[string]Versioned[*pb.Claim]{},
 		Jobs:        map[string]*JobEntry{},
 		Damaged:     map[string]error{},
 		DamagedJobs: map[string]bool{},
 	}
+}
+
+// decode adds keys to the snapshot; a key that cannot be decoded is
+// recorded in Damaged.
+func (s *Snapshot) decode(k Keys, kvs []*mvccpb.KeyValue) {
+	s.KeysRead += len(kvs)
 	job := func(id string) *JobEntry {
 		j := s.Jobs[id]
 		if j == nil {
@@ -145,7 +206,7 @@ func read(ctx context.Context, cli *clientv3.Client, k Keys, prefix string) (*Sn
 		}
 		return j
 	}
-	for _, kv := range resp.Kvs {
+	for _, kv := range kvs {
 		key := string(kv.Key)
 		var err error
 		switch {
@@ -165,6 +226,7 @@ func read(ctx context.Context, cli *clientv3.Client, k Keys, prefix string) (*Sn
 				continue
 			}
 			j := job(id)
+			j.KVs = append(j.KVs, kv)
 			switch {
 			case rest == "spec":
 				j.Spec = &pb.JobSpec{}
@@ -216,7 +278,6 @@ func read(ctx context.Context, cli *clientv3.Client, k Keys, prefix string) (*Sn
 			delete(s.Workers, id)
 		}
 	}
-	return s, nil
 }
 
 // JobProto assembles the API view of a job entry.

@@ -100,6 +100,10 @@ func TestDamagedKeyDoesNotStopScheduling(t *testing.T) {
 	if _, err := cli.Put(ctx, info.EtcdPrefix+"jobs/bogus/spec", `{"name": "bogus", "workers": 1}`); err != nil {
 		t.Fatal(err)
 	}
+	// Marked active, so that the scheduler reads it.
+	if _, err := cli.Put(ctx, info.EtcdPrefix+"active/bogus", ""); err != nil {
+		t.Fatal(err)
+	}
 	c.startWorker("d0", testLease)
 	c.waitWorkers("d0")
 	out, err := c.cli("submit", writeSpec(t, c.dir, "name: fine\nmodel: cnn\nsteps: 4\ndataset: {name: mnist, digits: [0, 1]}\n"))

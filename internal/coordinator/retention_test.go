@@ -1,0 +1,136 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+)
+
+// specNeeding is a job that needs n workers (there are none here, so it
+// stays pending until cancelled).
+func specNeeding(n int) []byte {
+	return []byte(fmt.Sprintf(`
+name: r
+model: cnn
+dataset: {name: mnist}
+workers: %d
+batch_size: 32
+optimizer: {lr: 0.05}
+steps: 10
+`, n))
+}
+
+// The scheduler's reads do not grow with finished jobs: with one pending
+// job it reads the same keys before and after 100 jobs finished. Finished
+// jobs leave etcd after the retention period; a job resumed in time is
+// kept.
+func TestFinishedJobsLeaveTheSchedulerAndExpire(t *testing.T) {
+	const retention = 2 * time.Second
+	c, err := Start(Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), JobRetention: retention,
+		ReconcileInterval: 50 * time.Millisecond}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	conn, err := grpc.NewClient(c.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	api := pb.NewCoordinatorClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	submit := func() string {
+		t.Helper()
+		r, err := api.SubmitJob(ctx, &pb.SubmitJobRequest{SpecYaml: specNeeding(4)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.JobId
+	}
+	waitState := func(id string, want pb.JobState) {
+		t.Helper()
+		for {
+			j, err := api.GetJob(ctx, &pb.GetJobRequest{JobId: id})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if j.Status.State == want {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// reads waits for two reconciles after now and returns what the last
+	// one read.
+	reads := func() int64 {
+		time.Sleep(3 * c.cfg.ReconcileInterval)
+		return c.reconcileReads.Load()
+	}
+
+	pending := submit()
+	before := reads()
+	if before < 3 {
+		t.Fatalf("the reconcile read %d keys; want at least the pending job's marker, spec and status", before)
+	}
+	resumed := ""
+	for i := range 100 {
+		id := submit()
+		if _, err := api.CancelJob(ctx, &pb.CancelJobRequest{JobId: id}); err != nil {
+			t.Fatal(err)
+		}
+		waitState(id, pb.JobState_JOB_STATE_CANCELLED)
+		if i == 99 {
+			resumed = id
+		}
+	}
+	if after := reads(); after != before {
+		t.Errorf("the reconcile read %d keys with 100 finished jobs, %d without: it must not grow", after, before)
+	} else {
+		t.Logf("the reconcile reads %d keys with and without 100 finished jobs", after)
+	}
+	if _, err := api.ResumeJob(ctx, &pb.ResumeJobRequest{JobId: resumed}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The finished jobs expire; the pending and the resumed one stay.
+	deadline := time.Now().Add(retention + 10*time.Second)
+	for {
+		l, err := api.ListJobs(ctx, &pb.ListJobsRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(l.Jobs) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d jobs listed %v after the retention; want the pending and the resumed one", len(l.Jobs), retention)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(retention + time.Second)
+	for _, id := range []string{pending, resumed} {
+		j, err := api.GetJob(ctx, &pb.GetJobRequest{JobId: id})
+		if err != nil {
+			t.Fatalf("job %s: %v", id, err)
+		}
+		if j.Status.State != pb.JobState_JOB_STATE_PENDING {
+			t.Errorf("job %s is %v, want pending", id, j.Status.State)
+		}
+	}
+	resp, err := c.etcd.Get(ctx, c.keys.Jobs(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Count != 4 {
+		t.Errorf("%d keys left under %s; want the spec and status of 2 jobs", resp.Count, c.keys.Jobs())
+	}
+}
