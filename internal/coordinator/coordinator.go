@@ -178,22 +178,22 @@ type Coordinator struct {
 	log  *zap.Logger
 	keys state.Keys
 
-	embEtcd   *embedded.Etcd
-	embNATS   *embedded.NATS
-	etcd      *clientv3.Client
-	nc        *nats.Conn
-	pub       *events.Publisher
-	damaged   map[string]error // damaged keys already reported (reconcile's)
+	embEtcd *embedded.Etcd
+	embNATS *embedded.NATS
+	etcd    *clientv3.Client
+	nc      *nats.Conn
+	pub     *events.Publisher
+	damaged map[string]error // damaged keys already reported (reconcile's)
 	// reconcileReads is how many keys the last reconcile read.
 	reconcileReads atomic.Int64
-	grpc      *grpc.Server
-	lis       net.Listener
-	etcdURLs  []string
-	natsURL   string
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	errc      chan error
-	closeOnce sync.Once
+	grpc           *grpc.Server
+	lis            net.Listener
+	etcdURLs       []string
+	natsURL        string
+	cancel         context.CancelFunc
+	wg             sync.WaitGroup
+	errc           chan error
+	closeOnce      sync.Once
 }
 
 // Start starts a coordinator and returns once its API accepts requests.
