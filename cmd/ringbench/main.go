@@ -22,7 +22,8 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newAllReduceCmd(), newAllReduceRankCmd(), newCheckpointCommand(), newTrainCommand(), newRecoveryCommand(), newHiddenWorkerCommand())
+	root.AddCommand(newAllReduceCmd(), newAllReduceRankCmd(), newCheckpointCommand(), newTrainCommand(), newRecoveryCommand(), newHiddenWorkerCommand(),
+		newControlCommand(), newHiddenServeCommand())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "ringbench:", err)
 		os.Exit(1)

@@ -74,6 +74,7 @@ func NewWorkerCommand() *cobra.Command {
 	f.StringVar(&cfg.Advertise, "advertise", "", "ring address peers dial (default: the bound address)")
 	f.StringVar(&cfg.Device, "device", "cpu", "compute device")
 	f.IntVar(&cfg.Threads, "threads", 0, "goroutines per compute kernel (0: all CPUs)")
+	f.StringSliceVar(&cfg.EtcdEndpoints, "etcd-endpoints", nil, "etcd endpoints to use instead of those the coordinator advertises (a proxy, another route)")
 	f.StringVar(&cfg.CacheDir, "cache-dir", "", "where dataset shards from object storage are staged while in use (default: the temporary directory)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", worker.DefaultLeaseTTL, "registration lease TTL: a dead or hung worker is noticed within it")
 	f.DurationVar(&cfg.StallTimeout, "stall-timeout", worker.DefaultStallTimeout, "report this worker wedged when its training loop makes no progress in its own computation for this long (at least 10 times its longest step computation; 0: never)")

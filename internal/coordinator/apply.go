@@ -60,7 +60,8 @@ func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) (e
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Status(a.JobID)), "=", a.StatusRev))
 		for rank, w := range a.Workers {
 			wk := s.Workers[w]
-			asg.Ranks = append(asg.Ranks, &pb.RankAssignment{Rank: int32(rank), WorkerId: w, Addr: wk.Value.Addr, WorkerRevision: wk.CreateRev})
+			asg.Ranks = append(asg.Ranks, &pb.RankAssignment{Rank: int32(rank), WorkerId: w, Addr: wk.Value.Addr, WorkerRevision: wk.CreateRev,
+				WorkerIncarnation: wk.Value.Incarnation})
 			cmps = append(cmps,
 				clientv3.Compare(clientv3.CreateRevision(k.Worker(w)), "=", wk.CreateRev),
 				clientv3.Compare(clientv3.CreateRevision(k.Claim(w)), "=", 0))
@@ -109,6 +110,11 @@ func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) (e
 				ops = append(ops, clientv3.OpDelete(k.Claim(w)))
 			}
 		}
+	case Unreachable:
+		st := cloneStatus(s.Jobs[a.JobID].Status.Value)
+		st.UnreachableSinceMs, st.Message, st.UpdatedMs = a.SinceMs, a.Message, now
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Status(a.JobID)), "=", a.StatusRev))
+		ops = append(ops, clientv3.OpPut(k.Status(a.JobID), state.Marshal(st)))
 	case Release:
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Claim(a.WorkerID)), "=", a.ClaimRev))
 		ops = append(ops, clientv3.OpDelete(k.Claim(a.WorkerID)))
@@ -125,6 +131,7 @@ func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) (e
 		}
 		st.Excluded = append(st.Excluded, a.Exclude...)
 		st.History = appendHistory(st.History, a.History)
+		st.UnreachableSinceMs = 0
 		cmps = append(cmps,
 			clientv3.Compare(clientv3.ModRevision(k.Status(a.JobID)), "=", a.StatusRev),
 			clientv3.Compare(clientv3.ModRevision(k.Assignment(a.JobID)), "=", a.AssignmentRev),
@@ -135,7 +142,8 @@ func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) (e
 		for rank, w := range a.Workers {
 			member[w] = true
 			wk := s.Workers[w]
-			asg.Ranks = append(asg.Ranks, &pb.RankAssignment{Rank: int32(rank), WorkerId: w, Addr: wk.Value.Addr, WorkerRevision: wk.CreateRev})
+			asg.Ranks = append(asg.Ranks, &pb.RankAssignment{Rank: int32(rank), WorkerId: w, Addr: wk.Value.Addr, WorkerRevision: wk.CreateRev,
+				WorkerIncarnation: wk.Value.Incarnation})
 			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(k.Worker(w)), "=", wk.CreateRev))
 			if cl, ok := s.Claims[w]; ok && cl.Value.JobId == a.JobID {
 				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Claim(w)), "=", cl.ModRev))
@@ -161,6 +169,7 @@ func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) (e
 		st.Restarts++
 		st.Resume, st.ResumeStep = true, 0
 		st.Message = a.Message + "; restarting from the latest valid checkpoint when workers are available"
+		st.UnreachableSinceMs = 0
 		st.Excluded = append(st.Excluded, a.Exclude...)
 		st.History = appendHistory(st.History, a.History)
 		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(k.Status(a.JobID)), "=", a.StatusRev))

@@ -184,6 +184,9 @@ type Coordinator struct {
 	nc      *nats.Conn
 	pub     *events.Publisher
 	damaged map[string]error // damaged keys already reported (reconcile's)
+	// missing is when each assigned worker was first seen unregistered
+	// (reconcile's).
+	missing map[string]int64
 	// reconcileReads is how many keys the last reconcile read.
 	reconcileReads atomic.Int64
 	grpc           *grpc.Server
@@ -435,7 +438,11 @@ func (c *Coordinator) reconcileLoop(ctx context.Context) error {
 			}
 			continue
 		}
-		if err := c.waitForChange(ctx, wch, tick.C); err != nil {
+		var settle <-chan time.Time
+		if d, ok := c.nextSettle(); ok {
+			settle = time.After(d)
+		}
+		if err := c.waitForChange(ctx, wch, tick.C, settle); err != nil {
 			return err
 		}
 	}
@@ -443,12 +450,14 @@ func (c *Coordinator) reconcileLoop(ctx context.Context) error {
 
 // waitForChange returns when the state has changed in a way that may
 // alter a decision (a burst of changes is coalesced), or at the next tick.
-func (c *Coordinator) waitForChange(ctx context.Context, wch clientv3.WatchChan, tick <-chan time.Time) error {
+func (c *Coordinator) waitForChange(ctx context.Context, wch clientv3.WatchChan, tick, settle <-chan time.Time) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick:
+			return nil
+		case <-settle:
 			return nil
 		case wr, ok := <-wch:
 			if !ok {
@@ -518,7 +527,10 @@ func (c *Coordinator) reconcile(ctx context.Context) (again bool, _ error) {
 		}
 	}
 	c.damaged = snap.Damaged
-	for _, a := range Plan(snap, time.Now().UnixMilli()) {
+	now := time.Now().UnixMilli()
+	snap.MissingSince = c.trackMissing(snap, now)
+	snap.Connected = c.connected(ctx, snap)
+	for _, a := range Plan(snap, now) {
 		err := c.apply(ctx, snap, a)
 		if errors.Is(err, errConflict) {
 			c.log.Debug("action superseded by a concurrent change", zap.String("action", a.describe()))
@@ -531,6 +543,81 @@ func (c *Coordinator) reconcile(ctx context.Context) (again bool, _ error) {
 		c.announce(a)
 	}
 	return false, nil
+}
+
+// trackMissing records when each worker assigned to a running job was
+// first seen unregistered (in memory: a new leader starts counting anew,
+// which only delays a decision by LeaseSettle).
+func (c *Coordinator) trackMissing(snap *state.Snapshot, now int64) map[string]int64 {
+	seen := map[string]int64{}
+	for _, j := range snap.Jobs {
+		if j.Assignment == nil || j.Status.Value == nil || j.Status.Value.State != pb.JobState_JOB_STATE_RUNNING {
+			continue
+		}
+		for _, r := range j.Assignment.Value.Ranks {
+			if _, ok := snap.Workers[r.WorkerId]; ok {
+				continue
+			}
+			if t, ok := c.missing[r.WorkerId]; ok {
+				seen[r.WorkerId] = t
+			} else {
+				seen[r.WorkerId] = now
+			}
+		}
+	}
+	c.missing = seen
+	return seen
+}
+
+// connected asks etcd, for the registered ranks of jobs with a missing
+// rank, whether their leases were renewed within the last keep-alive
+// interval (a third of the TTL, with half a second of slack).
+func (c *Coordinator) connected(ctx context.Context, snap *state.Snapshot) map[string]bool {
+	out := map[string]bool{}
+	for _, j := range snap.Jobs {
+		if j.Assignment == nil || j.Status.Value == nil || j.Status.Value.State != pb.JobState_JOB_STATE_RUNNING {
+			continue
+		}
+		missing := false
+		for _, r := range j.Assignment.Value.Ranks {
+			if _, ok := snap.Workers[r.WorkerId]; !ok {
+				missing = true
+			}
+		}
+		if !missing {
+			continue
+		}
+		for _, r := range j.Assignment.Value.Ranks {
+			w, ok := snap.Workers[r.WorkerId]
+			if !ok || w.Lease == 0 {
+				continue
+			}
+			tctx, cancel := context.WithTimeout(ctx, time.Second)
+			ttl, err := c.etcd.TimeToLive(tctx, clientv3.LeaseID(w.Lease))
+			cancel()
+			if err == nil && ttl.GrantedTTL > 0 && ttl.TTL > 0 {
+				sinceRenewal := time.Duration(ttl.GrantedTTL-ttl.TTL) * time.Second
+				out[r.WorkerId] = sinceRenewal <= time.Duration(ttl.GrantedTTL)*time.Second/3+500*time.Millisecond
+			}
+			if out[r.WorkerId] {
+				break // one is enough
+			}
+		}
+	}
+	return out
+}
+
+// nextSettle is how long until the first missing worker's LeaseSettle
+// ends, so that the decision about it is not left to the next tick.
+func (c *Coordinator) nextSettle() (time.Duration, bool) {
+	var next time.Duration
+	found := false
+	for _, t := range c.missing {
+		if d := time.Until(time.UnixMilli(t).Add(LeaseSettle)); d > 0 && (!found || d < next) {
+			next, found = d, true
+		}
+	}
+	return next + 10*time.Millisecond, found
 }
 
 // announce publishes a job state change on NATS.

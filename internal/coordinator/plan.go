@@ -73,6 +73,39 @@ type Requeue struct {
 	StatusRev int64
 }
 
+// Unreachable records that every rank of a running job is unregistered at
+// once with no rank reporting a failure (SinceMs), or that they are back
+// (SinceMs 0). Such workers may have lost etcd, not their lives: the job
+// waits UnreachableGrace for them before it restarts from a checkpoint.
+type Unreachable struct {
+	JobID     string
+	SinceMs   int64
+	Message   string
+	StatusRev int64
+}
+
+// UnreachableGrace is how long a running job whose every rank vanished
+// from etcd at once waits for them to register again (with the state they
+// hold) before it restarts from its latest checkpoint.
+const UnreachableGrace = 30 * time.Second
+
+// LeaseSettle is how long the planner may wait, after a rank's
+// registration vanished with no rank reporting a failure and no other rank
+// known to be connected to etcd, before it decides: the leases of workers
+// that all lost etcd at once expire up to about 1.5 s apart (keep-alives
+// every third of the TTL, expiry checked every 500 ms), and such a job
+// must be seen with every rank gone, not one by one. A crash is reported
+// by the ring at once, and a rank whose peers still renew their leases is
+// lost alone: both are decided without waiting.
+const LeaseSettle = 2 * time.Second
+
+func (a Unreachable) describe() string {
+	if a.SinceMs == 0 {
+		return fmt.Sprintf("job %s: its workers are back", a.JobID)
+	}
+	return fmt.Sprintf("job %s: %s", a.JobID, a.Message)
+}
+
 func (a Assign) describe() string {
 	return fmt.Sprintf("assign job %s generation %d to %v", a.JobID, a.Generation, a.Workers)
 }
@@ -313,6 +346,8 @@ func planRunning(s *state.Snapshot, j *state.JobEntry, idle *[]string, now int64
 		// NaN loss) would repeat on any ring.
 		return fin(pb.JobState_JOB_STATE_FAILED, strings.Join(failures, "; ")+resumeHint(j.ID), nil)
 	}
+	ringReports := len(lost) > 0
+	unregistered := 0
 	for _, r := range a.Ranks {
 		w, ok := s.Workers[r.WorkerId]
 		switch {
@@ -320,12 +355,37 @@ func planRunning(s *state.Snapshot, j *state.JobEntry, idle *[]string, now int64
 			// It left at a step boundary; its registration may be gone
 			// already.
 		case !ok:
-			lost[r.Rank] = fmt.Sprintf("worker %s (rank %d) lost: its lease expired", r.WorkerId, r.Rank)
-		case r.WorkerRevision != 0 && w.CreateRev != r.WorkerRevision:
+			unregistered++
+			if since, seen := s.MissingSince[r.WorkerId]; s.MissingSince != nil && (!seen || now-since < LeaseSettle.Milliseconds()) &&
+				!ringReports && !anyConnected(s, a) {
+				return nil // let the other leases of the job expire too, if they will
+			}
+			if lost[r.Rank] == "" {
+				lost[r.Rank] = fmt.Sprintf("worker %s (rank %d) lost: its lease expired", r.WorkerId, r.Rank)
+			}
+		case restarted(r, w):
 			lost[r.Rank] = fmt.Sprintf("worker %s (rank %d) lost: it restarted", r.WorkerId, r.Rank)
 		}
 	}
+	if !ringReports && len(leaving) == 0 && unregistered > 0 && unregistered == len(lost) {
+		// Every rank vanished at once and none reported a failure: more
+		// likely the workers lost etcd than their lives. Nobody could go
+		// on without them anyway: wait for them to register again, all
+		// of them (they come back one by one).
+		switch since := st.UnreachableSinceMs; {
+		case since == 0 && unregistered == len(a.Ranks):
+			return Unreachable{JobID: j.ID, SinceMs: now, StatusRev: j.Status.ModRev,
+				Message: fmt.Sprintf("all %d workers unreachable from etcd; waiting up to %v for them before restarting from the latest checkpoint", len(a.Ranks), UnreachableGrace)}
+		case since != 0 && now-since < UnreachableGrace.Milliseconds():
+			return nil
+		}
+	}
 	if len(lost) == 0 && len(leaving) == 0 {
+		if st.UnreachableSinceMs != 0 {
+			return Unreachable{JobID: j.ID, StatusRev: j.Status.ModRev,
+				Message: fmt.Sprintf("running on %d workers (generation %d); they were unreachable from etcd for %v", len(a.Ranks), a.Generation,
+					time.Duration(now-st.UnreachableSinceMs)*time.Millisecond)}
+		}
 		return nil
 	}
 	step := lastStep(j)
@@ -379,6 +439,27 @@ func planRunning(s *state.Snapshot, j *state.JobEntry, idle *[]string, now int64
 		Detail: fmt.Sprintf("ring rebuilt on %d workers %v", len(workers), workers)})
 	return Reconfigure{JobID: j.ID, Generation: gen, Workers: workers, Abort: failure, Reason: reason, Failure: failure,
 		Exclude: exclude, History: history, StatusRev: j.Status.ModRev, AssignmentRev: j.Assignment.ModRev, ProgressRev: j.ProgressRev}
+}
+
+// anyConnected reports whether a rank of the assignment is known to keep
+// its lease alive right now.
+func anyConnected(s *state.Snapshot, a *pb.Assignment) bool {
+	for _, r := range a.Ranks {
+		if s.Connected[r.WorkerId] {
+			return true
+		}
+	}
+	return false
+}
+
+// restarted reports whether the worker registered for a rank is another
+// process than the one assigned: its state is gone.
+func restarted(r *pb.RankAssignment, w state.Versioned[*pb.Worker]) bool {
+	if r.WorkerIncarnation != "" {
+		return w.Value.Incarnation != r.WorkerIncarnation
+	}
+	// Assigned before incarnations were recorded.
+	return r.WorkerRevision != 0 && w.CreateRev != r.WorkerRevision
 }
 
 func resumeHint(jobID string) string {

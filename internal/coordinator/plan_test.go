@@ -216,6 +216,84 @@ func TestPlan(t *testing.T) {
 			History: []*pb.HistoryEntry{
 				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w1 (rank 0) lost: it restarted", WorkerId: "w1"},
 				{TimeMs: now, Generation: 1, Event: "restarted", Detail: "worker w1 (rank 0) lost: it restarted; 0 of the 1 ranks remain (at least 1 needed); restarting from the latest checkpoint"}}}}},
+		{"every rank unregistered at once, no failure reported: wait for them", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2)
+			j := b.job("j", 2, running, 1)
+			b.running(j, 1, "w1", "w2")
+			j.Spec.MaxRestarts = 3
+			delete(b.s.Workers, "w1")
+			delete(b.s.Workers, "w2")
+		}, []Action{Unreachable{JobID: "j", SinceMs: now, StatusRev: 101,
+			Message: "all 2 workers unreachable from etcd; waiting up to 30s for them before restarting from the latest checkpoint"}}},
+		{"unreachable workers within the grace: nothing yet", func(b *snap) {
+			b.worker("w1", 1)
+			j := b.job("j", 1, running, 1)
+			b.running(j, 1, "w1")
+			j.Spec.MaxRestarts = 3
+			j.Status.Value.UnreachableSinceMs = now - UnreachableGrace.Milliseconds() + 1
+			delete(b.s.Workers, "w1")
+		}, nil},
+		{"unreachable workers past the grace: restart from the latest checkpoint", func(b *snap) {
+			b.worker("w1", 1)
+			j := b.job("j", 1, running, 1)
+			b.running(j, 1, "w1")
+			j.Spec.MaxRestarts = 3
+			j.Status.Value.UnreachableSinceMs = now - UnreachableGrace.Milliseconds()
+			delete(b.s.Workers, "w1")
+		}, []Action{Requeue{JobID: "j", Message: "worker w1 (rank 0) lost: its lease expired; 0 of the 1 ranks remain (at least 1 needed)", StatusRev: 101,
+			History: []*pb.HistoryEntry{
+				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w1 (rank 0) lost: its lease expired", WorkerId: "w1"},
+				{TimeMs: now, Generation: 1, Event: "restarted", Detail: "worker w1 (rank 0) lost: its lease expired; 0 of the 1 ranks remain (at least 1 needed); restarting from the latest checkpoint"}}}}},
+		{"a rank just unregistered, no peer known connected: let the other leases settle", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2)
+			j := b.job("j", 2, running, 1)
+			b.running(j, 1, "w1", "w2")
+			j.Spec.MaxRestarts = 3
+			delete(b.s.Workers, "w2")
+			b.s.MissingSince = map[string]int64{"w2": now - 500}
+		}, nil},
+		{"a rank just unregistered while a peer renews its lease: lost alone, at once", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2)
+			j := b.job("j", 2, running, 1)
+			b.running(j, 1, "w1", "w2")
+			j.Spec.MaxRestarts = 3
+			delete(b.s.Workers, "w2")
+			b.s.MissingSince = map[string]int64{"w2": now - 500}
+			b.s.Connected = map[string]bool{"w1": true}
+		}, []Action{Reconfigure{JobID: "j", Generation: 2, Workers: []string{"w1"}, Abort: true, Failure: true,
+			Reason: "worker w2 (rank 1) lost: its lease expired", StatusRev: 101,
+			History: []*pb.HistoryEntry{
+				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w2 (rank 1) lost: its lease expired", WorkerId: "w2"},
+				{TimeMs: now, Generation: 2, Event: "rebuilt", Detail: "ring rebuilt on 1 workers [w1]"}}}}},
+		{"some unreachable workers back: wait for the others within the grace", func(b *snap) {
+			b.worker("w1", 1).worker("w2", 2)
+			j := b.job("j", 2, running, 1)
+			b.running(j, 1, "w1", "w2")
+			j.Spec.MaxRestarts = 3
+			j.Status.Value.UnreachableSinceMs = now - 500
+			delete(b.s.Workers, "w2")
+		}, nil},
+		{"unreachable workers back in the same incarnation: the job goes on as it was", func(b *snap) {
+			b.s.Workers["w1"] = state.Versioned[*pb.Worker]{Value: &pb.Worker{Id: "w1", Incarnation: "a"}, CreateRev: 1}
+			j := b.job("j", 1, running, 1)
+			b.running(j, 1, "w1")
+			j.Assignment.Value.Ranks[0].WorkerIncarnation = "a"
+			j.Status.Value.UnreachableSinceMs = now - 20000
+			b.s.Workers["w1"] = state.Versioned[*pb.Worker]{Value: &pb.Worker{Id: "w1", Incarnation: "a"}, CreateRev: 7}
+		}, []Action{Unreachable{JobID: "j", StatusRev: 101, Message: "running on 1 workers (generation 1); they were unreachable from etcd for 20s"}}},
+		{"a worker back in another incarnation restarted", func(b *snap) {
+			b.s.Workers["w1"] = state.Versioned[*pb.Worker]{Value: &pb.Worker{Id: "w1", Incarnation: "a"}, CreateRev: 1}
+			b.worker("w2", 2)
+			j := b.job("j", 2, running, 1)
+			b.running(j, 1, "w1", "w2")
+			j.Spec.MaxRestarts = 3
+			j.Assignment.Value.Ranks[0].WorkerIncarnation = "a"
+			b.s.Workers["w1"] = state.Versioned[*pb.Worker]{Value: &pb.Worker{Id: "w1", Incarnation: "b"}, CreateRev: 7}
+		}, []Action{Reconfigure{JobID: "j", Generation: 2, Workers: []string{"w2"}, Abort: true, Failure: true,
+			Reason: "worker w1 (rank 0) lost: it restarted", StatusRev: 101,
+			History: []*pb.HistoryEntry{
+				{TimeMs: now, Generation: 1, Event: "lost", Detail: "worker w1 (rank 0) lost: it restarted", WorkerId: "w1"},
+				{TimeMs: now, Generation: 2, Event: "rebuilt", Detail: "ring rebuilt on 1 workers [w2]"}}}}},
 		{"an elastic job below its minimum restarts from the checkpoint", func(b *snap) {
 			b.worker("w1", 1).worker("w2", 2)
 			j := b.job("j", 3, running, 1)

@@ -70,6 +70,8 @@ type Versioned[T any] struct {
 	Value     T
 	ModRev    int64
 	CreateRev int64
+	// Lease is the key's lease (0: none).
+	Lease int64
 }
 
 // JobEntry is everything stored about one job.
@@ -107,6 +109,15 @@ type Snapshot struct {
 	DamagedJobs map[string]bool
 	// KeysRead is how many keys were read to build the snapshot.
 	KeysRead int
+	// MissingSince is when (Unix ms) the coordinator first saw each
+	// assigned but unregistered worker missing; the planner gives leases
+	// that expire together a moment to do so (nil: long ago).
+	MissingSince map[string]int64
+	// Connected are the registered workers whose lease etcd renewed
+	// within the last keep-alive interval or so (filled by the coordinator
+	// when a job has a missing rank): a job with a connected rank lost the
+	// missing one alone, and is decided at once.
+	Connected map[string]bool
 }
 
 // JobIDs returns the job ids in submission order.
@@ -213,12 +224,12 @@ func (s *Snapshot) decode(k Keys, kvs []*mvccpb.KeyValue) {
 		case strings.HasPrefix(key, k.Workers()):
 			w := &pb.Worker{}
 			if err = Unmarshal(kv.Value, w); err == nil {
-				s.Workers[strings.TrimPrefix(key, k.Workers())] = Versioned[*pb.Worker]{w, kv.ModRevision, kv.CreateRevision}
+				s.Workers[strings.TrimPrefix(key, k.Workers())] = Versioned[*pb.Worker]{w, kv.ModRevision, kv.CreateRevision, kv.Lease}
 			}
 		case strings.HasPrefix(key, k.Claims()):
 			c := &pb.Claim{}
 			if err = Unmarshal(kv.Value, c); err == nil {
-				s.Claims[strings.TrimPrefix(key, k.Claims())] = Versioned[*pb.Claim]{c, kv.ModRevision, kv.CreateRevision}
+				s.Claims[strings.TrimPrefix(key, k.Claims())] = Versioned[*pb.Claim]{c, kv.ModRevision, kv.CreateRevision, kv.Lease}
 			}
 		case strings.HasPrefix(key, k.Jobs()):
 			id, rest, ok := strings.Cut(strings.TrimPrefix(key, k.Jobs()), "/")
@@ -234,11 +245,11 @@ func (s *Snapshot) decode(k Keys, kvs []*mvccpb.KeyValue) {
 			case rest == "status":
 				st := &pb.JobStatus{}
 				err = Unmarshal(kv.Value, st)
-				j.Status = Versioned[*pb.JobStatus]{st, kv.ModRevision, kv.CreateRevision}
+				j.Status = Versioned[*pb.JobStatus]{st, kv.ModRevision, kv.CreateRevision, kv.Lease}
 			case rest == "assignment":
 				a := &pb.Assignment{}
 				err = Unmarshal(kv.Value, a)
-				j.Assignment = &Versioned[*pb.Assignment]{a, kv.ModRevision, kv.CreateRevision}
+				j.Assignment = &Versioned[*pb.Assignment]{a, kv.ModRevision, kv.CreateRevision, kv.Lease}
 			case rest == "progress":
 				j.Progress, j.ProgressRev = &pb.Progress{}, kv.ModRevision
 				err = Unmarshal(kv.Value, j.Progress)

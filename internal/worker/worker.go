@@ -2,6 +2,8 @@ package worker
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -57,6 +59,10 @@ type Config struct {
 	// worker", the part [lo, hi) of the epoch's order the ring consumed.
 	// Tests count samples with it across failures.
 	SampleLog string
+	// EtcdEndpoints, if set, replace the etcd endpoints the coordinator
+	// advertises (for a worker that reaches etcd through a proxy or
+	// another address).
+	EtcdEndpoints []string
 	// CacheDir is where dataset shards read from object storage are
 	// staged while in use ("": the system's temporary directory).
 	CacheDir string
@@ -93,6 +99,11 @@ type Worker struct {
 
 	drainOnce sync.Once
 	drain     chan struct{} // closed by Drain
+
+	// incarnation is random per process: the coordinator tells a worker
+	// that only lost its lease (same incarnation, state intact) from one
+	// that restarted.
+	incarnation string
 
 	// renewed is when etcd last confirmed the lease (unix nanoseconds),
 	// and leaseTTL its TTL: past renewed + TTL the coordinator may have
@@ -177,7 +188,8 @@ func New(cfg Config, log *zap.Logger) (*Worker, error) {
 		addr = net.JoinHostPort(host, fmt.Sprint(tcp.Port))
 	}
 	w := &Worker{cfg: cfg, log: log.With(zap.String("worker", cfg.ID)), lis: lis, addr: addr,
-		hub: allreduce.NewHub(log), be: model.NewCPU(cfg.Threads), data: map[string]*mnist.Dataset{}, drain: make(chan struct{})}
+		hub: allreduce.NewHub(log), be: model.NewCPU(cfg.Threads), data: map[string]*mnist.Dataset{}, drain: make(chan struct{}),
+		incarnation: newIncarnation()}
 	w.srv = grpc.NewServer(allreduce.ServerOptions()...)
 	w.hub.Register(w.srv)
 	return w, nil
@@ -210,6 +222,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	w.keys = state.Keys{Prefix: info.EtcdPrefix}
+	if len(w.cfg.EtcdEndpoints) > 0 {
+		info.EtcdEndpoints = w.cfg.EtcdEndpoints
+	}
 	w.etcd, err = clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: w.cfg.RequestTimeout,
 		Logger: w.log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.ErrorLevel)),
 		// Reconnect within a second of etcd coming back (gRPC's default
@@ -278,51 +293,63 @@ func (w *Worker) coordinatorInfo(ctx context.Context) (*pb.InfoResponse, error) 
 	}
 }
 
-// serveLease registers the worker under a new lease and runs jobs for the
-// claims the coordinator writes, until the lease is lost or ctx ends.
-func (w *Worker) serveLease(ctx context.Context) error {
+// register puts this worker's registration under a new lease (of which
+// kctx's end stops the keep-alive) and returns the lease, the revision of
+// the registration and the keep-alive channel.
+func (w *Worker) register(ctx, kctx context.Context) (clientv3.LeaseID, int64, <-chan *clientv3.LeaseKeepAliveResponse, error) {
 	ttl := max(int64(w.cfg.LeaseTTL/time.Second), 1)
 	rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
+	defer cancel()
 	lease, err := w.etcd.Grant(rctx, ttl)
-	cancel()
 	if err != nil {
-		return fmt.Errorf("granting a lease: %w", err)
+		return 0, 0, nil, fmt.Errorf("granting a lease: %w", err)
 	}
-	defer func() {
-		// A clean stop deregisters at once rather than after the TTL.
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_, _ = w.etcd.Revoke(rctx, lease.ID)
-		cancel()
-	}()
 	host, _ := os.Hostname()
 	reg := &pb.Worker{Id: w.cfg.ID, Addr: w.addr, Devices: []string{w.cfg.Device}, Version: version.Version,
-		RegisteredMs: time.Now().UnixMilli(), Hostname: host, LeaseTtlS: ttl}
+		RegisteredMs: time.Now().UnixMilli(), Hostname: host, LeaseTtlS: ttl, Incarnation: w.incarnation}
 	key := w.keys.Worker(w.cfg.ID)
-	rctx, cancel = context.WithTimeout(ctx, w.cfg.RequestTimeout)
-	// Delete first so that this incarnation gets a new create revision:
-	// the coordinator tells a restarted worker from a live one by it.
+	// Delete first so that each registration gets a new create revision.
 	_, err = w.etcd.Delete(rctx, key)
 	var put *clientv3.PutResponse
 	if err == nil {
 		put, err = w.etcd.Put(rctx, key, state.Marshal(reg), clientv3.WithLease(lease.ID))
 	}
-	cancel()
 	if err != nil {
-		return fmt.Errorf("registering: %w", err)
+		_, _ = w.etcd.Revoke(rctx, lease.ID)
+		return 0, 0, nil, fmt.Errorf("registering: %w", err)
 	}
-	regRev := put.Header.Revision
 	w.leaseTTL.Store(int64(time.Duration(ttl) * time.Second))
 	w.renewed.Store(time.Now().UnixNano())
-	kctx, stopKeepAlive := context.WithCancel(ctx)
-	defer stopKeepAlive()
 	ka, err := w.etcd.KeepAlive(kctx, lease.ID)
 	if err != nil {
-		return fmt.Errorf("keeping the lease alive: %w", err)
+		return 0, 0, nil, fmt.Errorf("keeping the lease alive: %w", err)
 	}
-	w.log.Info("registered", zap.String("ring_addr", w.addr), zap.Int64("lease_ttl_s", ttl), zap.Int64("revision", regRev))
+	w.log.Info("registered", zap.String("ring_addr", w.addr), zap.Int64("lease_ttl_s", ttl), zap.Int64("revision", put.Header.Revision),
+		zap.String("incarnation", w.incarnation))
+	return lease.ID, put.Header.Revision, ka, nil
+}
+
+// serveLease registers the worker under a new lease and runs jobs for the
+// claims the coordinator writes, until ctx ends or the worker is fenced.
+func (w *Worker) serveLease(ctx context.Context) error {
+	kctx, stopKeepAlive := context.WithCancel(ctx)
+	defer stopKeepAlive()
+	var lease clientv3.LeaseID
+	defer func() {
+		// A clean stop deregisters at once rather than after the TTL.
+		if lease != 0 {
+			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_, _ = w.etcd.Revoke(rctx, lease)
+			cancel()
+		}
+	}()
+	lease, regRev, ka, err := w.register(ctx, kctx)
+	if err != nil {
+		return err
+	}
 
 	claimKey := w.keys.Claim(w.cfg.ID)
-	rctx, cancel = context.WithTimeout(ctx, w.cfg.RequestTimeout)
+	rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
 	cur, err := w.etcd.Get(rctx, claimKey)
 	cancel()
 	if err != nil {
@@ -397,18 +424,44 @@ func (w *Worker) serveLease(ctx context.Context) error {
 		case <-retry:
 			retry = nil
 			rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
-			ttl, err := w.etcd.TimeToLive(rctx, lease.ID)
+			ttl, err := w.etcd.TimeToLive(rctx, lease)
 			cancel()
 			switch {
 			case err != nil:
 				retry = time.After(250 * time.Millisecond)
-			case ttl.TTL <= 0:
-				// The coordinator has declared this worker lost and its
-				// job's ring has moved on: it is fenced.
+			case ttl.TTL <= 0 && (run == nil || run.finished()):
 				return fmt.Errorf("the lease expired while etcd was unreachable (for %v)", time.Since(lostAt).Round(time.Millisecond))
+			case ttl.TTL <= 0:
+				// The registration expired while this worker could not
+				// reach etcd, but its job goes on. Whether the
+				// coordinator moved the job on without it is for the
+				// claim to say: register again (the same incarnation,
+				// so the coordinator knows the state is still here)
+				// and read the claim before anything else is written.
+				old := lease
+				nl, _, nka, err := w.register(ctx, kctx)
+				if err != nil {
+					w.log.Warn("registering again failed; retrying", zap.Error(err))
+					retry = time.After(250 * time.Millisecond)
+					break
+				}
+				lease, ka = nl, nka
+				w.log.Warn("the registration expired while etcd was unreachable; registered again, the job goes on unless its claim moved",
+					zap.Duration("unreachable", time.Since(lostAt)), zap.Int64("old_lease", int64(old)))
+				rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
+				cur, err := w.etcd.Get(rctx, claimKey)
+				cancel()
+				switch {
+				case err != nil:
+					// The watch delivers what changed.
+				case len(cur.Kvs) == 0:
+					handle(nil, 0, true)
+				default:
+					handle(cur.Kvs[0].Value, cur.Kvs[0].ModRevision, false)
+				}
 			default:
 				w.renewed.Store(time.Now().UnixNano())
-				if ka, err = w.etcd.KeepAlive(kctx, lease.ID); err != nil {
+				if ka, err = w.etcd.KeepAlive(kctx, lease); err != nil {
 					ka, retry = nil, time.After(250*time.Millisecond)
 				} else {
 					w.log.Info("reconnected to etcd; the registration held", zap.Duration("after", time.Since(lostAt)))
@@ -426,6 +479,12 @@ func (w *Worker) serveLease(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+func newIncarnation() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 func validID(s string) bool {

@@ -63,6 +63,10 @@ type chaosCluster struct {
 	samples string
 	seed    uint64
 	rng     *rand.Rand
+	// workerFlags are added to every worker's command line.
+	workerFlags []string
+	// epochs is how many epochs the job under test trains (0: 1).
+	epochs int
 }
 
 func startChaos(t *testing.T) *chaosCluster {
@@ -83,7 +87,7 @@ func chaosOn(t *testing.T, c *cluster, seed uint64) *chaosCluster {
 
 func (c *chaosCluster) startWorker(id string) {
 	c.t.Helper()
-	c.cluster.startWorker(id, chaosLease, "--sample-log", c.samples)
+	c.cluster.startWorker(id, chaosLease, append([]string{"--sample-log", c.samples}, c.workerFlags...)...)
 }
 
 // startWorkers starts workers ids and waits until they are registered.
@@ -232,7 +236,7 @@ func (c *chaosCluster) checkRecovered(id string, failures int) *pb.Job {
 	if int(j.Status.Restarts) != failures {
 		c.t.Errorf("the job absorbed %d failures, want %d", j.Status.Restarts, failures)
 	}
-	redone := c.checkExactlyOnce(id, trainSamples(c.t), 1)
+	redone := c.checkExactlyOnce(id, trainSamples(c.t), max(c.epochs, 1))
 	if redone > failures {
 		c.t.Errorf("%d steps redone after %d failures, want at most one per failure", redone, failures)
 	}

@@ -1946,9 +1946,14 @@ type JobStatus struct {
 	History []*HistoryEntry `protobuf:"bytes,12,rep,name=history,proto3" json:"history,omitempty"`
 	// Workers this job lost to a suspected failure: none of them is given
 	// any job again until it registers anew (a new worker revision).
-	Excluded      []*ExcludedWorker `protobuf:"bytes,13,rep,name=excluded,proto3" json:"excluded,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Excluded []*ExcludedWorker `protobuf:"bytes,13,rep,name=excluded,proto3" json:"excluded,omitempty"`
+	// Set while every rank of the running job is unregistered at once with
+	// no rank reporting a failure (the workers may have lost etcd, not
+	// their lives): the job waits for them, up to a grace period from this
+	// time, before it restarts from its latest checkpoint.
+	UnreachableSinceMs int64 `protobuf:"varint,14,opt,name=unreachable_since_ms,json=unreachableSinceMs,proto3" json:"unreachable_since_ms,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *JobStatus) Reset() {
@@ -2070,6 +2075,13 @@ func (x *JobStatus) GetExcluded() []*ExcludedWorker {
 		return x.Excluded
 	}
 	return nil
+}
+
+func (x *JobStatus) GetUnreachableSinceMs() int64 {
+	if x != nil {
+		return x.UnreachableSinceMs
+	}
+	return 0
 }
 
 // HistoryEntry is one change of a job's ring: a worker lost, the ring
@@ -2406,11 +2418,14 @@ type RankAssignment struct {
 	WorkerId string                 `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	// The worker's ring (all-reduce) address.
 	Addr string `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
-	// etcd create revision of the worker's registration: a worker that
-	// re-registers under the same id is a different incarnation.
+	// etcd create revision of the worker's registration when assigned.
 	WorkerRevision int64 `protobuf:"varint,4,opt,name=worker_revision,json=workerRevision,proto3" json:"worker_revision,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The worker process's incarnation when assigned: a worker that
+	// re-registers under the same id with another incarnation restarted
+	// (its state is gone); the same incarnation only lost its lease.
+	WorkerIncarnation string `protobuf:"bytes,5,opt,name=worker_incarnation,json=workerIncarnation,proto3" json:"worker_incarnation,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *RankAssignment) Reset() {
@@ -2469,6 +2484,13 @@ func (x *RankAssignment) GetWorkerRevision() int64 {
 		return x.WorkerRevision
 	}
 	return 0
+}
+
+func (x *RankAssignment) GetWorkerIncarnation() string {
+	if x != nil {
+		return x.WorkerIncarnation
+	}
+	return ""
 }
 
 // Progress is written by rank 0 after committed steps.
@@ -2789,7 +2811,10 @@ type Worker struct {
 	LeaseTtlS int64  `protobuf:"varint,8,opt,name=lease_ttl_s,json=leaseTtlS,proto3" json:"lease_ttl_s,omitempty"`
 	// Why no job is given to this worker until it registers anew (filled in
 	// by the API): a job lost it to a suspected failure.
-	Excluded      string `protobuf:"bytes,9,opt,name=excluded,proto3" json:"excluded,omitempty"`
+	Excluded string `protobuf:"bytes,9,opt,name=excluded,proto3" json:"excluded,omitempty"`
+	// Random per worker process: registrations of one process under
+	// several leases (after etcd was unreachable) share it.
+	Incarnation   string `protobuf:"bytes,10,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2883,6 +2908,13 @@ func (x *Worker) GetLeaseTtlS() int64 {
 func (x *Worker) GetExcluded() string {
 	if x != nil {
 		return x.Excluded
+	}
+	return ""
+}
+
+func (x *Worker) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
 	}
 	return ""
 }
@@ -3377,7 +3409,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"keep_every\x18\x04 \x01(\x03R\tkeepEvery\x12 \n" +
 	"\vsynchronous\x18\x05 \x01(\bR\vsynchronous\x12\x17\n" +
 	"\aif_busy\x18\x06 \x01(\tR\x06ifBusy\x12\x1a\n" +
-	"\bchecksum\x18\a \x01(\tR\bchecksum\"\xea\x03\n" +
+	"\bchecksum\x18\a \x01(\tR\bchecksum\"\x9c\x04\n" +
 	"\tJobStatus\x12-\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x17.ringmaster.v1.JobStateR\x05state\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1d\n" +
@@ -3395,7 +3427,8 @@ const file_coordinator_proto_rawDesc = "" +
 	" \x01(\x05R\aworkers\x12\x1a\n" +
 	"\brestarts\x18\v \x01(\x05R\brestarts\x125\n" +
 	"\ahistory\x18\f \x03(\v2\x1b.ringmaster.v1.HistoryEntryR\ahistory\x129\n" +
-	"\bexcluded\x18\r \x03(\v2\x1d.ringmaster.v1.ExcludedWorkerR\bexcluded\"\xa6\x01\n" +
+	"\bexcluded\x18\r \x03(\v2\x1d.ringmaster.v1.ExcludedWorkerR\bexcluded\x120\n" +
+	"\x14unreachable_since_ms\x18\x0e \x01(\x03R\x12unreachableSinceMs\"\xa6\x01\n" +
 	"\fHistoryEntry\x12\x17\n" +
 	"\atime_ms\x18\x01 \x01(\x03R\x06timeMs\x12\x1e\n" +
 	"\n" +
@@ -3427,12 +3460,13 @@ const file_coordinator_proto_rawDesc = "" +
 	"\n" +
 	"created_ms\x18\x03 \x01(\x03R\tcreatedMs\x12\x14\n" +
 	"\x05abort\x18\x04 \x01(\bR\x05abort\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"~\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"\xad\x01\n" +
 	"\x0eRankAssignment\x12\x12\n" +
 	"\x04rank\x18\x01 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04addr\x18\x03 \x01(\tR\x04addr\x12'\n" +
-	"\x0fworker_revision\x18\x04 \x01(\x03R\x0eworkerRevision\"\xe2\x02\n" +
+	"\x0fworker_revision\x18\x04 \x01(\x03R\x0eworkerRevision\x12-\n" +
+	"\x12worker_incarnation\x18\x05 \x01(\tR\x11workerIncarnation\"\xe2\x02\n" +
 	"\bProgress\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -3467,7 +3501,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"\x03url\x18\x02 \x01(\tR\x03url\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\x03 \x01(\x03R\tsizeBytes\x12\x17\n" +
-	"\atime_ms\x18\x04 \x01(\x03R\x06timeMs\"\xf4\x01\n" +
+	"\atime_ms\x18\x04 \x01(\x03R\x06timeMs\"\x96\x02\n" +
 	"\x06Worker\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04addr\x18\x02 \x01(\tR\x04addr\x12\x18\n" +
@@ -3477,7 +3511,9 @@ const file_coordinator_proto_rawDesc = "" +
 	"\bhostname\x18\x06 \x01(\tR\bhostname\x12\x15\n" +
 	"\x06job_id\x18\a \x01(\tR\x05jobId\x12\x1e\n" +
 	"\vlease_ttl_s\x18\b \x01(\x03R\tleaseTtlS\x12\x1a\n" +
-	"\bexcluded\x18\t \x01(\tR\bexcluded\"h\n" +
+	"\bexcluded\x18\t \x01(\tR\bexcluded\x12 \n" +
+	"\vincarnation\x18\n" +
+	" \x01(\tR\vincarnation\"h\n" +
 	"\x05Claim\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1e\n" +
 	"\n" +
