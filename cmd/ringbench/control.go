@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -36,7 +37,7 @@ import (
 type controlBench struct {
 	workers, jobs, finished, jobWorkers int
 	jobTime, retention, window          time.Duration
-	dir                                 string
+	dir, cpuProfile                     string
 }
 
 func newControlCommand() *cobra.Command {
@@ -61,6 +62,7 @@ func newControlCommand() *cobra.Command {
 	f.DurationVar(&b.retention, "retention", 30*time.Second, "the coordinator's --job-retention")
 	f.DurationVar(&b.window, "window", 10*time.Second, "length of each measurement window")
 	f.StringVar(&b.dir, "dir", "", "working directory (default: a temporary one)")
+	f.StringVar(&b.cpuProfile, "cpu-profile", "", "write the coordinator process's CPU profile to this file")
 	return cmd
 }
 
@@ -100,14 +102,24 @@ func (b *controlBench) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	coord := exec.Command(exe, "serve", "--listen", addr, "--data-dir", filepath.Join(dir, "coord"),
-		"--job-retention", b.retention.String(), "--log-level", "warn", "--log-file", filepath.Join(dir, "coordinator.log"))
+	args := []string{"serve", "--listen", addr, "--data-dir", filepath.Join(dir, "coord"),
+		"--job-retention", b.retention.String(), "--log-level", "warn", "--log-file", filepath.Join(dir, "coordinator.log")}
+	if b.cpuProfile != "" {
+		args = append(args, "--cpu-profile", b.cpuProfile)
+	}
+	coord := exec.Command(exe, args...)
 	coord.Stdout, coord.Stderr = os.Stderr, os.Stderr
 	setDeathSignal(coord)
 	if err := coord.Start(); err != nil {
 		return err
 	}
-	defer func() { _ = coord.Process.Kill(); _ = coord.Wait() }()
+	defer func() {
+		// SIGTERM, so that a profile is written; SIGKILL if it hangs.
+		_ = coord.Process.Signal(syscall.SIGTERM)
+		t := time.AfterFunc(30*time.Second, func() { _ = coord.Process.Kill() })
+		_ = coord.Wait()
+		t.Stop()
+	}()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -100,6 +101,7 @@ func call[T any](ctx context.Context, client clientFunc, timeout time.Duration, 
 func newServeCommand() *cobra.Command {
 	var cfg coordinator.Config
 	var lf logFlags
+	var cpuProfile string
 	cmd := &cobra.Command{
 		Use:   "serve [--listen ADDR] [--etcd-endpoints A,B] [--nats-url URL] [--data-dir DIR]",
 		Short: "Run the control plane: the API, the scheduler, and embedded etcd and NATS unless external ones are given",
@@ -110,6 +112,17 @@ func newServeCommand() *cobra.Command {
 				return err
 			}
 			defer log.Sync()
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			c, err := coordinator.Start(cfg, log)
 			if err != nil {
 				return err
@@ -134,6 +147,7 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&cfg.EmbeddedNATSListen, "embedded-nats-listen", "127.0.0.1:0", "address of the embedded NATS server (port 0: a free one, kept across restarts of this data directory)")
 	f.StringVar(&cfg.AdvertiseHost, "advertise-host", "", "host workers use to reach the embedded etcd and NATS (for listening on 0.0.0.0)")
 	f.StringVar(&cfg.DefaultStore, "default-store", "", "checkpoint store of jobs that name none (default file://DATA_DIR/checkpoints)")
+	f.StringVar(&cpuProfile, "cpu-profile", "", "write a CPU profile of the coordinator (with its embedded etcd and NATS) to this file until it stops")
 	f.DurationVar(&cfg.JobRetention, "job-retention", 7*24*time.Hour, "how long a finished job stays listed (spec, final state, history); 0 keeps it for ever")
 	f.StringVar(&cfg.Name, "name", "ringmaster", "this replica's name (its embedded etcd member and its entry in --initial-cluster and --nats-routes)")
 	f.StringVar(&cfg.InitialCluster, "initial-cluster", "", "run as one of several replicas forming an embedded etcd cluster: name=http://host:port (etcd peer URLs) of every replica, this one included")

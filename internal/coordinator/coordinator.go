@@ -499,7 +499,12 @@ func needsPlan(k state.Keys, evs []*clientv3.Event) bool {
 		switch {
 		case strings.HasPrefix(part, "checkpoints/"):
 			continue
-		case part == "progress" && ev.Type == clientv3.EventTypePut:
+		case ev.Type == clientv3.EventTypeDelete:
+			// A job's keys are deleted by the coordinator itself (rank
+			// reports, along with a status change) or when a finished
+			// job's retention lease runs out: neither calls for a plan.
+			continue
+		case part == "progress":
 			p := &pb.Progress{}
 			if state.Unmarshal(ev.Kv.Value, p) == nil && !p.Done {
 				continue

@@ -29,7 +29,7 @@ func TestNeedsPlan(t *testing.T) {
 		{"checkpoint record", []*clientv3.Event{put(k.Checkpoint("j", 8), []byte("{}"))}, false},
 		{"progress that says done", []*clientv3.Event{put(k.Progress("j"), done)}, true},
 		{"unreadable progress", []*clientv3.Event{put(k.Progress("j"), []byte("{"))}, true},
-		{"progress deleted", []*clientv3.Event{del(k.Progress("j"))}, true},
+		{"a finished job's keys expire", []*clientv3.Event{del(k.Progress("j")), del(k.Status("j")), del(k.Spec("j"))}, false},
 		{"a report among progress", []*clientv3.Event{put(k.Progress("j"), progress), put(k.Report("j", 1), []byte("{}"))}, true},
 		{"a status", []*clientv3.Event{put(k.Status("j"), []byte("{}"))}, true},
 		{"a worker lease expired", []*clientv3.Event{del(k.Worker("w1"))}, true},
