@@ -7,6 +7,7 @@ import (
 	"time"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/internal/coordinator"
 )
 
 const smallJob = `
@@ -137,7 +138,10 @@ func TestResumeAfterKilledWorkersIsExact(t *testing.T) {
 	c.kill("a0")
 	c.kill("a1")
 	killed := time.Now()
-	failed := c.waitState(id, pb.JobState_JOB_STATE_FAILED, 30*time.Second)
+	// Every rank vanished at once and none reported a failure: the
+	// coordinator first waits UnreachableGrace for them (they may only
+	// have lost etcd), then fails the job.
+	failed := c.waitState(id, pb.JobState_JOB_STATE_FAILED, 30*time.Second+coordinator.UnreachableGrace)
 	t.Logf("job failed %v after the kill: %s", time.Since(killed), failed.Status.Message)
 	if !strings.Contains(failed.Status.Message, "lost") {
 		t.Errorf("failure message %q does not say the workers were lost", failed.Status.Message)
