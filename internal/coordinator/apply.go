@@ -208,13 +208,14 @@ func appendHistory(h, more []*pb.HistoryEntry) []*pb.HistoryEntry {
 
 func cloneStatus(s *pb.JobStatus) *pb.JobStatus { return proto.Clone(s).(*pb.JobStatus) }
 
-// layoutVersion is the key layout this coordinator writes: version 2 adds
-// the active markers and the retention leases of finished jobs.
-const layoutVersion = "2"
+// layoutVersion is the key layout this coordinator writes: version 2
+// added the active markers and the retention leases of finished jobs;
+// version 3 moved progress out of the job's keys (to progress/<job>),
+// outside what the scheduler watches.
+const layoutVersion = "3"
 
-// migrate brings state written by an older coordinator to this layout: a
-// marker for each job that is not finished, and finished jobs onto a
-// retention lease. It runs once, by the leader, and is safe to repeat.
+// migrate brings state written by an older coordinator to this layout. It
+// runs once, by the leader, and is safe to repeat.
 func (c *Coordinator) migrate(ctx context.Context) error {
 	k := c.keys
 	rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
@@ -223,27 +224,54 @@ func (c *Coordinator) migrate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if len(resp.Kvs) > 0 && string(resp.Kvs[0].Value) == layoutVersion {
+	from := ""
+	if len(resp.Kvs) > 0 {
+		from = string(resp.Kvs[0].Value)
+	}
+	if from == layoutVersion {
 		return nil
 	}
 	snap, err := state.Read(rctx, c.etcd, k)
 	if err != nil {
 		return err
 	}
-	active, finished := 0, 0
+	active, finished, moved := 0, 0, 0
 	for _, id := range snap.JobIDs() {
 		j := snap.Jobs[id]
 		var ops []clientv3.Op
 		var cmps []clientv3.Cmp
-		if !state.IsTerminal(j.Status.Value.State) {
+		for _, kv := range j.KVs {
+			// Layout 3: progress leaves the job's keys.
+			if string(kv.Key) != k.LegacyProgress(id) {
+				continue
+			}
+			var opts []clientv3.OpOption
+			if kv.Lease != 0 {
+				opts = append(opts, clientv3.WithLease(clientv3.LeaseID(kv.Lease)))
+			}
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision))
+			ops = append(ops, clientv3.OpPut(k.Progress(id), string(kv.Value), opts...), clientv3.OpDelete(string(kv.Key)))
+			moved++
+		}
+		switch {
+		case from == "2":
+			// Markers and retention leases are there already.
+		case !state.IsTerminal(j.Status.Value.State):
 			ops = append(ops, clientv3.OpPut(k.ActiveJob(id), ""))
 			active++
-		} else if c.cfg.JobRetention > 0 {
+		case c.cfg.JobRetention > 0:
 			lease, err := c.etcd.Grant(rctx, int64(c.cfg.JobRetention/time.Second))
 			if err != nil {
 				return err
 			}
-			cmps, ops = moveKeys(j, nil, "", clientv3.WithLease(lease.ID))
+			mc, mo := moveKeys(j, []string{k.LegacyProgress(id)}, "", clientv3.WithLease(lease.ID))
+			cmps, ops = append(cmps, mc...), append(ops, mo...)
+			for i, op := range ops {
+				if op.IsPut() && string(op.KeyBytes()) == k.Progress(id) {
+					// The moved progress goes on the same lease.
+					ops[i] = clientv3.OpPut(k.Progress(id), string(op.ValueBytes()), clientv3.WithLease(lease.ID))
+				}
+			}
 			finished++
 		}
 		if len(ops) == 0 {
@@ -254,14 +282,15 @@ func (c *Coordinator) migrate(ctx context.Context) error {
 			return err
 		}
 		if !tr.Succeeded {
-			return fmt.Errorf("job %s changed while it was upgraded; trying again", id)
+			return fmt.Errorf("job %s changed while it was upgraded (%d conditions); trying again", id, len(cmps))
 		}
 	}
 	if _, err := c.etcd.Put(rctx, k.Layout(), layoutVersion); err != nil {
 		return err
 	}
-	if active+finished > 0 {
-		c.log.Info("key layout upgraded", zap.String("layout", layoutVersion), zap.Int("active_jobs", active), zap.Int("finished_jobs_on_retention", finished))
+	if active+finished+moved > 0 {
+		c.log.Info("key layout upgraded", zap.String("from", from), zap.String("to", layoutVersion), zap.Int("active_jobs", active),
+			zap.Int("finished_jobs_on_retention", finished), zap.Int("progress_keys_moved", moved))
 	}
 	return nil
 }

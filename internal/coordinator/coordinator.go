@@ -420,7 +420,7 @@ func (c *Coordinator) replicaID() string {
 // reconcileLoop re-plans whenever the cluster state changes and at a
 // steady interval.
 func (c *Coordinator) reconcileLoop(ctx context.Context) error {
-	wch := c.etcd.Watch(ctx, c.keys.Prefix, clientv3.WithPrefix())
+	wch := c.watchHot(ctx)
 	tick := time.NewTicker(c.cfg.ReconcileInterval)
 	defer tick.Stop()
 	for {
@@ -446,6 +446,34 @@ func (c *Coordinator) reconcileLoop(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// watchHot watches what the scheduler decides on: workers, claims, the
+// active markers and the jobs' keys, not rank 0's progress (about once a
+// second per running job; the steady tick reads it, and a job's result
+// is noticed within a tick). The channel closes when ctx ends.
+func (c *Coordinator) watchHot(ctx context.Context) clientv3.WatchChan {
+	out := make(chan clientv3.WatchResponse)
+	var wg sync.WaitGroup
+	for _, p := range []string{c.keys.Workers(), c.keys.Claims(), c.keys.Active(), c.keys.Jobs()} {
+		wch := c.etcd.Watch(ctx, p, clientv3.WithPrefix())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for wr := range wch {
+				select {
+				case out <- wr:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(out)
+	}()
+	return out
 }
 
 // waitForChange returns when the state has changed in a way that may
@@ -491,6 +519,14 @@ func (c *Coordinator) waitForChange(ctx context.Context, wch clientv3.WatchChan,
 func needsPlan(k state.Keys, evs []*clientv3.Event) bool {
 	for _, ev := range evs {
 		key := string(ev.Kv.Key)
+		if strings.HasPrefix(key, k.Progresses()) {
+			// Not watched; a result is noticed within a tick anyway.
+			p := &pb.Progress{}
+			if ev.Type == clientv3.EventTypeDelete || (state.Unmarshal(ev.Kv.Value, p) == nil && !p.Done) {
+				continue
+			}
+			return true
+		}
 		rest, ok := strings.CutPrefix(key, k.Jobs())
 		if !ok {
 			return true

@@ -134,3 +134,58 @@ func TestFinishedJobsLeaveTheSchedulerAndExpire(t *testing.T) {
 		t.Errorf("%d keys left under %s; want the spec and status of 2 jobs", resp.Count, c.keys.Jobs())
 	}
 }
+
+// State from layout 2 (progress under the job's keys) is upgraded: the
+// progress moves to progress/<job>, on the lease it had.
+func TestMigrateMovesProgressOutOfTheJob(t *testing.T) {
+	c, err := Start(Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), JobRetention: time.Hour}, zaptest.NewLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	k := c.keys
+	// The leader upgrades (an empty etcd) when it is elected: wait for it,
+	// so that the upgrade below is the test's own.
+	for {
+		resp, err := c.etcd.Get(ctx, k.Layout())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.Kvs) == 1 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	lease, err := c.etcd.Grant(ctx, 3600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := `{"generation": "1", "step": "7", "done": true}`
+	for _, kv := range [][2]string{
+		{k.Spec("old"), `{"name": "old", "workers": 1}`},
+		{k.Status("old"), `{"state": "JOB_STATE_SUCCEEDED"}`},
+		{k.LegacyProgress("old"), done},
+	} {
+		if _, err := c.etcd.Put(ctx, kv[0], kv[1], clientv3.WithLease(lease.ID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.etcd.Put(ctx, k.Layout(), "2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.etcd.Get(ctx, k.Progress("old"))
+	if err != nil || len(resp.Kvs) != 1 || string(resp.Kvs[0].Value) != done || resp.Kvs[0].Lease != int64(lease.ID) {
+		t.Fatalf("progress/old after the upgrade: %v, %v; want the old value on lease %x", resp.Kvs, err, lease.ID)
+	}
+	if resp, err := c.etcd.Get(ctx, k.LegacyProgress("old")); err != nil || len(resp.Kvs) != 0 {
+		t.Errorf("the old progress key is still there: %v, %v", resp.Kvs, err)
+	}
+	if resp, err := c.etcd.Get(ctx, k.Layout()); err != nil || string(resp.Kvs[0].Value) != layoutVersion {
+		t.Errorf("layout after the upgrade: %v, %v", resp.Kvs, err)
+	}
+}

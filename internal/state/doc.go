@@ -10,15 +10,16 @@
 //	<prefix>jobs/<job-id>/spec                  JobSpec, written once at submission
 //	<prefix>jobs/<job-id>/status                JobStatus, written by the coordinator
 //	<prefix>jobs/<job-id>/assignment            Assignment: rank -> worker, with the generation
-//	<prefix>jobs/<job-id>/progress              Progress, written by rank 0 after committed steps
 //	<prefix>jobs/<job-id>/reports/<rank>        RankReport: a rank's failure
 //	<prefix>jobs/<job-id>/checkpoints/<step>    CheckpointRecord
+//	<prefix>progress/<job-id>                   Progress, written by rank 0 about once a second
 //	<prefix>active/<job-id>                     empty marker while the job is not finished
 //	<prefix>election/                           coordinator leader election
-//	<prefix>layout                              version of this layout ("2")
+//	<prefix>layout                              version of this layout ("3")
 //
 // The scheduler reads workers, claims, and the jobs with an active marker
-// (ReadActive), so its reads grow with what is in play, not with history.
+// (ReadActive), so its reads grow with what is in play, not with history;
+// it watches everything but progress, which it reads on its steady tick.
 // A finished job's keys lose their marker and are moved onto a lease of
 // the retention period: etcd deletes them when it runs out. Resuming a job
 // moves them back off the lease.

@@ -30,8 +30,12 @@ func (k Keys) Job(id string) string         { return k.Jobs() + id + "/" }
 func (k Keys) Spec(id string) string        { return k.Job(id) + "spec" }
 func (k Keys) Status(id string) string      { return k.Job(id) + "status" }
 func (k Keys) Assignment(id string) string  { return k.Job(id) + "assignment" }
-func (k Keys) Progress(id string) string    { return k.Job(id) + "progress" }
-func (k Keys) Reports(id string) string     { return k.Job(id) + "reports/" }
+func (k Keys) Progresses() string           { return k.Prefix + "progress/" }
+func (k Keys) Progress(id string) string    { return k.Progresses() + id }
+
+// LegacyProgress is where layout 2 kept a job's progress.
+func (k Keys) LegacyProgress(id string) string { return k.Job(id) + "progress" }
+func (k Keys) Reports(id string) string        { return k.Job(id) + "reports/" }
 func (k Keys) Report(id string, rank int32) string {
 	return k.Reports(id) + strconv.Itoa(int(rank))
 }
@@ -147,7 +151,18 @@ func Read(ctx context.Context, cli *clientv3.Client, k Keys) (*Snapshot, error) 
 // assignment, progress, reports and checkpoint records): what the API
 // needs to answer about one job, read without the rest of the cluster.
 func ReadJob(ctx context.Context, cli *clientv3.Client, k Keys, id string) (*Snapshot, error) {
-	return read(ctx, cli, k, k.Job(id))
+	resp, err := cli.Get(ctx, k.Job(id), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("state: reading job %s: %w", id, err)
+	}
+	s := newSnapshot(resp.Header.Revision)
+	kvs := resp.Kvs
+	p, err := cli.Get(ctx, k.Progress(id), clientv3.WithRev(s.Rev))
+	if err != nil {
+		return nil, fmt.Errorf("state: reading the progress of job %s: %w", id, err)
+	}
+	s.decode(k, append(kvs, p.Kvs...))
+	return s, nil
 }
 
 func read(ctx context.Context, cli *clientv3.Client, k Keys, prefix string) (*Snapshot, error) {
@@ -187,6 +202,10 @@ func ReadActive(ctx context.Context, cli *clientv3.Client, k Keys) (*Snapshot, e
 		resp, err := cli.Get(ctx, k.Job(id), clientv3.WithPrefix(), at)
 		if err != nil {
 			return nil, fmt.Errorf("state: reading job %s: %w", id, err)
+		}
+		kvs = append(kvs, resp.Kvs...)
+		if resp, err = cli.Get(ctx, k.Progress(id), at); err != nil {
+			return nil, fmt.Errorf("state: reading the progress of job %s: %w", id, err)
 		}
 		kvs = append(kvs, resp.Kvs...)
 	}
@@ -230,6 +249,14 @@ func (s *Snapshot) decode(k Keys, kvs []*mvccpb.KeyValue) {
 			c := &pb.Claim{}
 			if err = Unmarshal(kv.Value, c); err == nil {
 				s.Claims[strings.TrimPrefix(key, k.Claims())] = Versioned[*pb.Claim]{c, kv.ModRevision, kv.CreateRevision, kv.Lease}
+			}
+		case strings.HasPrefix(key, k.Progresses()):
+			j := job(strings.TrimPrefix(key, k.Progresses()))
+			j.KVs = append(j.KVs, kv)
+			j.Progress, j.ProgressRev = &pb.Progress{}, kv.ModRevision
+			if err = Unmarshal(kv.Value, j.Progress); err != nil {
+				j.Progress, j.ProgressRev = nil, 0
+				s.DamagedJobs[j.ID] = true
 			}
 		case strings.HasPrefix(key, k.Jobs()):
 			id, rest, ok := strings.Cut(strings.TrimPrefix(key, k.Jobs()), "/")
