@@ -80,6 +80,7 @@ func newHiddenServeCommand() *cobra.Command {
 type window struct {
 	cpuMs, ops float64
 	secs       float64
+	jobs       int64 // jobs finished during the window
 }
 
 func (b *controlBench) run(ctx context.Context) error {
@@ -276,7 +277,7 @@ func (b *controlBench) run(ctx context.Context) error {
 		if err != nil {
 			return window{}, err
 		}
-		t0 := time.Now()
+		t0, f0 := time.Now(), finished.Load()
 		select {
 		case <-ctx.Done():
 			return window{}, ctx.Err()
@@ -292,9 +293,9 @@ func (b *controlBench) run(ctx context.Context) error {
 		if err != nil {
 			return window{}, err
 		}
-		w := window{cpuMs: cpu1 - cpu0, ops: ops1 - ops0, secs: time.Since(t0).Seconds()}
-		fmt.Fprintf(os.Stderr, "ringbench control: %s: %d finished, coordinator CPU %.0f ms/s, etcd %.0f ops/s\n",
-			label, finished.Load(), w.cpuMs/w.secs, w.ops/w.secs)
+		w := window{cpuMs: cpu1 - cpu0, ops: ops1 - ops0, secs: time.Since(t0).Seconds(), jobs: finished.Load() - f0}
+		fmt.Fprintf(os.Stderr, "ringbench control: %s: %d finished, %.1f jobs/s, coordinator CPU %.0f ms/s (%.1f ms a job), etcd %.0f ops/s (%.1f a job)\n",
+			label, finished.Load(), float64(w.jobs)/w.secs, w.cpuMs/w.secs, w.cpuMs/float64(max(w.jobs, 1)), w.ops/w.secs, w.ops/float64(max(w.jobs, 1)))
 		return w, nil
 	}
 	waitFinished := func(n int64) error {
@@ -347,9 +348,11 @@ func (b *controlBench) run(ctx context.Context) error {
 	slices.Sort(lat)
 	p99 := lat[min(len(lat)-1, len(lat)*99/100)]
 	p50 := lat[len(lat)/2]
-	fmt.Printf("workers=%d jobs=%d finished=%d schedule_p50_ms=%.1f schedule_p99_ms=%.1f coordinator_cpu_ms_per_s_at_100=%.0f coordinator_cpu_ms_per_s_at_%d=%.0f etcd_ops_per_s_at_100=%.0f etcd_ops_per_s_at_%d=%.0f etcd_db_bytes=%d etcd_db_in_use_bytes=%d etcd_keys=%d\n",
+	perJob := func(w window, v float64) float64 { return v / float64(max(w.jobs, 1)) }
+	fmt.Printf("workers=%d jobs=%d finished=%d schedule_p50_ms=%.1f schedule_p99_ms=%.1f coordinator_cpu_ms_per_s_at_100=%.0f coordinator_cpu_ms_per_s_at_%d=%.0f etcd_ops_per_s_at_100=%.0f etcd_ops_per_s_at_%d=%.0f etcd_ops_per_job_at_100=%.1f etcd_ops_per_job_at_%d=%.1f cpu_ms_per_job_at_100=%.1f cpu_ms_per_job_at_%d=%.1f etcd_db_bytes=%d etcd_db_in_use_bytes=%d etcd_keys=%d\n",
 		b.workers, b.jobs, finished.Load(), ms(p50), ms(p99), early.cpuMs/early.secs, b.finished, late.cpuMs/late.secs,
-		early.ops/early.secs, b.finished, late.ops/late.secs, st.DbSize, st.DbSizeInUse, cnt.Count)
+		early.ops/early.secs, b.finished, late.ops/late.secs, perJob(early, early.ops), b.finished, perJob(late, late.ops),
+		perJob(early, early.cpuMs), b.finished, perJob(late, late.cpuMs), st.DbSize, st.DbSizeInUse, cnt.Count)
 	return nil
 }
 
