@@ -137,11 +137,11 @@ func (b *controlBench) run(ctx context.Context) error {
 		return fmt.Errorf("the coordinator did not answer: %w", err)
 	}
 	etcdURL := info.EtcdEndpoints[0]
-	cli, err := clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
+	etcd, err := clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: 10 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		return err
 	}
-	defer cli.Close()
+	defer etcd.Close()
 	keys := rmstate.Keys{Prefix: info.EtcdPrefix}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -150,11 +150,11 @@ func (b *controlBench) run(ctx context.Context) error {
 	// default 3 s TTL).
 	for i := range b.workers {
 		id := fmt.Sprintf("sim%05d", i)
-		lease, err := cli.Grant(ctx, 3)
+		lease, err := etcd.Grant(ctx, 3)
 		if err != nil {
 			return err
 		}
-		ka, err := cli.KeepAlive(ctx, lease.ID)
+		ka, err := etcd.KeepAlive(ctx, lease.ID)
 		if err != nil {
 			return err
 		}
@@ -163,7 +163,7 @@ func (b *controlBench) run(ctx context.Context) error {
 			}
 		}()
 		reg := &pb.Worker{Id: id, Addr: "127.0.0.1:1", Devices: []string{"cpu"}, LeaseTtlS: 3, Incarnation: id, RegisteredMs: time.Now().UnixMilli()}
-		if _, err := cli.Put(ctx, keys.Worker(id), rmstate.Marshal(reg), clientv3.WithLease(lease.ID)); err != nil {
+		if _, err := etcd.Put(ctx, keys.Worker(id), rmstate.Marshal(reg), clientv3.WithLease(lease.ID)); err != nil {
 			return err
 		}
 	}
@@ -214,7 +214,7 @@ func (b *controlBench) run(ctx context.Context) error {
 				p.Result = &pb.JobResult{Steps: step}
 			}
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_, err := cli.Txn(rctx).If(clientv3.Compare(clientv3.ModRevision(keys.Claim(w)), "=", claimRev)).
+			_, err := etcd.Txn(rctx).If(clientv3.Compare(clientv3.ModRevision(keys.Claim(w)), "=", claimRev)).
 				Then(clientv3.OpPut(keys.Progress(job), rmstate.Marshal(p))).Commit()
 			cancel()
 			if err != nil || done {
@@ -231,7 +231,7 @@ func (b *controlBench) run(ctx context.Context) error {
 			}
 		}
 	}
-	wch := cli.Watch(ctx, keys.Claims(), clientv3.WithPrefix())
+	wch := etcd.Watch(ctx, keys.Claims(), clientv3.WithPrefix())
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -328,17 +328,17 @@ func (b *controlBench) run(ctx context.Context) error {
 	// now, as it would, and measure what the keys take.
 	rctx, rcancel := context.WithTimeout(ctx, 30*time.Second)
 	defer rcancel()
-	st, err := cli.Status(rctx, etcdURL)
+	st, err := etcd.Status(rctx, etcdURL)
 	if err != nil {
 		return err
 	}
-	if _, err := cli.Compact(rctx, st.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+	if _, err := etcd.Compact(rctx, st.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
 		return err
 	}
-	if st, err = cli.Status(rctx, etcdURL); err != nil {
+	if st, err = etcd.Status(rctx, etcdURL); err != nil {
 		return err
 	}
-	cnt, err := cli.Get(rctx, keys.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	cnt, err := etcd.Get(rctx, keys.Prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 	if err != nil {
 		return err
 	}

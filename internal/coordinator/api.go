@@ -295,9 +295,9 @@ func (a *api) GetJob(ctx context.Context, req *pb.GetJobRequest) (*pb.Job, error
 // updateStatus applies fn to the job's status in a transaction guarded by
 // its revision, retrying on concurrent changes.
 //
-// A resume (keep) also makes the job active again and takes its keys off
-// the retention lease it got when it finished.
-func (a *api) updateStatus(ctx context.Context, id string, fn func(*state.JobEntry, *pb.JobStatus) error, keep ...bool) (*pb.Job, error) {
+// With reactivate (a resume) the job also becomes active again and its keys
+// come off the retention lease it got when it finished.
+func (a *api) updateStatus(ctx context.Context, id string, reactivate bool, fn func(*state.JobEntry, *pb.JobStatus) error) (*pb.Job, error) {
 	deadline := time.Now().Add(transientWindow)
 	for tries := 0; tries < 10; {
 		_, j, err := a.job(ctx, id)
@@ -312,7 +312,7 @@ func (a *api) updateStatus(ctx context.Context, id string, fn func(*state.JobEnt
 		tctx, cancel := context.WithTimeout(ctx, a.c.cfg.RequestTimeout)
 		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(a.c.keys.Status(id)), "=", j.Status.ModRev)}
 		ops := []clientv3.Op{clientv3.OpPut(a.c.keys.Status(id), state.Marshal(st))}
-		if len(keep) > 0 && keep[0] {
+		if reactivate {
 			mc, mo := moveKeys(j, []string{a.c.keys.Status(id)}, "")
 			cmps, ops = append(cmps, mc...), append(append(ops, mo...), clientv3.OpPut(a.c.keys.ActiveJob(id), ""))
 		}
@@ -338,7 +338,7 @@ func (a *api) updateStatus(ctx context.Context, id string, fn func(*state.JobEnt
 }
 
 func (a *api) CancelJob(ctx context.Context, req *pb.CancelJobRequest) (*pb.Job, error) {
-	return a.updateStatus(ctx, req.JobId, func(j *state.JobEntry, st *pb.JobStatus) error {
+	return a.updateStatus(ctx, req.JobId, false, func(j *state.JobEntry, st *pb.JobStatus) error {
 		if state.IsTerminal(st.State) {
 			return status.Errorf(codes.FailedPrecondition, "job %s is already %s", j.ID, state.StateName(st.State))
 		}
@@ -387,7 +387,7 @@ func (a *api) ResumeJob(ctx context.Context, req *pb.ResumeJobRequest) (*pb.Job,
 			return nil, err
 		}
 	}
-	return a.updateStatus(ctx, req.JobId, func(j *state.JobEntry, st *pb.JobStatus) error {
+	return a.updateStatus(ctx, req.JobId, true, func(j *state.JobEntry, st *pb.JobStatus) error {
 		if err := resumable(j, st); err != nil {
 			return err
 		}
@@ -412,7 +412,7 @@ func (a *api) ResumeJob(ctx context.Context, req *pb.ResumeJobRequest) (*pb.Job,
 			st.Message = fmt.Sprintf("resuming from the latest valid checkpoint (last recorded: step %d); waiting for %d idle workers", last.Step, workers)
 		}
 		return nil
-	}, true)
+	})
 }
 
 // checkpoints returns the manager of a job's checkpoints, as its workers

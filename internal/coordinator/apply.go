@@ -240,19 +240,7 @@ func (c *Coordinator) migrate(ctx context.Context) error {
 		j := snap.Jobs[id]
 		var ops []clientv3.Op
 		var cmps []clientv3.Cmp
-		for _, kv := range j.KVs {
-			// Layout 3: progress leaves the job's keys.
-			if string(kv.Key) != k.LegacyProgress(id) {
-				continue
-			}
-			var opts []clientv3.OpOption
-			if kv.Lease != 0 {
-				opts = append(opts, clientv3.WithLease(clientv3.LeaseID(kv.Lease)))
-			}
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision))
-			ops = append(ops, clientv3.OpPut(k.Progress(id), string(kv.Value), opts...), clientv3.OpDelete(string(kv.Key)))
-			moved++
-		}
+		var lease []clientv3.OpOption // a finished job's retention lease, when it gets one here
 		switch {
 		case from == "2":
 			// Markers and retention leases are there already.
@@ -260,19 +248,27 @@ func (c *Coordinator) migrate(ctx context.Context) error {
 			ops = append(ops, clientv3.OpPut(k.ActiveJob(id), ""))
 			active++
 		case c.cfg.JobRetention > 0:
-			lease, err := c.etcd.Grant(rctx, int64(c.cfg.JobRetention/time.Second))
+			l, err := c.etcd.Grant(rctx, int64(c.cfg.JobRetention/time.Second))
 			if err != nil {
 				return err
 			}
-			mc, mo := moveKeys(j, []string{k.LegacyProgress(id)}, "", clientv3.WithLease(lease.ID))
-			cmps, ops = append(cmps, mc...), append(ops, mo...)
-			for i, op := range ops {
-				if op.IsPut() && string(op.KeyBytes()) == k.Progress(id) {
-					// The moved progress goes on the same lease.
-					ops[i] = clientv3.OpPut(k.Progress(id), string(op.ValueBytes()), clientv3.WithLease(lease.ID))
-				}
-			}
+			lease = []clientv3.OpOption{clientv3.WithLease(l.ID)}
+			cmps, ops = moveKeys(j, []string{k.LegacyProgress(id)}, "", lease...)
 			finished++
+		}
+		for _, kv := range j.KVs {
+			// Layout 3: progress leaves the job's keys, onto the lease it
+			// had (or the one just granted).
+			if string(kv.Key) != k.LegacyProgress(id) {
+				continue
+			}
+			opts := lease
+			if opts == nil && kv.Lease != 0 {
+				opts = []clientv3.OpOption{clientv3.WithLease(clientv3.LeaseID(kv.Lease))}
+			}
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision))
+			ops = append(ops, clientv3.OpPut(k.Progress(id), string(kv.Value), opts...), clientv3.OpDelete(string(kv.Key)))
+			moved++
 		}
 		if len(ops) == 0 {
 			continue
@@ -282,7 +278,7 @@ func (c *Coordinator) migrate(ctx context.Context) error {
 			return err
 		}
 		if !tr.Succeeded {
-			return fmt.Errorf("job %s changed while it was upgraded (%d conditions); trying again", id, len(cmps))
+			return fmt.Errorf("job %s changed while it was upgraded; trying again", id)
 		}
 	}
 	if _, err := c.etcd.Put(rctx, k.Layout(), layoutVersion); err != nil {

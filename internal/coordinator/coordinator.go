@@ -139,20 +139,13 @@ func (c *Config) natsCluster() (*embedded.NATSCluster, error) {
 	if c.NATSRoutes == "" {
 		return nil, nil
 	}
-	out := &embedded.NATSCluster{}
-	for _, m := range strings.Split(c.NATSRoutes, ",") {
-		n, raw, ok := strings.Cut(strings.TrimSpace(m), "=")
-		u, err := url.Parse(raw)
-		if !ok || n == "" || err != nil || u.Scheme != "nats" || u.Port() == "" {
-			return nil, fmt.Errorf("--nats-routes entry %q: want name=nats://host:port", m)
-		}
-		out.Routes = append(out.Routes, u.String())
-		if n == c.Name {
-			out.Listen = u.Host
-		}
+	all, own, err := embedded.Members("--nats-routes", c.NATSRoutes, c.Name, "nats")
+	if err != nil {
+		return nil, err
 	}
-	if out.Listen == "" {
-		return nil, fmt.Errorf("--nats-routes %q has no entry for this replica's --name %q", c.NATSRoutes, c.Name)
+	out := &embedded.NATSCluster{Listen: own.Host}
+	for _, u := range all {
+		out.Routes = append(out.Routes, u.String())
 	}
 	if c.PeerListenHost != "" {
 		_, port, _ := net.SplitHostPort(out.Listen)

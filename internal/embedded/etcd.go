@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -161,29 +162,37 @@ func readyTimeout(cfg EtcdConfig) time.Duration {
 // OwnPeerURL finds member name's peer URL in an initial-cluster list
 // (name=http://host:port,...), checking the list's syntax.
 func OwnPeerURL(initialCluster, name string) (*url.URL, error) {
-	var own *url.URL
+	_, own, err := Members("--initial-cluster", initialCluster, name, "http", "https")
+	return own, err
+}
+
+// Members parses a list of replicas as name=scheme://host:port,... (the
+// value of flag), checking its syntax, and returns every URL in order and
+// the one of replica name.
+func Members(flag, list, name string, schemes ...string) (all []*url.URL, own *url.URL, err error) {
 	seen := map[string]bool{}
-	for _, m := range strings.Split(initialCluster, ",") {
+	for _, m := range strings.Split(list, ",") {
 		n, raw, ok := strings.Cut(strings.TrimSpace(m), "=")
 		if !ok || n == "" {
-			return nil, fmt.Errorf("--initial-cluster entry %q: want name=http://host:port", m)
+			return nil, nil, fmt.Errorf("%s entry %q: want name=%s://host:port", flag, m, schemes[0])
 		}
 		u, err := url.Parse(raw)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Port() == "" {
-			return nil, fmt.Errorf("--initial-cluster entry %q: the peer URL must be http://host:port", m)
+		if err != nil || !slices.Contains(schemes, u.Scheme) || u.Port() == "" {
+			return nil, nil, fmt.Errorf("%s entry %q: the URL must be %s://host:port", flag, m, schemes[0])
 		}
 		if seen[n] {
-			return nil, fmt.Errorf("--initial-cluster names member %q twice", n)
+			return nil, nil, fmt.Errorf("%s names member %q twice", flag, n)
 		}
 		seen[n] = true
+		all = append(all, u)
 		if n == name {
 			own = u
 		}
 	}
 	if own == nil {
-		return nil, fmt.Errorf("--initial-cluster %q has no entry for this replica's --name %q", initialCluster, name)
+		return nil, nil, fmt.Errorf("%s %q has no entry for this replica's --name %q", flag, list, name)
 	}
-	return own, nil
+	return all, own, nil
 }
 
 // Endpoints returns the advertised client URLs.

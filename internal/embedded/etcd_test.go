@@ -14,9 +14,9 @@ func TestOwnPeerURL(t *testing.T) {
 	for _, tc := range []struct{ list, name, want string }{
 		{ic, "c4", `no entry for this replica's --name "c4"`},
 		{"c1=http://a:1,c1=http://b:2", "c1", "names member \"c1\" twice"},
-		{"c1=a:1", "c1", "peer URL must be http://host:port"},
+		{"c1=a:1", "c1", "URL must be http://host:port"},
 		{"c1", "c1", "want name=http://host:port"},
-		{"c1=http://a", "c1", "peer URL must be http://host:port"},
+		{"c1=http://a", "c1", "URL must be http://host:port"},
 	} {
 		_, err := OwnPeerURL(tc.list, tc.name)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
