@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -38,6 +39,7 @@ type controlBench struct {
 	workers, jobs, finished, jobWorkers int
 	jobTime, retention, window          time.Duration
 	dir, cpuProfile                     string
+	compact                             bool
 }
 
 func newControlCommand() *cobra.Command {
@@ -58,11 +60,12 @@ func newControlCommand() *cobra.Command {
 	f.IntVar(&b.jobs, "jobs", 200, "jobs running at once (a finished one is replaced at once)")
 	f.IntVar(&b.jobWorkers, "job-workers", 5, "workers per job")
 	f.IntVar(&b.finished, "finished", 10000, "finished jobs after which the second measurement is taken")
-	f.DurationVar(&b.jobTime, "job-time", 2*time.Second, "how long a simulated job trains")
+	f.DurationVar(&b.jobTime, "job-time", 2*time.Second, "how long a simulated job trains on average (each one from half to one and a half times it)")
 	f.DurationVar(&b.retention, "retention", 30*time.Second, "the coordinator's --job-retention")
 	f.DurationVar(&b.window, "window", 10*time.Second, "length of each measurement window")
 	f.StringVar(&b.dir, "dir", "", "working directory (default: a temporary one)")
 	f.StringVar(&b.cpuProfile, "cpu-profile", "", "write the coordinator process's CPU profile to this file")
+	f.BoolVar(&b.compact, "compact", true, "compact etcd's history before each measurement window, as its periodic compaction does in a long run")
 	return cmd
 }
 
@@ -207,37 +210,62 @@ func (b *controlBench) run(ctx context.Context) error {
 	train := func(w, job string, gen uint64, claimRev int64) {
 		defer wg.Done()
 		start := time.Now()
+		// Durations spread evenly, so that jobs do not finish in waves
+		// (the 200 first start together): the load is steady from the
+		// first window on.
+		d := b.jobTime/2 + rand.N(b.jobTime)
 		for step := int64(1); ; step++ {
-			done := time.Since(start) >= b.jobTime
+			done := time.Since(start) >= d
 			p := &pb.Progress{Generation: gen, Step: step, TotalSteps: 10, UpdatedMs: time.Now().UnixMilli(), Done: done}
 			if done {
 				p.Result = &pb.JobResult{Steps: step}
 			}
+			ops := []clientv3.Op{clientv3.OpPut(keys.Progress(job), rmstate.Marshal(p))}
+			if done {
+				ops = append(ops, clientv3.OpPut(keys.Result(job), rmstate.Marshal(p)))
+			}
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			_, err := etcd.Txn(rctx).If(clientv3.Compare(clientv3.ModRevision(keys.Claim(w)), "=", claimRev)).
-				Then(clientv3.OpPut(keys.Progress(job), rmstate.Marshal(p))).Commit()
+				Then(ops...).Commit()
 			cancel()
 			if err != nil || done {
 				if done && err == nil {
 					finished.Add(1)
-					go trySubmit()
 				}
 				return
 			}
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(time.Second):
+			case <-time.After(min(time.Second, max(d-time.Since(start), 0))):
 			}
 		}
 	}
-	wch := etcd.Watch(ctx, keys.Claims(), clientv3.WithPrefix())
+	// A finished job is replaced once the coordinator has released its
+	// workers, so that every submission finds enough idle workers: the
+	// latency measured is the scheduler's, not a wait for a free worker.
+	released := map[string]int{}
+	wch := etcd.Watch(ctx, keys.Claims(), clientv3.WithPrefix(), clientv3.WithPrevKV())
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		for wr := range wch {
 			for _, ev := range wr.Events {
-				if ev.Type != clientv3.EventTypePut {
+				if ev.Type == clientv3.EventTypeDelete {
+					c := &pb.Claim{}
+					if ev.PrevKv == nil || rmstate.Unmarshal(ev.PrevKv.Value, c) != nil {
+						continue
+					}
+					mu.Lock()
+					released[c.JobId]++
+					all := released[c.JobId] == b.jobWorkers
+					if all {
+						delete(released, c.JobId)
+					}
+					mu.Unlock()
+					if all {
+						go trySubmit()
+					}
 					continue
 				}
 				c := &pb.Claim{}
@@ -268,7 +296,27 @@ func (b *controlBench) run(ctx context.Context) error {
 		}
 	}
 
+	// compact drops etcd's history up to now, as the embedded etcd's
+	// periodic compaction does every few minutes of a long run (this one
+	// is too short for it): without it, etcd's index of every revision
+	// written grows through the run, and so does the CPU it takes.
+	compact := func() error {
+		if !b.compact {
+			return nil
+		}
+		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		st, err := etcd.Status(rctx, etcdURL)
+		if err != nil {
+			return err
+		}
+		_, err = etcd.Compact(rctx, st.Header.Revision)
+		return err
+	}
 	measure := func(label string) (window, error) {
+		if err := compact(); err != nil {
+			return window{}, err
+		}
 		cpu0, err := procCPUMs(coord.Process.Pid)
 		if err != nil {
 			return window{}, err
@@ -345,9 +393,23 @@ func (b *controlBench) run(ctx context.Context) error {
 	mu.Lock()
 	lat := slices.Clone(latencies)
 	mu.Unlock()
+	// The first --jobs submissions arrive together, one after another:
+	// their latency, and that of the steady state after them, are also
+	// given apart.
+	first := slices.Clone(lat[:min(b.jobs, len(lat))])
+	rest := slices.Clone(lat[min(b.jobs, len(lat)):])
 	slices.Sort(lat)
-	p99 := lat[min(len(lat)-1, len(lat)*99/100)]
-	p50 := lat[len(lat)/2]
+	slices.Sort(first)
+	slices.Sort(rest)
+	pct := func(l []time.Duration, p int) time.Duration {
+		if len(l) == 0 {
+			return 0
+		}
+		return l[min(len(l)-1, len(l)*p/100)]
+	}
+	p99, p50 := pct(lat, 99), pct(lat, 50)
+	fmt.Fprintf(os.Stderr, "ringbench control: schedule p50/p99 of the first %d submissions %.1f/%.1f ms, of the %d after them %.1f/%.1f ms, max %.1f ms\n",
+		len(first), ms(pct(first, 50)), ms(pct(first, 99)), len(rest), ms(pct(rest, 50)), ms(pct(rest, 99)), ms(lat[len(lat)-1]))
 	perJob := func(w window, v float64) float64 { return v / float64(max(w.jobs, 1)) }
 	fmt.Printf("workers=%d jobs=%d finished=%d schedule_p50_ms=%.1f schedule_p99_ms=%.1f coordinator_cpu_ms_per_s_at_100=%.0f coordinator_cpu_ms_per_s_at_%d=%.0f etcd_ops_per_s_at_100=%.0f etcd_ops_per_s_at_%d=%.0f etcd_ops_per_job_at_100=%.1f etcd_ops_per_job_at_%d=%.1f cpu_ms_per_job_at_100=%.1f cpu_ms_per_job_at_%d=%.1f etcd_db_bytes=%d etcd_db_in_use_bytes=%d etcd_keys=%d\n",
 		b.workers, b.jobs, finished.Load(), ms(p50), ms(p99), early.cpuMs/early.secs, b.finished, late.cpuMs/late.secs,

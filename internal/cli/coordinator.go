@@ -278,8 +278,11 @@ func printJob(w io.Writer, j *pb.Job) {
 			fmt.Fprintf(w, "  %s  generation %d  step %d  %-9s %s\n", time.UnixMilli(h.TimeMs).Format("15:04:05.000"), h.Generation, h.Step, h.Event, h.Detail)
 		}
 	}
-	if len(j.Checkpoints) > 0 {
-		fmt.Fprintf(w, "Checkpoints recorded:\n")
+	switch {
+	case j.CheckpointsError != "":
+		fmt.Fprintf(w, "Checkpoints: %s\n", j.CheckpointsError)
+	case len(j.Checkpoints) > 0:
+		fmt.Fprintf(w, "Checkpoints (valid, in the store):\n")
 		for _, c := range j.Checkpoints {
 			fmt.Fprintf(w, "  step %d  %s  %d bytes  %s\n", c.Step, time.UnixMilli(c.TimeMs).Format(time.RFC3339), c.SizeBytes, c.Url)
 		}

@@ -1,10 +1,12 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -284,12 +286,50 @@ func (a *api) job(ctx context.Context, id string) (*state.Snapshot, *state.JobEn
 	return s, j, nil
 }
 
+// GetJob returns the job with its checkpoints as its store lists them
+// (the store is their only record).
 func (a *api) GetJob(ctx context.Context, req *pb.GetJobRequest) (*pb.Job, error) {
 	_, j, err := a.job(ctx, req.JobId)
 	if err != nil {
 		return nil, err
 	}
-	return j.JobProto(), nil
+	out := j.JobProto()
+	list, err := a.listCheckpoints(ctx, j)
+	if err != nil {
+		out.CheckpointsError = err.Error()
+		return out, nil
+	}
+	for _, c := range list {
+		if !c.Valid {
+			continue
+		}
+		rec := &pb.CheckpointRecord{Step: c.Step, Url: c.URL, SizeBytes: c.Size}
+		if !c.Created.IsZero() {
+			rec.TimeMs = c.Created.UnixMilli()
+		}
+		out.Checkpoints = append(out.Checkpoints, rec)
+	}
+	slices.SortFunc(out.Checkpoints, func(x, y *pb.CheckpointRecord) int { return cmp.Compare(x.Step, y.Step) })
+	return out, nil
+}
+
+// storeListTimeout bounds the listing of a job's checkpoints for GetJob.
+const storeListTimeout = 5 * time.Second
+
+// listCheckpoints lists a job's checkpoints (manifests checked, data not
+// read).
+func (a *api) listCheckpoints(ctx context.Context, j *state.JobEntry) ([]checkpoint.Info, error) {
+	mgr, err := a.checkpoints(j)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, storeListTimeout)
+	defer cancel()
+	list, err := mgr.List(ctx, false)
+	if err != nil {
+		return nil, fmt.Errorf("listing the checkpoints of job %s in %s: %w", j.ID, mgr.URL(), err)
+	}
+	return list, nil
 }
 
 // updateStatus applies fn to the job's status in a transaction guarded by
@@ -402,14 +442,13 @@ func (a *api) ResumeJob(ctx context.Context, req *pb.ResumeJobRequest) (*pb.Job,
 		if req.Workers > 0 {
 			workers = int(req.Workers)
 		}
-		switch {
+		switch last := j.Progress.GetLastCheckpoint(); {
 		case req.Step > 0:
 			st.Message = fmt.Sprintf("resuming from the checkpoint at step %d; waiting for %d idle workers", req.Step, workers)
-		case len(j.Checkpoints) == 0:
-			st.Message = fmt.Sprintf("resuming: no checkpoint recorded, the job restarts from step 0 unless its store holds one; waiting for %d idle workers", workers)
+		case last == nil:
+			st.Message = fmt.Sprintf("resuming: no checkpoint reported by the last run, the job restarts from step 0 unless its store holds one; waiting for %d idle workers", workers)
 		default:
-			last := j.Checkpoints[len(j.Checkpoints)-1]
-			st.Message = fmt.Sprintf("resuming from the latest valid checkpoint (last recorded: step %d); waiting for %d idle workers", last.Step, workers)
+			st.Message = fmt.Sprintf("resuming from the latest valid checkpoint (the last run committed step %d); waiting for %d idle workers", last.Step, workers)
 		}
 		return nil
 	})

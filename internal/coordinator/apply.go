@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
@@ -36,8 +37,9 @@ func moveKeys(j *state.JobEntry, skip []string, dropPrefix string, opts ...clien
 	return cmps, ops
 }
 
-// apply runs one action as a guarded etcd transaction.
-func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) (err error) {
+// apply runs one action as a guarded etcd transaction and returns the
+// revision it wrote.
+func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) (rev int64, err error) {
 	k := c.keys
 	now := time.Now().UnixMilli()
 	var cmps []clientv3.Cmp
@@ -85,20 +87,11 @@ func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) (e
 		// then; a resume moves them back).
 		var opts []clientv3.OpOption
 		if c.cfg.JobRetention > 0 {
-			gctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
-			lease, err := c.etcd.Grant(gctx, int64(c.cfg.JobRetention/time.Second))
-			cancel()
+			lease, err := c.retentionLease(ctx)
 			if err != nil {
-				return fmt.Errorf("coordinator: a lease for the retention of job %s: %w", a.JobID, err)
+				return 0, fmt.Errorf("coordinator: a lease for the retention of job %s: %w", a.JobID, err)
 			}
-			opts = append(opts, clientv3.WithLease(lease.ID))
-			defer func() {
-				if err != nil {
-					rctx, cancel := context.WithTimeout(context.Background(), c.cfg.RequestTimeout)
-					_, _ = c.etcd.Revoke(rctx, lease.ID)
-					cancel()
-				}
-			}()
+			opts = append(opts, clientv3.WithLease(lease))
 		}
 		ops = append(ops, clientv3.OpPut(k.Status(a.JobID), state.Marshal(st), opts...), clientv3.OpDelete(k.ActiveJob(a.JobID)),
 			clientv3.OpDelete(k.Reports(a.JobID), clientv3.WithPrefix()))
@@ -136,7 +129,7 @@ func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) (e
 			clientv3.Compare(clientv3.ModRevision(k.Status(a.JobID)), "=", a.StatusRev),
 			clientv3.Compare(clientv3.ModRevision(k.Assignment(a.JobID)), "=", a.AssignmentRev),
 			// A result recorded since the snapshot ends the job instead.
-			clientv3.Compare(clientv3.ModRevision(k.Progress(a.JobID)), "=", a.ProgressRev))
+			clientv3.Compare(clientv3.ModRevision(k.Result(a.JobID)), "=", a.ResultRev))
 		asg := &pb.Assignment{Generation: a.Generation, CreatedMs: now, Abort: a.Abort, Reason: a.Reason}
 		member := map[string]bool{}
 		for rank, w := range a.Workers {
@@ -181,18 +174,53 @@ func (c *Coordinator) apply(ctx context.Context, s *state.Snapshot, a Action) (e
 			}
 		}
 	default:
-		return fmt.Errorf("coordinator: unknown action %T", a)
+		return 0, fmt.Errorf("coordinator: unknown action %T", a)
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
 	defer cancel()
 	resp, err := c.etcd.Txn(ctx).If(cmps...).Then(ops...).Commit()
 	if err != nil {
-		return fmt.Errorf("coordinator: %s: %w", a.describe(), err)
+		if rpctypes.Error(err) == rpctypes.ErrLeaseNotFound {
+			// The shared retention lease is gone: the next finish takes a
+			// new one.
+			c.leaseMu.Lock()
+			c.lease = 0
+			c.leaseMu.Unlock()
+		}
+		return 0, fmt.Errorf("coordinator: %s: %w", a.describe(), err)
 	}
 	if !resp.Succeeded {
-		return errConflict
+		return 0, errConflict
 	}
-	return nil
+	return resp.Header.Revision, nil
+}
+
+// leaseShare is how long jobs that finish one after another share a
+// retention lease: their records expire together, up to this much later
+// than the retention, and etcd keeps one lease for them instead of one a
+// job.
+const leaseShare = time.Second
+
+// retentionLease returns a lease of the retention period for a job that
+// finishes now: the current shared one, or a new one when it is older
+// than leaseShare. A lease that goes unused expires on its own.
+func (c *Coordinator) retentionLease(ctx context.Context) (clientv3.LeaseID, error) {
+	c.leaseMu.Lock()
+	defer c.leaseMu.Unlock()
+	if c.lease != 0 && time.Since(c.leaseGranted) < leaseShare {
+		return c.lease, nil
+	}
+	gctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	defer cancel()
+	// The lease outlives the retention by the sharing time, so that the
+	// last job to take it is kept for the whole retention too.
+	granted := time.Now()
+	resp, err := c.etcd.Grant(gctx, int64((c.cfg.JobRetention+leaseShare+time.Second-1)/time.Second))
+	if err != nil {
+		return 0, err
+	}
+	c.lease, c.leaseGranted = resp.ID, granted
+	return resp.ID, nil
 }
 
 // maxHistory bounds a job's history in its status.
@@ -211,8 +239,9 @@ func cloneStatus(s *pb.JobStatus) *pb.JobStatus { return proto.Clone(s).(*pb.Job
 // layoutVersion is the key layout this coordinator writes: version 2
 // added the active markers and the retention leases of finished jobs;
 // version 3 moved progress out of the job's keys (to progress/<job>),
-// outside what the scheduler watches.
-const layoutVersion = "3"
+// outside what the scheduler watches; version 4 dropped the checkpoint
+// records (the store is their record) and added the result key.
+const layoutVersion = "4"
 
 // migrate brings state written by an older coordinator to this layout. It
 // runs once, by the leader, and is safe to repeat.
@@ -235,14 +264,14 @@ func (c *Coordinator) migrate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	active, finished, moved := 0, 0, 0
+	active, finished, moved, dropped := 0, 0, 0, 0
 	for _, id := range snap.JobIDs() {
 		j := snap.Jobs[id]
 		var ops []clientv3.Op
 		var cmps []clientv3.Cmp
 		var lease []clientv3.OpOption // a finished job's retention lease, when it gets one here
 		switch {
-		case from == "2":
+		case from == "2" || from == "3":
 			// Markers and retention leases are there already.
 		case !state.IsTerminal(j.Status.Value.State):
 			ops = append(ops, clientv3.OpPut(k.ActiveJob(id), ""))
@@ -253,10 +282,14 @@ func (c *Coordinator) migrate(ctx context.Context) error {
 				return err
 			}
 			lease = []clientv3.OpOption{clientv3.WithLease(l.ID)}
-			cmps, ops = moveKeys(j, []string{k.LegacyProgress(id)}, "", lease...)
+			cmps, ops = moveKeys(j, []string{k.LegacyProgress(id)}, k.Checkpoints(id), lease...)
 			finished++
 		}
+		records := false
 		for _, kv := range j.KVs {
+			if strings.HasPrefix(string(kv.Key), k.Checkpoints(id)) {
+				records = true
+			}
 			// Layout 3: progress leaves the job's keys, onto the lease it
 			// had (or the one just granted).
 			if string(kv.Key) != k.LegacyProgress(id) {
@@ -269,6 +302,11 @@ func (c *Coordinator) migrate(ctx context.Context) error {
 			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(string(kv.Key)), "=", kv.ModRevision))
 			ops = append(ops, clientv3.OpPut(k.Progress(id), string(kv.Value), opts...), clientv3.OpDelete(string(kv.Key)))
 			moved++
+		}
+		if records {
+			// Layout 4: the checkpoint records go.
+			ops = append(ops, clientv3.OpDelete(k.Checkpoints(id), clientv3.WithPrefix()))
+			dropped++
 		}
 		if len(ops) == 0 {
 			continue
@@ -284,9 +322,9 @@ func (c *Coordinator) migrate(ctx context.Context) error {
 	if _, err := c.etcd.Put(rctx, k.Layout(), layoutVersion); err != nil {
 		return err
 	}
-	if active+finished+moved > 0 {
+	if active+finished+moved+dropped > 0 {
 		c.log.Info("key layout upgraded", zap.String("from", from), zap.String("to", layoutVersion), zap.Int("active_jobs", active),
-			zap.Int("finished_jobs_on_retention", finished), zap.Int("progress_keys_moved", moved))
+			zap.Int("finished_jobs_on_retention", finished), zap.Int("progress_keys_moved", moved), zap.Int("jobs_checkpoint_records_dropped", dropped))
 	}
 	return nil
 }

@@ -5,11 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,6 +53,9 @@ type Config struct {
 	ReconcileInterval time.Duration
 	// RequestTimeout bounds each etcd request.
 	RequestTimeout time.Duration
+	// ResyncInterval is how often the scheduler reads its whole view of
+	// etcd anew (a safety net: watches keep it current); default 5m.
+	ResyncInterval time.Duration
 
 	// Name names this replica: its embedded etcd member and its entry in
 	// InitialCluster and NATSRoutes (default "ringmaster").
@@ -107,6 +110,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.RequestTimeout <= 0 {
 		c.RequestTimeout = 10 * time.Second
+	}
+	if c.ResyncInterval <= 0 {
+		c.ResyncInterval = 5 * time.Minute
 	}
 	if c.Name == "" {
 		c.Name = embedded.EtcdMemberName
@@ -180,16 +186,22 @@ type Coordinator struct {
 	// missing is when each assigned worker was first seen unregistered
 	// (reconcile's).
 	missing map[string]int64
-	// reconcileReads is how many keys the last reconcile read.
-	reconcileReads atomic.Int64
-	grpc           *grpc.Server
-	lis            net.Listener
-	etcdURLs       []string
-	natsURL        string
-	cancel         context.CancelFunc
-	wg             sync.WaitGroup
-	errc           chan error
-	closeOnce      sync.Once
+	// loadedKeys is how many keys the scheduler's last full read took;
+	// scheduleReads counts every key it has read since that read began
+	// (its view is kept by watches).
+	loadedKeys, scheduleReads atomic.Int64
+	// The retention lease that jobs finishing now share (retentionLease).
+	leaseMu      sync.Mutex
+	lease        clientv3.LeaseID
+	leaseGranted time.Time
+	grpc         *grpc.Server
+	lis          net.Listener
+	etcdURLs     []string
+	natsURL      string
+	cancel       context.CancelFunc
+	wg           sync.WaitGroup
+	errc         chan error
+	closeOnce    sync.Once
 }
 
 // Start starts a coordinator and returns once its API accepts requests.
@@ -316,7 +328,20 @@ func (c *Coordinator) Close() {
 				c.grpc.Stop()
 			}
 		}
-		c.wg.Wait()
+		done := make(chan struct{})
+		go func() { c.wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(closeGrace):
+			// A campaign cancelled while etcd has no quorum resigns under
+			// the etcd client's own context (concurrency.Election), which
+			// only closing the client ends.
+			c.log.Warn("the scheduler did not stop within its grace time (no etcd quorum?); closing the etcd client under it", zap.Duration("grace", closeGrace))
+			if c.etcd != nil {
+				c.etcd.Close()
+			}
+			<-done
+		}
 		if c.nc != nil {
 			c.nc.Close()
 		}
@@ -331,6 +356,10 @@ func (c *Coordinator) Close() {
 		}
 	})
 }
+
+// closeGrace is how long Close waits for the API and the scheduler to
+// stop before it closes the etcd client under them.
+const closeGrace = 5 * time.Second
 
 // advertised rewrites a URL's host for workers when AdvertiseHost is set.
 func (c *Coordinator) advertised(raw string) string {
@@ -410,24 +439,143 @@ func (c *Coordinator) replicaID() string {
 	return fmt.Sprintf("%s %s %s/%d", c.cfg.Name, c.Addr(), host, os.Getpid())
 }
 
-// reconcileLoop re-plans whenever the cluster state changes and at a
-// steady interval.
+// reconcileLoop keeps the scheduler's view (a watch-driven cache of the
+// hot state) and plans on it whenever something that can alter a
+// decision changes, at a steady interval (decisions that depend on time),
+// and when a missing worker's settling time ends. The view is read anew
+// when a watch ends and every ResyncInterval, as a safety net.
 func (c *Coordinator) reconcileLoop(ctx context.Context) error {
-	wch := c.watchHot(ctx)
+	backoff := 200 * time.Millisecond
+	for {
+		loaded := false
+		err := c.schedule(ctx, func() { loaded = true })
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if loaded {
+			backoff = 200 * time.Millisecond
+		}
+		if errors.Is(err, errResync) {
+			continue
+		}
+		c.log.Warn("the scheduler's view of etcd was lost; reading it anew", zap.Error(err), zap.Duration("in", backoff))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+// errResync ends a view that is due to be read anew.
+var errResync = errors.New("periodic resync")
+
+// schedule loads a view (and calls loaded) and plans on it until the view
+// must be read anew.
+func (c *Coordinator) schedule(ctx context.Context, loaded func()) error {
+	cache, err := state.LoadCache(ctx, c.etcd, c.keys, c.cfg.RequestTimeout)
+	if err != nil {
+		return err
+	}
+	defer cache.Close()
+	loaded()
+	c.loadedKeys.Store(int64(cache.LoadedKeys))
+	jobsW, workersW := cache.Watches()
 	tick := time.NewTicker(c.cfg.ReconcileInterval)
 	defer tick.Stop()
-	for {
-		again, err := c.reconcile(ctx)
-		if err != nil && ctx.Err() == nil {
-			c.log.Warn("reconcile failed", zap.Error(err))
+	resync := time.NewTimer(c.cfg.ResyncInterval)
+	defer resync.Stop()
+	// take applies one watch response; plan is set when it can alter a
+	// decision.
+	plan := true
+	take := func(wr clientv3.WatchResponse, ok, jobs bool) error {
+		if !ok {
+			return state.ErrWatchEnded
 		}
-		if again {
-			// A decision lost a race with a concurrent change: plan again
-			// on the new state at once.
+		apply := cache.ApplyWorkers
+		if jobs {
+			apply = cache.ApplyJobs
+		}
+		changed, err := apply(ctx, wr)
+		plan = plan || changed
+		return err
+	}
+	// drain applies what has arrived already, without waiting.
+	drain := func() error {
+		for {
 			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(10 * time.Millisecond):
+			case wr, ok := <-jobsW:
+				if err := take(wr, ok, true); err != nil {
+					return err
+				}
+			case wr, ok := <-workersW:
+				if err := take(wr, ok, false); err != nil {
+					return err
+				}
+			default:
+				return nil
+			}
+		}
+	}
+	var lastPass time.Time
+	for {
+		if err := drain(); err != nil {
+			return err
+		}
+		if plan {
+			if d := minPassGap - time.Since(lastPass); d > 0 {
+				// Under a stream of changes, passes come at most every
+				// minPassGap, each taking what arrived meanwhile.
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(d):
+				}
+				if err := drain(); err != nil {
+					return err
+				}
+			}
+			plan = false
+			lastPass = time.Now()
+			wrote, again, err := c.reconcile(ctx, cache)
+			c.scheduleReads.Store(cache.Reads)
+			if err != nil {
+				if ctx.Err() == nil {
+					c.log.Warn("reconcile failed", zap.Error(err))
+				}
+				return err
+			}
+			// The next plan sees this one's writes: wait for the watch to
+			// deliver them.
+			deadline := time.NewTimer(c.cfg.RequestTimeout)
+			for cache.JobsRev() < wrote {
+				select {
+				case <-ctx.Done():
+					deadline.Stop()
+					return ctx.Err()
+				case <-deadline.C:
+					return fmt.Errorf("the watch did not deliver revision %d within %v", wrote, c.cfg.RequestTimeout)
+				case wr, ok := <-jobsW:
+					err = take(wr, ok, true)
+				case wr, ok := <-workersW:
+					err = take(wr, ok, false)
+				}
+				if err != nil {
+					deadline.Stop()
+					return err
+				}
+			}
+			deadline.Stop()
+			if again {
+				// A decision lost a race with a concurrent change that
+				// the watch brings: plan again on it.
+				plan = true
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(10 * time.Millisecond):
+				}
 			}
 			continue
 		}
@@ -435,148 +583,124 @@ func (c *Coordinator) reconcileLoop(ctx context.Context) error {
 		if d, ok := c.nextSettle(); ok {
 			settle = time.After(d)
 		}
-		if err := c.waitForChange(ctx, wch, tick.C, settle); err != nil {
+		var err error
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			plan = true
+		case <-settle:
+			plan = true
+		case <-resync.C:
+			return errResync
+		case wr, ok := <-jobsW:
+			err = take(wr, ok, true)
+		case wr, ok := <-workersW:
+			err = take(wr, ok, false)
+		}
+		if err != nil {
 			return err
 		}
 	}
 }
 
-// watchHot watches what the scheduler decides on: workers, claims, the
-// active markers and the jobs' keys, not rank 0's progress (about once a
-// second per running job; the steady tick reads it, and a job's result
-// is noticed within a tick). The channel closes when ctx ends.
-func (c *Coordinator) watchHot(ctx context.Context) clientv3.WatchChan {
-	out := make(chan clientv3.WatchResponse)
-	var wg sync.WaitGroup
-	for _, p := range []string{c.keys.Workers(), c.keys.Claims(), c.keys.Active(), c.keys.Jobs()} {
-		wch := c.etcd.Watch(ctx, p, clientv3.WithPrefix())
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for wr := range wch {
-				select {
-				case out <- wr:
-				case <-ctx.Done():
-					return
-				}
-			}
-		}()
-	}
-	go func() {
-		wg.Wait()
-		close(out)
-	}()
-	return out
-}
+// minPassGap is the least time between the starts of two passes of the
+// scheduler: a pass costs about the same whether one thing changed or
+// fifty, so a stream of changes is taken in batches.
+const minPassGap = 5 * time.Millisecond
 
-// waitForChange returns when the state has changed in a way that may
-// alter a decision (a burst of changes is coalesced), or at the next tick.
-func (c *Coordinator) waitForChange(ctx context.Context, wch clientv3.WatchChan, tick, settle <-chan time.Time) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick:
-			return nil
-		case <-settle:
-			return nil
-		case wr, ok := <-wch:
-			if !ok {
-				return errors.New("etcd watch closed")
-			}
-			if err := wr.Err(); err != nil {
-				return err
-			}
-			plan := needsPlan(c.keys, wr.Events)
-			timer := time.NewTimer(20 * time.Millisecond)
-		drain:
-			for {
-				select {
-				case wr := <-wch:
-					plan = plan || needsPlan(c.keys, wr.Events)
-				case <-timer.C:
-					break drain
-				}
-			}
-			if plan {
-				return nil
-			}
-		}
-	}
-}
+// maxParallelApply bounds the transactions of one plan in flight at
+// once: they touch disjoint keys, and etcd commits concurrent proposals
+// together.
+const maxParallelApply = 32
 
-// needsPlan reports whether changes can alter a decision. Rank 0's
-// progress (about once a second per running job) and checkpoint records
-// cannot, except the progress that says the job is done; the steady tick
-// still plans with whatever they hold.
-func needsPlan(k state.Keys, evs []*clientv3.Event) bool {
-	for _, ev := range evs {
-		key := string(ev.Kv.Key)
-		if strings.HasPrefix(key, k.Progresses()) {
-			// Not watched; a result is noticed within a tick anyway.
-			p := &pb.Progress{}
-			if ev.Type == clientv3.EventTypeDelete || (state.Unmarshal(ev.Kv.Value, p) == nil && !p.Done) {
-				continue
-			}
-			return true
-		}
-		rest, ok := strings.CutPrefix(key, k.Jobs())
-		if !ok {
-			return true
-		}
-		_, part, _ := strings.Cut(rest, "/")
-		switch {
-		case strings.HasPrefix(part, "checkpoints/"):
-			continue
-		case ev.Type == clientv3.EventTypeDelete:
-			// A job's keys are deleted by the coordinator itself (rank
-			// reports, along with a status change) or when a finished
-			// job's retention lease runs out: neither calls for a plan.
-			continue
-		case part == "progress":
-			p := &pb.Progress{}
-			if state.Unmarshal(ev.Kv.Value, p) == nil && !p.Done {
-				continue
-			}
-		}
-		return true
-	}
-	return false
-}
-
-// reconcile plans on a fresh snapshot and applies the actions; again is
-// true when one lost a race with a concurrent change.
-func (c *Coordinator) reconcile(ctx context.Context) (again bool, _ error) {
-	rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
-	snap, err := state.ReadActive(rctx, c.etcd, c.keys)
-	cancel()
-	if err != nil {
-		return false, err
-	}
-	c.reconcileReads.Store(int64(snap.KeysRead))
+// reconcile plans on the view and applies the actions, concurrently; it
+// returns the highest revision written, and again when an action lost a
+// race with a concurrent change.
+func (c *Coordinator) reconcile(ctx context.Context, cache *state.Cache) (wrote int64, again bool, _ error) {
+	snap := cache.Snapshot()
 	for key, err := range snap.Damaged {
 		if _, seen := c.damaged[key]; !seen {
 			c.log.Error("a key in etcd cannot be decoded; what it describes is left alone until it is repaired or deleted",
 				zap.String("key", key), zap.Error(err))
 		}
 	}
-	c.damaged = snap.Damaged
+	c.damaged = maps.Clone(snap.Damaged)
 	now := time.Now().UnixMilli()
 	snap.MissingSince = c.trackMissing(snap, now)
 	snap.Connected = c.connected(ctx, snap)
-	for _, a := range Plan(snap, now) {
-		err := c.apply(ctx, snap, a)
-		if errors.Is(err, errConflict) {
-			c.log.Debug("action superseded by a concurrent change", zap.String("action", a.describe()))
-			return true, nil // replan on the new state
+	// Rank 0's progress is read for the jobs acted on (the step of their
+	// history, whether a job is about to finish, its key for the move
+	// onto a retention lease), and the plan made again with it.
+	actions := Plan(snap, now)
+	fetched := map[string]bool{}
+	for range 3 {
+		var need []string
+		for _, a := range actions {
+			if id := actionJob(a); id != "" && !fetched[id] {
+				need = append(need, id)
+				fetched[id] = true
+			}
 		}
-		if err != nil {
-			return false, err
+		if len(need) == 0 {
+			break
 		}
-		c.log.Info("decided", zap.String("action", a.describe()))
-		c.announce(a)
+		if err := cache.FetchProgress(ctx, need); err != nil {
+			return 0, false, err
+		}
+		actions = Plan(snap, now)
 	}
-	return false, nil
+	if len(actions) == 0 {
+		return 0, false, nil
+	}
+	type result struct {
+		a   Action
+		rev int64
+		err error
+	}
+	results := make([]result, len(actions))
+	sem := make(chan struct{}, maxParallelApply)
+	var wg sync.WaitGroup
+	for i, a := range actions {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			rev, err := c.apply(ctx, snap, a)
+			results[i] = result{a, rev, err}
+		}()
+	}
+	wg.Wait()
+	var firstErr error
+	for _, r := range results {
+		switch {
+		case errors.Is(r.err, errConflict):
+			c.log.Debug("action superseded by a concurrent change", zap.String("action", r.a.describe()))
+			again = true
+		case r.err != nil:
+			if firstErr == nil {
+				firstErr = r.err
+			}
+		default:
+			wrote = max(wrote, r.rev)
+			c.log.Info("decided", zap.String("action", r.a.describe()))
+			c.announce(r.a)
+		}
+	}
+	return wrote, again, firstErr
+}
+
+// actionJob is the job an action decides about ("" for a release).
+func actionJob(a Action) string {
+	switch a := a.(type) {
+	case Finish:
+		return a.JobID
+	case Reconfigure:
+		return a.JobID
+	case Requeue:
+		return a.JobID
+	}
+	return ""
 }
 
 // trackMissing records when each worker assigned to a running job was

@@ -59,7 +59,8 @@ type Reconfigure struct {
 	History       []*pb.HistoryEntry
 	StatusRev     int64
 	AssignmentRev int64
-	ProgressRev   int64
+	// ResultRev guards against a result recorded since the snapshot.
+	ResultRev int64
 }
 
 // Requeue sends a running job back to pending, to restart from its latest
@@ -188,20 +189,15 @@ func Plan(s *state.Snapshot, now int64) []Action {
 		add := take(&idle, hi-len(a.Ranks))
 		workers := append(rankWorkers(a), add...)
 		actions = append(actions, Reconfigure{JobID: id, Generation: a.Generation + 1, Workers: workers,
-			Reason: fmt.Sprintf("workers %v joined", add), StatusRev: j.Status.ModRev, AssignmentRev: j.Assignment.ModRev, ProgressRev: j.ProgressRev,
+			Reason: fmt.Sprintf("workers %v joined", add), StatusRev: j.Status.ModRev, AssignmentRev: j.Assignment.ModRev, ResultRev: j.ResultRev,
 			History: []*pb.HistoryEntry{{TimeMs: now, Generation: a.Generation + 1, Event: "joined", Step: lastStep(j),
 				Detail: fmt.Sprintf("workers %v joined at a step boundary; the ring has %d ranks", add, len(workers))}}})
 	}
 
 	// Claims that no running job's current generation owns are released, so
 	// their workers go back to the idle pool.
-	var claimed []string
-	for w := range s.Claims {
-		claimed = append(claimed, w)
-	}
-	sort.Strings(claimed)
-	for _, w := range claimed {
-		c := s.Claims[w]
+	var releases []Action
+	for w, c := range s.Claims {
 		j := s.Jobs[c.Value.JobId]
 		var why string
 		switch {
@@ -215,10 +211,11 @@ func Plan(s *state.Snapshot, now int64) []Action {
 			why = fmt.Sprintf("generation %d of job %s is over", c.Value.Generation, c.Value.JobId)
 		}
 		if why != "" && !acted[c.Value.JobId] && !finishing(actions, c.Value.JobId) {
-			actions = append(actions, Release{WorkerID: w, ClaimRev: c.ModRev, Why: why})
+			releases = append(releases, Release{WorkerID: w, ClaimRev: c.ModRev, Why: why})
 		}
 	}
-	return actions
+	sort.Slice(releases, func(a, b int) bool { return releases[a].(Release).WorkerID < releases[b].(Release).WorkerID })
+	return append(actions, releases...)
 }
 
 func finishing(actions []Action, jobID string) bool {
@@ -297,6 +294,18 @@ func rankWorkers(a *pb.Assignment) []string {
 	return out
 }
 
+// finalProgress is the result rank 0 recorded (nil: none): the result
+// key, or a progress that says done (as written before the result key).
+func finalProgress(j *state.JobEntry) *pb.Progress {
+	if p := j.Result; p != nil && p.Done {
+		return p
+	}
+	if p := j.Progress; p != nil && p.Done {
+		return p
+	}
+	return nil
+}
+
 func lastStep(j *state.JobEntry) int64 {
 	if j.Progress != nil {
 		return j.Progress.Step
@@ -318,7 +327,7 @@ func planRunning(s *state.Snapshot, j *state.JobEntry, idle *[]string, now int64
 		return fin(pb.JobState_JOB_STATE_FAILED, "running without an assignment (state damaged); resume it", nil)
 	}
 	a := j.Assignment.Value
-	if p := j.Progress; p != nil && p.Done && p.Generation == a.Generation {
+	if p := finalProgress(j); p != nil && p.Generation == a.Generation {
 		return fin(pb.JobState_JOB_STATE_SUCCEEDED, fmt.Sprintf("finished %d steps", p.Step), p.Result)
 	}
 	var failures []string
@@ -438,7 +447,7 @@ func planRunning(s *state.Snapshot, j *state.JobEntry, idle *[]string, now int64
 	history = append(history, &pb.HistoryEntry{TimeMs: now, Generation: gen, Event: "rebuilt", Step: step,
 		Detail: fmt.Sprintf("ring rebuilt on %d workers %v", len(workers), workers)})
 	return Reconfigure{JobID: j.ID, Generation: gen, Workers: workers, Abort: failure, Reason: reason, Failure: failure,
-		Exclude: exclude, History: history, StatusRev: j.Status.ModRev, AssignmentRev: j.Assignment.ModRev, ProgressRev: j.ProgressRev}
+		Exclude: exclude, History: history, StatusRev: j.Status.ModRev, AssignmentRev: j.Assignment.ModRev, ResultRev: j.ResultRev}
 }
 
 // anyConnected reports whether a rank of the assignment is known to keep

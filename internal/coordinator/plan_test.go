@@ -95,6 +95,19 @@ func TestPlan(t *testing.T) {
 			b.running(j, 2, "w1")
 			j.Progress = &pb.Progress{Generation: 2, Step: 10, Done: true, Result: &pb.JobResult{TestAccuracy: 0.99}}
 		}, []Action{Finish{JobID: "j", State: pb.JobState_JOB_STATE_SUCCEEDED, Message: "finished 10 steps", Result: &pb.JobResult{TestAccuracy: 0.99}, StatusRev: 101}}},
+		{"a recorded result of the current generation succeeds", func(b *snap) {
+			b.worker("w1", 1)
+			j := b.job("j", 1, running, 1)
+			b.running(j, 2, "w1")
+			j.Progress = &pb.Progress{Generation: 2, Step: 9}
+			j.Result, j.ResultRev = &pb.Progress{Generation: 2, Step: 10, Done: true, Result: &pb.JobResult{TestAccuracy: 0.98}}, 120
+		}, []Action{Finish{JobID: "j", State: pb.JobState_JOB_STATE_SUCCEEDED, Message: "finished 10 steps", Result: &pb.JobResult{TestAccuracy: 0.98}, StatusRev: 101}}},
+		{"a result of an older generation is ignored", func(b *snap) {
+			b.worker("w1", 1)
+			j := b.job("j", 1, running, 1)
+			b.running(j, 2, "w1")
+			j.Result = &pb.Progress{Generation: 1, Done: true}
+		}, nil},
 		{"done progress of an older generation is ignored", func(b *snap) {
 			b.worker("w1", 1)
 			j := b.job("j", 1, running, 1)

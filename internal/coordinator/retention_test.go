@@ -29,13 +29,13 @@ steps: 10
 }
 
 // The scheduler's reads do not grow with finished jobs: with one pending
-// job it reads the same keys before and after 100 jobs finished. Finished
-// jobs leave etcd after the retention period; a job resumed in time is
-// kept.
+// job, its full read of the state (at each periodic resync) takes the
+// same keys before and after 100 jobs finished. Finished jobs leave etcd
+// after the retention period; a job resumed in time is kept.
 func TestFinishedJobsLeaveTheSchedulerAndExpire(t *testing.T) {
 	const retention = 2 * time.Second
 	c, err := Start(Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), JobRetention: retention,
-		ReconcileInterval: 50 * time.Millisecond}, zaptest.NewLogger(t))
+		ReconcileInterval: 50 * time.Millisecond, ResyncInterval: 200 * time.Millisecond}, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,17 +69,17 @@ func TestFinishedJobsLeaveTheSchedulerAndExpire(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	// reads waits for two reconciles after now and returns what the last
-	// one read.
+	// reads waits for two resyncs after now and returns what the last
+	// full read took.
 	reads := func() int64 {
-		time.Sleep(3 * c.cfg.ReconcileInterval)
-		return c.reconcileReads.Load()
+		time.Sleep(3 * c.cfg.ResyncInterval)
+		return c.loadedKeys.Load()
 	}
 
 	pending := submit()
 	before := reads()
 	if before < 3 {
-		t.Fatalf("the reconcile read %d keys; want at least the pending job's marker, spec and status", before)
+		t.Fatalf("the scheduler's read took %d keys; want at least the pending job's marker, spec and status", before)
 	}
 	resumed := ""
 	for i := range 100 {
@@ -93,9 +93,9 @@ func TestFinishedJobsLeaveTheSchedulerAndExpire(t *testing.T) {
 		}
 	}
 	if after := reads(); after != before {
-		t.Errorf("the reconcile read %d keys with 100 finished jobs, %d without: it must not grow", after, before)
+		t.Errorf("the scheduler's read took %d keys with 100 finished jobs, %d without: it must not grow", after, before)
 	} else {
-		t.Logf("the reconcile reads %d keys with and without 100 finished jobs", after)
+		t.Logf("the scheduler's read takes %d keys with and without 100 finished jobs", after)
 	}
 	if _, err := api.ResumeJob(ctx, &pb.ResumeJobRequest{JobId: resumed}); err != nil {
 		t.Fatal(err)
@@ -135,8 +135,9 @@ func TestFinishedJobsLeaveTheSchedulerAndExpire(t *testing.T) {
 	}
 }
 
-// State from layout 2 (progress under the job's keys) is upgraded: the
-// progress moves to progress/<job>, on the lease it had.
+// State from layout 2 (progress and checkpoint records under the job's
+// keys) is upgraded: the progress moves to progress/<job>, on the lease it
+// had, and the records go (the store lists the checkpoints).
 func TestMigrateMovesProgressOutOfTheJob(t *testing.T) {
 	c, err := Start(Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), JobRetention: time.Hour}, zaptest.NewLogger(t))
 	if err != nil {
@@ -167,6 +168,7 @@ func TestMigrateMovesProgressOutOfTheJob(t *testing.T) {
 		{k.Spec("old"), `{"name": "old", "workers": 1}`},
 		{k.Status("old"), `{"state": "JOB_STATE_SUCCEEDED"}`},
 		{k.LegacyProgress("old"), done},
+		{k.Checkpoints("old") + "000000000005", `{"step": "5", "url": "file:///x"}`},
 	} {
 		if _, err := c.etcd.Put(ctx, kv[0], kv[1], clientv3.WithLease(lease.ID)); err != nil {
 			t.Fatal(err)
@@ -184,6 +186,9 @@ func TestMigrateMovesProgressOutOfTheJob(t *testing.T) {
 	}
 	if resp, err := c.etcd.Get(ctx, k.LegacyProgress("old")); err != nil || len(resp.Kvs) != 0 {
 		t.Errorf("the old progress key is still there: %v, %v", resp.Kvs, err)
+	}
+	if resp, err := c.etcd.Get(ctx, k.Checkpoints("old"), clientv3.WithPrefix()); err != nil || len(resp.Kvs) != 0 {
+		t.Errorf("the checkpoint records of layout 3 are still there: %v, %v", resp.Kvs, err)
 	}
 	if resp, err := c.etcd.Get(ctx, k.Layout()); err != nil || string(resp.Kvs[0].Value) != layoutVersion {
 		t.Errorf("layout after the upgrade: %v, %v", resp.Kvs, err)

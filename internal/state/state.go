@@ -1,9 +1,10 @@
 package state
 
 import (
+	"cmp"
 	"context"
 	"fmt"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -30,8 +31,13 @@ func (k Keys) Job(id string) string         { return k.Jobs() + id + "/" }
 func (k Keys) Spec(id string) string        { return k.Job(id) + "spec" }
 func (k Keys) Status(id string) string      { return k.Job(id) + "status" }
 func (k Keys) Assignment(id string) string  { return k.Job(id) + "assignment" }
-func (k Keys) Progresses() string           { return k.Prefix + "progress/" }
-func (k Keys) Progress(id string) string    { return k.Progresses() + id }
+
+// Result is where rank 0 records the final progress (done, with the
+// result), along with its last progress: unlike progress, the scheduler
+// watches it, and finishes the job as soon as it is written.
+func (k Keys) Result(id string) string   { return k.Job(id) + "result" }
+func (k Keys) Progresses() string        { return k.Prefix + "progress/" }
+func (k Keys) Progress(id string) string { return k.Progresses() + id }
 
 // LegacyProgress is where layout 2 kept a job's progress.
 func (k Keys) LegacyProgress(id string) string { return k.Job(id) + "progress" }
@@ -39,11 +45,11 @@ func (k Keys) Reports(id string) string        { return k.Job(id) + "reports/" }
 func (k Keys) Report(id string, rank int32) string {
 	return k.Reports(id) + strconv.Itoa(int(rank))
 }
+
+// Checkpoints is where layouts before 4 recorded a job's checkpoints; the
+// upgrade to layout 4 deletes these records (the store lists them).
 func (k Keys) Checkpoints(id string) string { return k.Job(id) + "checkpoints/" }
-func (k Keys) Checkpoint(id string, step int64) string {
-	return fmt.Sprintf("%s%012d", k.Checkpoints(id), step)
-}
-func (k Keys) Election() string { return k.Prefix + "election/" }
+func (k Keys) Election() string             { return k.Prefix + "election/" }
 
 // Active holds one empty marker key per job that is not finished: the
 // scheduler reads these jobs only, so its work does not grow with the
@@ -89,8 +95,12 @@ type JobEntry struct {
 	// of ring is guarded by it, so that no new generation follows a
 	// result already recorded.
 	ProgressRev int64
-	Reports     []*pb.RankReport
-	Checkpoints []*pb.CheckpointRecord
+	// Result is the final progress rank 0 recorded (nil: none yet), and
+	// ResultRev its key's mod revision (0: none), which guards a change
+	// of ring: no new generation follows a result already recorded.
+	Result    *pb.Progress
+	ResultRev int64
+	Reports   []*pb.RankReport
 	// KVs are the job's keys as read, to move them between leases (a
 	// finished job's keys expire with a lease; a resumed job's are kept).
 	KVs []*mvccpb.KeyValue
@@ -126,19 +136,26 @@ type Snapshot struct {
 
 // JobIDs returns the job ids in submission order.
 func (s *Snapshot) JobIDs() []string {
-	ids := make([]string, 0, len(s.Jobs))
+	type entry struct {
+		created int64
+		id      string
+	}
+	es := make([]entry, 0, len(s.Jobs))
 	for id, j := range s.Jobs {
 		if j.Spec != nil && j.Status.Value != nil {
-			ids = append(ids, id)
+			es = append(es, entry{j.Status.Value.CreatedMs, id})
 		}
 	}
-	sort.Slice(ids, func(a, b int) bool {
-		ja, jb := s.Jobs[ids[a]], s.Jobs[ids[b]]
-		if ja.Status.Value.CreatedMs != jb.Status.Value.CreatedMs {
-			return ja.Status.Value.CreatedMs < jb.Status.Value.CreatedMs
+	slices.SortFunc(es, func(a, b entry) int {
+		if c := cmp.Compare(a.created, b.created); c != 0 {
+			return c
 		}
-		return ids[a] < ids[b]
+		return strings.Compare(a.id, b.id)
 	})
+	ids := make([]string, len(es))
+	for i, e := range es {
+		ids[i] = e.id
+	}
 	return ids
 }
 
@@ -280,16 +297,17 @@ func (s *Snapshot) decode(k Keys, kvs []*mvccpb.KeyValue) {
 			case rest == "progress":
 				j.Progress, j.ProgressRev = &pb.Progress{}, kv.ModRevision
 				err = Unmarshal(kv.Value, j.Progress)
+			case rest == "result":
+				j.Result, j.ResultRev = &pb.Progress{}, kv.ModRevision
+				err = Unmarshal(kv.Value, j.Result)
 			case strings.HasPrefix(rest, "reports/"):
 				r := &pb.RankReport{}
 				if err = Unmarshal(kv.Value, r); err == nil {
 					j.Reports = append(j.Reports, r)
 				}
 			case strings.HasPrefix(rest, "checkpoints/"):
-				c := &pb.CheckpointRecord{}
-				if err = Unmarshal(kv.Value, c); err == nil {
-					j.Checkpoints = append(j.Checkpoints, c)
-				}
+				// Records of layouts before 4 (see Keys.Checkpoints);
+				// the store is the record of checkpoints now.
 			}
 		}
 		if err != nil {
@@ -303,6 +321,8 @@ func (s *Snapshot) decode(k Keys, kvs []*mvccpb.KeyValue) {
 					j.Status = Versioned[*pb.JobStatus]{}
 				case "progress":
 					j.Progress, j.ProgressRev = nil, 0
+				case "result":
+					j.Result, j.ResultRev = nil, 0
 				case "assignment":
 					j.Assignment = nil
 				}
@@ -320,7 +340,10 @@ func (s *Snapshot) decode(k Keys, kvs []*mvccpb.KeyValue) {
 
 // JobProto assembles the API view of a job entry.
 func (j *JobEntry) JobProto() *pb.Job {
-	out := &pb.Job{Id: j.ID, Spec: j.Spec, Status: j.Status.Value, Progress: j.Progress, Checkpoints: j.Checkpoints}
+	out := &pb.Job{Id: j.ID, Spec: j.Spec, Status: j.Status.Value, Progress: j.Progress}
+	if out.Progress == nil || (j.Result != nil && j.Result.Step >= out.Progress.Step) {
+		out.Progress = j.Result
+	}
 	if j.Assignment != nil {
 		out.Assignment = j.Assignment.Value
 	}

@@ -571,18 +571,18 @@ func (w *Worker) dataset(d *pb.Dataset) (*mnist.Dataset, error) {
 	return ds, nil
 }
 
-// etcdReporter records rank 0's progress and checkpoints in etcd and
-// publishes its metrics on NATS. Progress writes are guarded by this
+// etcdReporter records rank 0's progress in etcd (with the newest
+// checkpoint it committed: the store itself is the record of checkpoints)
+// and publishes its metrics on NATS. Progress writes are guarded by this
 // worker's claim, so a rank of a generation that the coordinator has ended
 // cannot overwrite anything.
 //
-// Training does not wait for the control plane: Progress and Checkpoint
-// put their record in a bounded outbox (the newest progress, and up to
-// maxPendingRecords checkpoint records) that the reporter's goroutine
-// delivers, retrying while etcd is unreachable. Only the final result is
-// written synchronously: Finish retries it until it is recorded, the claim
-// has ended, or the run is cancelled. NATS buffers its own messages while
-// it reconnects (nats.go's bounded reconnect buffer).
+// Training does not wait for the control plane: Progress puts the newest
+// progress in a one-place outbox that the reporter's goroutine delivers,
+// retrying while etcd is unreachable. Only the final result is written
+// synchronously: Finish retries it until it is recorded, the claim has
+// ended, or the run is cancelled. NATS buffers its own messages while it
+// reconnects (nats.go's bounded reconnect buffer).
 type etcdReporter struct {
 	w          *Worker
 	jobID      string
@@ -592,26 +592,13 @@ type etcdReporter struct {
 
 	kick chan struct{} // wakes run; capacity 1
 
-	mu       sync.Mutex
-	progress *pb.Progress // newest undelivered progress
-	records  []recordOp   // undelivered checkpoint records and removals, oldest first
-	seq      uint64       // of the last recordOp queued
-	fenced   bool         // the claim has ended: nothing more is written
-	down     time.Time    // when deliveries started failing (zero: they do not)
+	mu        sync.Mutex
+	progress  *pb.Progress         // newest undelivered progress
+	delivered *pb.Progress         // the last progress delivered
+	last      *pb.CheckpointRecord // newest committed checkpoint
+	fenced    bool                 // the claim has ended: nothing more is written
+	down      time.Time            // when deliveries started failing (zero: they do not)
 }
-
-// recordOp is a checkpoint record to write, or (rec nil) the record of
-// step to delete because retention removed its checkpoint.
-type recordOp struct {
-	rec  *pb.CheckpointRecord
-	step int64
-	seq  uint64
-}
-
-// maxPendingRecords bounds the checkpoint record operations kept while
-// etcd is unreachable; the oldest are dropped first (the store still
-// lists its checkpoints).
-const maxPendingRecords = 64
 
 // errFenced: this worker's claim on the job has ended.
 var errFenced = errors.New("this worker's claim on the job has ended")
@@ -649,64 +636,50 @@ func (r *etcdReporter) wake() {
 	}
 }
 
-// flush writes the outbox: checkpoint records first, then the progress.
+// flush writes the outbox.
 func (r *etcdReporter) flush(ctx context.Context) error {
-	for {
-		r.mu.Lock()
-		if r.fenced {
-			r.progress, r.records = nil, nil
-			r.mu.Unlock()
-			return errFenced
-		}
-		var op clientv3.Op
-		var rec *recordOp
-		var prog *pb.Progress
-		switch {
-		case len(r.records) > 0:
-			first := r.records[0]
-			rec = &first
-			if rec.rec != nil {
-				op = clientv3.OpPut(r.w.keys.Checkpoint(r.jobID, rec.rec.Step), state.Marshal(rec.rec))
-			} else {
-				op = clientv3.OpDelete(r.w.keys.Checkpoint(r.jobID, rec.step))
-			}
-		case r.progress != nil:
-			prog = r.progress
-			op = clientv3.OpPut(r.w.keys.Progress(r.jobID), state.Marshal(prog))
-		}
+	r.mu.Lock()
+	if r.fenced {
+		r.progress = nil
 		r.mu.Unlock()
-		if rec == nil && prog == nil {
-			return nil
-		}
-		err := r.do(ctx, op)
-		r.mu.Lock()
-		switch {
-		case errors.Is(err, errFenced):
-			r.fenced = true
-		case err != nil && ctx.Err() != nil:
-			// Cancelled, not unreachable: the run's last flush follows.
-		case err != nil:
-			if r.down.IsZero() {
-				r.down = time.Now()
-				r.log.Warn("etcd is unreachable: training goes on and its progress is delivered when etcd is back", zap.Error(err))
-			}
-		default:
-			if !r.down.IsZero() {
-				r.log.Info("progress delivered again", zap.Duration("after", time.Since(r.down).Round(time.Millisecond)))
-				r.down = time.Time{}
-			}
-			if rec != nil && len(r.records) > 0 && r.records[0].seq == rec.seq {
-				r.records = r.records[1:]
-			}
-			if prog != nil && r.progress == prog {
-				r.progress = nil
-			}
-		}
+		return errFenced
+	}
+	prog := r.progress
+	if prog == nil {
 		r.mu.Unlock()
-		if err != nil {
-			return err
+		return nil
+	}
+	prog.LastCheckpoint = r.last
+	ops := []clientv3.Op{clientv3.OpPut(r.w.keys.Progress(r.jobID), state.Marshal(prog))}
+	if prog.Done {
+		// The result goes where the scheduler watches.
+		ops = append(ops, clientv3.OpPut(r.w.keys.Result(r.jobID), state.Marshal(prog)))
+	}
+	r.mu.Unlock()
+	err := r.do(ctx, ops...)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case errors.Is(err, errFenced):
+		r.fenced = true
+	case err != nil && ctx.Err() != nil:
+		// Cancelled, not unreachable: the run's last flush follows.
+	case err != nil:
+		if r.down.IsZero() {
+			r.down = time.Now()
+			r.log.Warn("etcd is unreachable: training goes on and its progress is delivered when etcd is back", zap.Error(err))
+		}
+	default:
+		if !r.down.IsZero() {
+			r.log.Info("progress delivered again", zap.Duration("after", time.Since(r.down).Round(time.Millisecond)))
+			r.down = time.Time{}
+		}
+		r.delivered = prog
+		if r.progress == prog {
+			r.progress = nil
 		}
 	}
+	return err
 }
 
 func (r *etcdReporter) Step(m *pb.StepMetrics) {
@@ -715,12 +688,12 @@ func (r *etcdReporter) Step(m *pb.StepMetrics) {
 
 // do runs op if this worker's claim is still the one the reporter was
 // made for.
-func (r *etcdReporter) do(ctx context.Context, op clientv3.Op) error {
+func (r *etcdReporter) do(ctx context.Context, ops ...clientv3.Op) error {
 	ctx, cancel := context.WithTimeout(ctx, r.w.cfg.RequestTimeout)
 	defer cancel()
 	resp, err := r.w.etcd.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(r.claimKey), "=", r.claimValue)).
-		Then(op).Commit()
+		Then(ops...).Commit()
 	if err != nil {
 		return err
 	}
@@ -766,37 +739,20 @@ func (r *etcdReporter) CheckpointFailed(step int64, err error) {
 		Detail: fmt.Sprintf("checkpoint at step %d failed; training goes on and the next save tries again: %v", step, err)}}})
 }
 
-// Checkpoint queues the record of a committed checkpoint for delivery.
+// Checkpoint records a committed checkpoint in the next progress (the
+// last one delivered again, if no newer one waits).
 func (r *etcdReporter) Checkpoint(_ context.Context, rec *pb.CheckpointRecord) error {
 	_ = r.w.pub.Publish(&pb.JobEvent{JobId: r.jobID, Event: &pb.JobEvent_State{State: &pb.StateChange{
 		Detail: fmt.Sprintf("checkpoint at step %d saved to %s", rec.Step, rec.Url)}}})
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.queue(recordOp{rec: rec})
-}
-
-// CheckpointsRemoved queues the deletion of the records of checkpoints
-// that retention removed.
-func (r *etcdReporter) CheckpointsRemoved(steps []int64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, s := range steps {
-		_ = r.queue(recordOp{step: s}) // fenced: this record then stays, stale
-	}
-}
-
-// queue adds op to the outbox; r.mu is held.
-func (r *etcdReporter) queue(op recordOp) error {
 	if r.fenced {
 		return errFenced
 	}
-	if len(r.records) == maxPendingRecords {
-		r.log.Warn("too many checkpoint records wait for etcd; dropping the oldest (the store still lists its checkpoint)")
-		r.records = r.records[1:]
+	r.last = rec
+	if r.progress == nil && r.delivered != nil {
+		r.progress = proto.Clone(r.delivered).(*pb.Progress)
 	}
-	r.seq++
-	op.seq = r.seq
-	r.records = append(r.records, op)
 	r.wake()
 	return nil
 }

@@ -46,9 +46,6 @@ type Reporter interface {
 	Checkpoint(ctx context.Context, rec *pb.CheckpointRecord) error
 	// CheckpointFailed is called when a save fails (training goes on).
 	CheckpointFailed(step int64, err error)
-	// CheckpointsRemoved is called with the steps whose checkpoints the
-	// store's retention removed, so that their records go too.
-	CheckpointsRemoved(steps []int64)
 }
 
 // Trainer runs one rank of a data-parallel job. Its loop reads like
@@ -831,9 +828,6 @@ func (t *Trainer) saved(ctx context.Context, r checkpoint.Result) {
 		zap.Duration("training_stall", r.Stall), zap.Duration("upload", r.Upload))
 	if err := t.Reporter.Checkpoint(ctx, &pb.CheckpointRecord{Step: r.Step, Url: r.Info.URL, SizeBytes: r.Info.Size, TimeMs: time.Now().UnixMilli()}); err != nil {
 		t.Log.Warn("recording the checkpoint failed", zap.Error(err))
-	}
-	if len(r.Info.Removed) > 0 {
-		t.Reporter.CheckpointsRemoved(r.Info.Removed)
 	}
 }
 

@@ -51,7 +51,6 @@ type memReporter struct {
 	progress []*pb.Progress
 	ckpts    []*pb.CheckpointRecord
 	failed   []int64
-	removed  []int64
 	result   *pb.JobResult // rank 0's, set by runJob
 }
 
@@ -72,11 +71,6 @@ func (r *memReporter) CheckpointFailed(step int64, _ error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.failed = append(r.failed, step)
-}
-func (r *memReporter) CheckpointsRemoved(steps []int64) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.removed = append(r.removed, steps...)
 }
 func (r *memReporter) Checkpoint(_ context.Context, c *pb.CheckpointRecord) error {
 	r.mu.Lock()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -83,6 +84,59 @@ epochs: 1
 	}
 	if j.Spec.Name != "backed-up" || j.Spec.Workers != 3 || j.Status.State != pb.JobState_JOB_STATE_PENDING {
 		t.Errorf("restored job: spec %v, state %v", j.Spec, j.Status.State)
+	}
+
+	// The same file restored into three replicas' data directories (the
+	// documented restore of a replicated control plane): they form one
+	// etcd cluster that serves the job from every replica.
+	var peers, routes []string
+	for i := range 3 {
+		peers = append(peers, fmt.Sprintf("r%d=http://%s", i, freeAddr(t)))
+		routes = append(routes, fmt.Sprintf("r%d=nats://%s", i, freeAddr(t)))
+	}
+	initial := strings.Join(peers, ",")
+	for i := range 3 {
+		args := []string{"snapshot", "restore", file, "--data-dir", filepath.Join(c.dir, fmt.Sprint("replica", i)), "--name", fmt.Sprint("r", i), "--initial-cluster", initial}
+		if out, err := c.cli(args...); err != nil {
+			t.Fatalf("snapshot restore for replica r%d: %v: %s", i, err, out)
+		}
+	}
+	// A replica's etcd serves once a majority has started: start them
+	// together.
+	replicas := make([]*coordinator.Coordinator, 3)
+	errs := make(chan error, 3)
+	for i := range 3 {
+		go func() {
+			r, err := coordinator.Start(coordinator.Config{Listen: "127.0.0.1:0", DataDir: filepath.Join(c.dir, fmt.Sprint("replica", i)),
+				Name: fmt.Sprint("r", i), InitialCluster: initial, NATSRoutes: strings.Join(routes, ",")}, zaptest.NewLogger(t).Named(fmt.Sprint("r", i)))
+			replicas[i] = r
+			errs <- err
+		}()
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, r := range replicas {
+		defer r.Close()
+		conn, err := grpc.NewClient(r.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		cl := pb.NewCoordinatorClient(conn)
+		j, err := cl.GetJob(ctx, &pb.GetJobRequest{JobId: id})
+		if err != nil || j.Spec.Name != "backed-up" {
+			t.Fatalf("restored replica r%d: job %s: %v, %v", i, id, j.GetSpec(), err)
+		}
+		st, err := cl.ClusterStatus(ctx, &pb.ClusterStatusRequest{})
+		if err != nil {
+			t.Fatalf("restored replica r%d: cluster status: %v", i, err)
+		}
+		if len(st.Members) != 3 || !st.Quorum {
+			t.Errorf("restored replica r%d sees %d etcd members (quorum %v), want 3 with a quorum: %v", i, len(st.Members), st.Quorum, st.Members)
+		}
 	}
 }
 

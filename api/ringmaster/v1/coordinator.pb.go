@@ -1149,15 +1149,19 @@ func (x *WatchJobRequest) GetJobId() string {
 
 // Job is the API view of a job: its spec and everything etcd records of it.
 type Job struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Spec          *JobSpec               `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
-	Status        *JobStatus             `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
-	Assignment    *Assignment            `protobuf:"bytes,4,opt,name=assignment,proto3" json:"assignment,omitempty"`
-	Progress      *Progress              `protobuf:"bytes,5,opt,name=progress,proto3" json:"progress,omitempty"`
-	Checkpoints   []*CheckpointRecord    `protobuf:"bytes,6,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Spec       *JobSpec               `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	Status     *JobStatus             `protobuf:"bytes,3,opt,name=status,proto3" json:"status,omitempty"`
+	Assignment *Assignment            `protobuf:"bytes,4,opt,name=assignment,proto3" json:"assignment,omitempty"`
+	Progress   *Progress              `protobuf:"bytes,5,opt,name=progress,proto3" json:"progress,omitempty"`
+	// The job's checkpoints as its store lists them, oldest first (GetJob
+	// only; the store is their only record).
+	Checkpoints []*CheckpointRecord `protobuf:"bytes,6,rep,name=checkpoints,proto3" json:"checkpoints,omitempty"`
+	// Why the store could not be listed (empty: it was).
+	CheckpointsError string `protobuf:"bytes,7,opt,name=checkpoints_error,json=checkpointsError,proto3" json:"checkpoints_error,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
@@ -1230,6 +1234,13 @@ func (x *Job) GetCheckpoints() []*CheckpointRecord {
 		return x.Checkpoints
 	}
 	return nil
+}
+
+func (x *Job) GetCheckpointsError() string {
+	if x != nil {
+		return x.CheckpointsError
+	}
+	return ""
 }
 
 // JobSpec is the validated, defaulted job spec (see internal/jobspec for the
@@ -2508,10 +2519,12 @@ type Progress struct {
 	SamplesPerSec float64 `protobuf:"fixed64,8,opt,name=samples_per_sec,json=samplesPerSec,proto3" json:"samples_per_sec,omitempty"`
 	UpdatedMs     int64   `protobuf:"varint,9,opt,name=updated_ms,json=updatedMs,proto3" json:"updated_ms,omitempty"`
 	// Set once the last step is done and the final result computed.
-	Done          bool       `protobuf:"varint,10,opt,name=done,proto3" json:"done,omitempty"`
-	Result        *JobResult `protobuf:"bytes,11,opt,name=result,proto3" json:"result,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Done   bool       `protobuf:"varint,10,opt,name=done,proto3" json:"done,omitempty"`
+	Result *JobResult `protobuf:"bytes,11,opt,name=result,proto3" json:"result,omitempty"`
+	// The newest checkpoint rank 0 committed in this run (nil: none yet).
+	LastCheckpoint *CheckpointRecord `protobuf:"bytes,12,opt,name=last_checkpoint,json=lastCheckpoint,proto3" json:"last_checkpoint,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Progress) Reset() {
@@ -2617,6 +2630,13 @@ func (x *Progress) GetDone() bool {
 func (x *Progress) GetResult() *JobResult {
 	if x != nil {
 		return x.Result
+	}
+	return nil
+}
+
+func (x *Progress) GetLastCheckpoint() *CheckpointRecord {
+	if x != nil {
+		return x.LastCheckpoint
 	}
 	return nil
 }
@@ -3328,7 +3348,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"\x13ListWorkersResponse\x12/\n" +
 	"\aworkers\x18\x01 \x03(\v2\x15.ringmaster.v1.WorkerR\aworkers\"(\n" +
 	"\x0fWatchJobRequest\x12\x15\n" +
-	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"\xa6\x02\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"\xd3\x02\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12*\n" +
 	"\x04spec\x18\x02 \x01(\v2\x16.ringmaster.v1.JobSpecR\x04spec\x120\n" +
@@ -3337,7 +3357,8 @@ const file_coordinator_proto_rawDesc = "" +
 	"assignment\x18\x04 \x01(\v2\x19.ringmaster.v1.AssignmentR\n" +
 	"assignment\x123\n" +
 	"\bprogress\x18\x05 \x01(\v2\x17.ringmaster.v1.ProgressR\bprogress\x12A\n" +
-	"\vcheckpoints\x18\x06 \x03(\v2\x1f.ringmaster.v1.CheckpointRecordR\vcheckpoints\"\xdf\x05\n" +
+	"\vcheckpoints\x18\x06 \x03(\v2\x1f.ringmaster.v1.CheckpointRecordR\vcheckpoints\x12+\n" +
+	"\x11checkpoints_error\x18\a \x01(\tR\x10checkpointsError\"\xdf\x05\n" +
 	"\aJobSpec\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x120\n" +
@@ -3466,7 +3487,7 @@ const file_coordinator_proto_rawDesc = "" +
 	"\tworker_id\x18\x02 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04addr\x18\x03 \x01(\tR\x04addr\x12'\n" +
 	"\x0fworker_revision\x18\x04 \x01(\x03R\x0eworkerRevision\x12-\n" +
-	"\x12worker_incarnation\x18\x05 \x01(\tR\x11workerIncarnation\"\xe2\x02\n" +
+	"\x12worker_incarnation\x18\x05 \x01(\tR\x11workerIncarnation\"\xac\x03\n" +
 	"\bProgress\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
@@ -3483,7 +3504,8 @@ const file_coordinator_proto_rawDesc = "" +
 	"updated_ms\x18\t \x01(\x03R\tupdatedMs\x12\x12\n" +
 	"\x04done\x18\n" +
 	" \x01(\bR\x04done\x120\n" +
-	"\x06result\x18\v \x01(\v2\x18.ringmaster.v1.JobResultR\x06result\"\xd6\x01\n" +
+	"\x06result\x18\v \x01(\v2\x18.ringmaster.v1.JobResultR\x06result\x12H\n" +
+	"\x0flast_checkpoint\x18\f \x01(\v2\x1f.ringmaster.v1.CheckpointRecordR\x0elastCheckpoint\"\xd6\x01\n" +
 	"\n" +
 	"RankReport\x12\x1e\n" +
 	"\n" +
@@ -3643,37 +3665,38 @@ var file_coordinator_proto_depIdxs = []int32{
 	30, // 17: ringmaster.v1.JobStatus.excluded:type_name -> ringmaster.v1.ExcludedWorker
 	33, // 18: ringmaster.v1.Assignment.ranks:type_name -> ringmaster.v1.RankAssignment
 	31, // 19: ringmaster.v1.Progress.result:type_name -> ringmaster.v1.JobResult
-	40, // 20: ringmaster.v1.JobEvent.step:type_name -> ringmaster.v1.StepMetrics
-	41, // 21: ringmaster.v1.JobEvent.state:type_name -> ringmaster.v1.StateChange
-	0,  // 22: ringmaster.v1.StateChange.state:type_name -> ringmaster.v1.JobState
-	31, // 23: ringmaster.v1.StateChange.result:type_name -> ringmaster.v1.JobResult
-	6,  // 24: ringmaster.v1.Coordinator.Info:input_type -> ringmaster.v1.InfoRequest
-	8,  // 25: ringmaster.v1.Coordinator.SubmitJob:input_type -> ringmaster.v1.SubmitJobRequest
-	10, // 26: ringmaster.v1.Coordinator.ListJobs:input_type -> ringmaster.v1.ListJobsRequest
-	12, // 27: ringmaster.v1.Coordinator.GetJob:input_type -> ringmaster.v1.GetJobRequest
-	13, // 28: ringmaster.v1.Coordinator.CancelJob:input_type -> ringmaster.v1.CancelJobRequest
-	14, // 29: ringmaster.v1.Coordinator.ResumeJob:input_type -> ringmaster.v1.ResumeJobRequest
-	15, // 30: ringmaster.v1.Coordinator.ListCheckpoints:input_type -> ringmaster.v1.ListCheckpointsRequest
-	18, // 31: ringmaster.v1.Coordinator.ListWorkers:input_type -> ringmaster.v1.ListWorkersRequest
-	20, // 32: ringmaster.v1.Coordinator.WatchJob:input_type -> ringmaster.v1.WatchJobRequest
-	4,  // 33: ringmaster.v1.Coordinator.SaveSnapshot:input_type -> ringmaster.v1.SaveSnapshotRequest
-	1,  // 34: ringmaster.v1.Coordinator.ClusterStatus:input_type -> ringmaster.v1.ClusterStatusRequest
-	7,  // 35: ringmaster.v1.Coordinator.Info:output_type -> ringmaster.v1.InfoResponse
-	9,  // 36: ringmaster.v1.Coordinator.SubmitJob:output_type -> ringmaster.v1.SubmitJobResponse
-	11, // 37: ringmaster.v1.Coordinator.ListJobs:output_type -> ringmaster.v1.ListJobsResponse
-	21, // 38: ringmaster.v1.Coordinator.GetJob:output_type -> ringmaster.v1.Job
-	21, // 39: ringmaster.v1.Coordinator.CancelJob:output_type -> ringmaster.v1.Job
-	21, // 40: ringmaster.v1.Coordinator.ResumeJob:output_type -> ringmaster.v1.Job
-	16, // 41: ringmaster.v1.Coordinator.ListCheckpoints:output_type -> ringmaster.v1.ListCheckpointsResponse
-	19, // 42: ringmaster.v1.Coordinator.ListWorkers:output_type -> ringmaster.v1.ListWorkersResponse
-	39, // 43: ringmaster.v1.Coordinator.WatchJob:output_type -> ringmaster.v1.JobEvent
-	5,  // 44: ringmaster.v1.Coordinator.SaveSnapshot:output_type -> ringmaster.v1.SnapshotChunk
-	2,  // 45: ringmaster.v1.Coordinator.ClusterStatus:output_type -> ringmaster.v1.ClusterStatusResponse
-	35, // [35:46] is the sub-list for method output_type
-	24, // [24:35] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	36, // 20: ringmaster.v1.Progress.last_checkpoint:type_name -> ringmaster.v1.CheckpointRecord
+	40, // 21: ringmaster.v1.JobEvent.step:type_name -> ringmaster.v1.StepMetrics
+	41, // 22: ringmaster.v1.JobEvent.state:type_name -> ringmaster.v1.StateChange
+	0,  // 23: ringmaster.v1.StateChange.state:type_name -> ringmaster.v1.JobState
+	31, // 24: ringmaster.v1.StateChange.result:type_name -> ringmaster.v1.JobResult
+	6,  // 25: ringmaster.v1.Coordinator.Info:input_type -> ringmaster.v1.InfoRequest
+	8,  // 26: ringmaster.v1.Coordinator.SubmitJob:input_type -> ringmaster.v1.SubmitJobRequest
+	10, // 27: ringmaster.v1.Coordinator.ListJobs:input_type -> ringmaster.v1.ListJobsRequest
+	12, // 28: ringmaster.v1.Coordinator.GetJob:input_type -> ringmaster.v1.GetJobRequest
+	13, // 29: ringmaster.v1.Coordinator.CancelJob:input_type -> ringmaster.v1.CancelJobRequest
+	14, // 30: ringmaster.v1.Coordinator.ResumeJob:input_type -> ringmaster.v1.ResumeJobRequest
+	15, // 31: ringmaster.v1.Coordinator.ListCheckpoints:input_type -> ringmaster.v1.ListCheckpointsRequest
+	18, // 32: ringmaster.v1.Coordinator.ListWorkers:input_type -> ringmaster.v1.ListWorkersRequest
+	20, // 33: ringmaster.v1.Coordinator.WatchJob:input_type -> ringmaster.v1.WatchJobRequest
+	4,  // 34: ringmaster.v1.Coordinator.SaveSnapshot:input_type -> ringmaster.v1.SaveSnapshotRequest
+	1,  // 35: ringmaster.v1.Coordinator.ClusterStatus:input_type -> ringmaster.v1.ClusterStatusRequest
+	7,  // 36: ringmaster.v1.Coordinator.Info:output_type -> ringmaster.v1.InfoResponse
+	9,  // 37: ringmaster.v1.Coordinator.SubmitJob:output_type -> ringmaster.v1.SubmitJobResponse
+	11, // 38: ringmaster.v1.Coordinator.ListJobs:output_type -> ringmaster.v1.ListJobsResponse
+	21, // 39: ringmaster.v1.Coordinator.GetJob:output_type -> ringmaster.v1.Job
+	21, // 40: ringmaster.v1.Coordinator.CancelJob:output_type -> ringmaster.v1.Job
+	21, // 41: ringmaster.v1.Coordinator.ResumeJob:output_type -> ringmaster.v1.Job
+	16, // 42: ringmaster.v1.Coordinator.ListCheckpoints:output_type -> ringmaster.v1.ListCheckpointsResponse
+	19, // 43: ringmaster.v1.Coordinator.ListWorkers:output_type -> ringmaster.v1.ListWorkersResponse
+	39, // 44: ringmaster.v1.Coordinator.WatchJob:output_type -> ringmaster.v1.JobEvent
+	5,  // 45: ringmaster.v1.Coordinator.SaveSnapshot:output_type -> ringmaster.v1.SnapshotChunk
+	2,  // 46: ringmaster.v1.Coordinator.ClusterStatus:output_type -> ringmaster.v1.ClusterStatusResponse
+	36, // [36:47] is the sub-list for method output_type
+	25, // [25:36] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_coordinator_proto_init() }
