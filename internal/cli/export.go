@@ -82,7 +82,7 @@ torch module from it and loads the file.`,
 				if name == "" {
 					name = w.Config.Name
 				}
-				outPath = fmt.Sprintf("%s-step-%d.safetensors", name, w.Step)
+				outPath = export.FileName(name, w.Step)
 			}
 			report := cmd.OutOrStdout()
 			if outPath == "-" {

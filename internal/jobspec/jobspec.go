@@ -187,8 +187,15 @@ type Options struct {
 	CheckPaths bool
 }
 
+// MaxSpecBytes bounds a job spec: a real one is a few hundred bytes, and
+// YAML's aliases can make a small document expand a lot.
+const MaxSpecBytes = 64 << 10
+
 // Parse decodes, validates and defaults a YAML job spec.
 func Parse(data []byte, opt Options) (*pb.JobSpec, error) {
+	if len(data) > MaxSpecBytes {
+		return nil, &Error{Problems: []FieldError{{Problem: fmt.Sprintf("the spec is %d bytes; a job spec may have at most %d (put data in the dataset, not in the spec)", len(data), MaxSpecBytes)}}}
+	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, &Error{Problems: []FieldError{{Problem: "YAML syntax error: " + strings.TrimPrefix(err.Error(), "yaml: ") + "; fix the YAML syntax"}}}

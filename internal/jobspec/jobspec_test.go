@@ -221,10 +221,21 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(good))
 	f.Add([]byte("name: j\nmodel: cnn\n"))
 	f.Add([]byte("{]"))
+	// YAML aliases that expand (a "billion laughs" document).
+	f.Add([]byte("a: &a [x, x, x, x]\nb: &b [*a, *a, *a, *a]\nc: &c [*b, *b, *b, *b]\nname: *c\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := Parse(data, Options{DefaultStore: "file:///x"})
 		if err == nil && (s.Name == "" || s.Model == "" || s.Workers < 1 || !(s.Optimizer.Lr > 0)) {
 			t.Fatalf("accepted an invalid spec: %+v", s)
 		}
 	})
+}
+
+// A spec larger than MaxSpecBytes is refused before it is parsed.
+func TestOversizedSpecIsRefused(t *testing.T) {
+	big := []byte(good + "# " + strings.Repeat("x", MaxSpecBytes) + "\n")
+	_, err := Parse(big, Options{DefaultStore: "file:///x"})
+	if err == nil || !strings.Contains(err.Error(), "at most") {
+		t.Fatalf("a %d-byte spec: %v; want a refusal naming the limit", len(big), err)
+	}
 }

@@ -44,6 +44,38 @@ const (
 	tiedEmbedding = "transformer.wte.weight"
 )
 
+// FileName is the default name of an export of job (or model) at step:
+// "<job>-step-<step>.safetensors", with the name cut down to letters,
+// digits, '.', '_' and '-' (others become '-', leading dots and dashes
+// go, at most 100 characters kept), since it comes from the checkpoint's
+// stored metadata and must not name another directory.
+func FileName(job string, step int64) string {
+	b := make([]byte, 0, len(job))
+	for i := 0; i < len(job) && len(b) < maxNameBytes; i++ {
+		c := job[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '_':
+		case c == '.' || c == '-':
+			if len(b) == 0 {
+				continue
+			}
+		default:
+			if len(b) == 0 || b[len(b)-1] == '-' {
+				continue
+			}
+			c = '-'
+		}
+		b = append(b, c)
+	}
+	name := string(b)
+	if name == "" {
+		name = "model"
+	}
+	return fmt.Sprintf("%s-step-%d.safetensors", name, step)
+}
+
+const maxNameBytes = 100
+
 // Tensor is one exported tensor: float32, row-major, PyTorch's name and
 // shape.
 type Tensor struct {

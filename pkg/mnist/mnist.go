@@ -2,6 +2,7 @@ package mnist
 
 import (
 	"bufio"
+	"bytes"
 	"compress/gzip"
 	"encoding/binary"
 	"errors"
@@ -93,6 +94,17 @@ func readIDX(dir, base string, magic uint32, inner []int) ([]byte, int, error) {
 		defer z.Close()
 		r = z
 	}
+	return parseIDX(r, path, magic, inner)
+}
+
+// maxIDXItems bounds the item count an IDX header may claim (MNIST has
+// 70,000 images; EMNIST about 800,000).
+const maxIDXItems = 1 << 24
+
+// parseIDX reads an IDX stream: its header, then the payload, which is
+// read as it comes rather than allocated from the header's claim, so a
+// header that lies about its size costs only the bytes that are there.
+func parseIDX(r io.Reader, path string, magic uint32, inner []int) ([]byte, int, error) {
 	hdr := make([]uint32, 2+len(inner))
 	if err := binary.Read(r, binary.BigEndian, hdr); err != nil {
 		return nil, 0, fmt.Errorf("mnist: %s: reading header: %w", path, err)
@@ -101,21 +113,25 @@ func readIDX(dir, base string, magic uint32, inner []int) ([]byte, int, error) {
 		return nil, 0, fmt.Errorf("mnist: %s: magic %#x, want %#x (not an IDX file of this kind)", path, hdr[0], magic)
 	}
 	n := int(hdr[1])
-	size := n
+	if n <= 0 || n > maxIDXItems {
+		return nil, 0, fmt.Errorf("mnist: %s: implausible item count %d (at most %d)", path, hdr[1], maxIDXItems)
+	}
+	size := int64(n)
 	for i, d := range inner {
 		if int(hdr[2+i]) != d {
 			return nil, 0, fmt.Errorf("mnist: %s: dimension %d is %d, want %d", path, i+1, hdr[2+i], d)
 		}
-		size *= d
+		size *= int64(d)
 	}
-	if n <= 0 || size > 1<<31 {
-		return nil, 0, fmt.Errorf("mnist: %s: implausible item count %d", path, n)
+	var buf bytes.Buffer
+	buf.Grow(int(min(size, 64<<20))) // a real file's size; a lie costs at most this
+	if _, err := buf.ReadFrom(io.LimitReader(r, size)); err != nil {
+		return nil, 0, fmt.Errorf("mnist: %s: reading %d items: %w", path, n, err)
 	}
-	buf := make([]byte, size)
-	if _, err := io.ReadFull(r, buf); err != nil {
-		return nil, 0, fmt.Errorf("mnist: %s: truncated after header: %w", path, err)
+	if int64(buf.Len()) != size {
+		return nil, 0, fmt.Errorf("mnist: %s: truncated: the header claims %d items (%d bytes) but %d bytes follow it", path, n, size, buf.Len())
 	}
-	return buf, n, nil
+	return buf.Bytes(), n, nil
 }
 
 // Gather copies the samples idx into x (len(idx)*Pixels floats, normalised)

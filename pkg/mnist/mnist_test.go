@@ -86,3 +86,38 @@ func TestLoadPlainAndErrors(t *testing.T) {
 		t.Errorf("wrong magic: %v", err)
 	}
 }
+
+// FuzzParseIDX: no header makes the parser panic or allocate what the
+// stream does not hold; what it accepts has exactly the items it claims.
+func FuzzParseIDX(f *testing.F) {
+	hdr := func(magic uint32, dims ...uint32) []byte {
+		b := binary.BigEndian.AppendUint32(nil, magic)
+		for _, d := range dims {
+			b = binary.BigEndian.AppendUint32(b, d)
+		}
+		return b
+	}
+	f.Add(append(hdr(0x803, 2, 28, 28), make([]byte, 2*784)...))
+	f.Add(hdr(0x803, 0x7fffffff, 28, 28))         // a 16-byte header claiming 2 GiB and more
+	f.Add(append(hdr(0x801, 3), 1, 2, 3))         // labels
+	f.Add(append(hdr(0x801, 4), 1, 2))            // truncated
+	f.Add(hdr(0x803, 0xffffffff, 0xffffffff, 28)) // wrong dimension, negative count
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, kind := range []struct {
+			magic uint32
+			inner []int
+		}{{0x803, []int{28, 28}}, {0x801, nil}} {
+			buf, n, err := parseIDX(bytes.NewReader(data), "fuzz", kind.magic, kind.inner)
+			if err != nil {
+				continue
+			}
+			size := n
+			for _, d := range kind.inner {
+				size *= d
+			}
+			if n <= 0 || len(buf) != size || len(buf) > len(data) {
+				t.Fatalf("accepted %d items in %d bytes from %d bytes of input", n, len(buf), len(data))
+			}
+		}
+	})
+}
