@@ -650,12 +650,29 @@ func checkStoreURL(raw string) error {
 	if !contains(knownStores, u.Scheme) {
 		return fmt.Errorf("store scheme %q is not supported; allowed: %s (e.g. file:///var/lib/ringmaster/checkpoints)", u.Scheme, strings.Join(knownStores, ", "))
 	}
+	if err := noCredentials(u); err != nil {
+		return err
+	}
 	if err := checkpoint.CheckURL(raw); err != nil {
 		msg := strings.TrimPrefix(err.Error(), "checkpoint: ")
 		if u.Scheme == "s3" {
 			msg += " (e.g. s3://bucket/prefix?endpoint=minio:9000&path_style=true)"
 		}
 		return errors.New(msg)
+	}
+	return nil
+}
+
+// noCredentials refuses a URL from a spec that names where credentials
+// are read (credentials_file, profile): whoever submits a job must not
+// make the workers read a file of their choosing, or a credential the
+// operator did not give the job. Workers take S3 credentials from their
+// own environment (the chart's objectStore.credentialsSecret).
+func noCredentials(u *url.URL) error {
+	for _, p := range []string{"credentials_file", "profile"} {
+		if u.Query().Has(p) {
+			return fmt.Errorf("%s= is not allowed in a job spec: workers take S3 credentials from their own environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, or the Secret the operator gives them); remove %s=", p, p)
+		}
 	}
 	return nil
 }
@@ -762,6 +779,10 @@ func tokenDataset(d *datasetY, out *pb.Dataset, opt Options, bad func(string, ..
 			u, err := url.Parse(loc)
 			if err != nil || (u.Scheme != "file" && u.Scheme != "s3") {
 				bad(fmt.Sprintf("%q is not allowed; use a file:// or s3:// URL, or an absolute path", loc), "dataset", field)
+				return
+			}
+			if err := noCredentials(u); err != nil {
+				bad(err.Error(), "dataset", field)
 			}
 			return
 		}
