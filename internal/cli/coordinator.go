@@ -146,6 +146,7 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&cfg.EmbeddedEtcdListen, "embedded-etcd-listen", "127.0.0.1:0", "client address of the embedded etcd (port 0: a free one, kept across restarts of this data directory)")
 	f.StringVar(&cfg.EmbeddedNATSListen, "embedded-nats-listen", "127.0.0.1:0", "address of the embedded NATS server (port 0: a free one, kept across restarts of this data directory)")
 	f.StringVar(&cfg.AdvertiseHost, "advertise-host", "", "host workers use to reach the embedded etcd and NATS (for listening on 0.0.0.0)")
+	f.StringVar(&cfg.HealthListen, "health-listen", "", "serve the HTTP probes /healthz and /readyz (ready: this replica reaches an etcd quorum) on host:port; empty: none")
 	f.StringVar(&cfg.DefaultStore, "default-store", "", "checkpoint store of jobs that name none (default file://DATA_DIR/checkpoints)")
 	f.StringVar(&cpuProfile, "cpu-profile", "", "write a CPU profile of the coordinator (with its embedded etcd and NATS) to this file until it stops")
 	f.DurationVar(&cfg.JobRetention, "job-retention", 7*24*time.Hour, "how long a finished job stays listed (spec, final state, history); 0 keeps it for ever")

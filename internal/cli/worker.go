@@ -79,6 +79,7 @@ func NewWorkerCommand() *cobra.Command {
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", worker.DefaultLeaseTTL, "registration lease TTL: a dead or hung worker is noticed within it")
 	f.DurationVar(&cfg.StallTimeout, "stall-timeout", worker.DefaultStallTimeout, "report this worker wedged when its training loop makes no progress in its own computation for this long (at least 10 times its longest step computation; 0: never)")
 	f.DurationVar(&drainTimeout, "drain-timeout", time.Minute, "after SIGTERM, how long the worker may take to leave its job at a step boundary")
+	f.StringVar(&cfg.HealthListen, "health-listen", "", "serve the HTTP probes /healthz and /readyz (ready: registered with a confirmed lease) on host:port; empty: none")
 	f.StringVar(&cfg.SampleLog, "sample-log", "", "append one line per committed step to this file (which samples the ring consumed; for tests)")
 	addLogFlags(cmd, &lf)
 	return cmd

@@ -23,6 +23,7 @@ import (
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 	"github.com/ringmaster/ringmaster/internal/embedded"
 	"github.com/ringmaster/ringmaster/internal/events"
+	"github.com/ringmaster/ringmaster/internal/health"
 	"github.com/ringmaster/ringmaster/internal/state"
 )
 
@@ -53,6 +54,9 @@ type Config struct {
 	ReconcileInterval time.Duration
 	// RequestTimeout bounds each etcd request.
 	RequestTimeout time.Duration
+	// HealthListen, if set, serves the HTTP probes /healthz and /readyz
+	// (ready: this replica reaches an etcd quorum) on host:port.
+	HealthListen string
 	// ResyncInterval is how often the scheduler reads its whole view of
 	// etcd anew (a safety net: watches keep it current); default 5m.
 	ResyncInterval time.Duration
@@ -195,6 +199,7 @@ type Coordinator struct {
 	lease        clientv3.LeaseID
 	leaseGranted time.Time
 	grpc         *grpc.Server
+	health       *health.Server
 	lis          net.Listener
 	etcdURLs     []string
 	natsURL      string
@@ -288,6 +293,12 @@ func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
 	c.grpc = grpc.NewServer(grpc.UnaryInterceptor(c.unaryInterceptor))
 	pb.RegisterCoordinatorServer(c.grpc, &api{c: c})
 
+	if cfg.HealthListen != "" {
+		if c.health, err = health.Serve(cfg.HealthListen, c.ready); err != nil {
+			return nil, err
+		}
+	}
+
 	runCtx, cancelRun := context.WithCancel(context.Background())
 	c.cancel = cancelRun
 	c.wg.Add(2)
@@ -305,6 +316,23 @@ func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
 	return c, nil
 }
 
+// ready is the readiness probe: the replica can record decisions, which
+// needs an etcd quorum.
+func (c *Coordinator) ready(ctx context.Context) error {
+	if q := c.noQuorum(ctx); q != "" {
+		return errors.New(q)
+	}
+	return nil
+}
+
+// HealthAddr is where the probes are served ("" without HealthListen).
+func (c *Coordinator) HealthAddr() string {
+	if c.health == nil {
+		return ""
+	}
+	return c.health.Addr()
+}
+
 // Addr is the API's address.
 func (c *Coordinator) Addr() string { return c.lis.Addr().String() }
 
@@ -314,6 +342,9 @@ func (c *Coordinator) Err() <-chan error { return c.errc }
 // Close stops the coordinator and its embedded servers.
 func (c *Coordinator) Close() {
 	c.closeOnce.Do(func() {
+		if c.health != nil {
+			_ = c.health.Close()
+		}
 		if c.cancel != nil {
 			c.cancel()
 		}

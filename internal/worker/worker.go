@@ -21,6 +21,7 @@ import (
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 	"github.com/ringmaster/ringmaster/internal/apiclient"
 	"github.com/ringmaster/ringmaster/internal/events"
+	"github.com/ringmaster/ringmaster/internal/health"
 	"github.com/ringmaster/ringmaster/internal/state"
 	"github.com/ringmaster/ringmaster/internal/version"
 	"github.com/ringmaster/ringmaster/pkg/allreduce"
@@ -54,6 +55,10 @@ type Config struct {
 	// wedged (the limit grows to 10 times the longest stretch seen); 0
 	// turns the watchdog off.
 	StallTimeout time.Duration
+	// HealthListen, if set, serves the HTTP probes /healthz and /readyz
+	// (ready: registered, and etcd confirmed the lease within its TTL) on
+	// host:port.
+	HealthListen string
 	// SampleLog, if set, is a file to which the worker appends one line
 	// per committed step: "job step epoch lo hi world rank generation
 	// worker", the part [lo, hi) of the epoch's order the ring consumed.
@@ -125,6 +130,15 @@ func (w *Worker) leaseHeld() error {
 		return fmt.Errorf("etcd has not confirmed this worker's lease for %v (TTL %v): it may have been replaced", since.Round(time.Millisecond), ttl)
 	}
 	return nil
+}
+
+// ready is the readiness probe: the worker is registered and etcd has
+// confirmed its lease recently enough that it can take work.
+func (w *Worker) ready(context.Context) error {
+	if w.renewed.Load() == 0 {
+		return errors.New("not registered yet")
+	}
+	return w.leaseHeld()
 }
 
 // Drain makes the worker leave: at once when idle, otherwise at the next
@@ -207,6 +221,14 @@ func (w *Worker) Addr() string { return w.addr }
 func (w *Worker) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if w.cfg.HealthListen != "" {
+		hs, err := health.Serve(w.cfg.HealthListen, w.ready)
+		if err != nil {
+			return err
+		}
+		defer hs.Close()
+		w.log.Info("serving probes", zap.String("addr", hs.Addr()))
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	serveErr := make(chan error, 1)

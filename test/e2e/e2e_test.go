@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -192,8 +193,16 @@ func TestKilledWorkerLeavesWithinTTL(t *testing.T) {
 	const ttl = 2 * time.Second
 	c := startCluster(t)
 	c.startWorker("doomed", ttl)
-	c.startWorker("survivor", ttl)
+	probes := freeAddr(t)
+	c.startWorker("survivor", ttl, "--health-listen", probes)
 	c.waitWorkers("doomed", "survivor")
+	// A registered worker with a confirmed lease is ready.
+	waitFor(t, 10*time.Second, "the survivor's /readyz", func() error {
+		if code, body := probe(t, probes, "/readyz"); code != http.StatusOK || !strings.Contains(body, "ready") {
+			return fmt.Errorf("%d %q", code, body)
+		}
+		return nil
+	})
 	// Let a few keep-alives happen, so the lease is refreshed, not fresh.
 	time.Sleep(ttl)
 	c.kill("doomed")

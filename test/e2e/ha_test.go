@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +21,7 @@ import (
 // replica is one coordinator process of a replicated control plane.
 type replica struct {
 	name, addr, dir string
+	health          string // the probes' address
 	proc            *exec.Cmd
 	client          pb.CoordinatorClient
 }
@@ -49,7 +52,7 @@ func startHACluster(t *testing.T, seed uint64) *haCluster {
 	h := &haCluster{}
 	var peers, routes, addrs []string
 	for i := range 3 {
-		r := &replica{name: fmt.Sprintf("c%d", i+1), addr: freeAddr(t), dir: filepath.Join(dir, fmt.Sprintf("c%d", i+1))}
+		r := &replica{name: fmt.Sprintf("c%d", i+1), addr: freeAddr(t), health: freeAddr(t), dir: filepath.Join(dir, fmt.Sprintf("c%d", i+1))}
 		conn, err := apiclient.Dial(r.addr)
 		if err != nil {
 			t.Fatal(err)
@@ -96,10 +99,23 @@ func startHACluster(t *testing.T, seed uint64) *haCluster {
 }
 
 // startReplica starts (or restarts, on its data directory) one replica.
+// probe GETs an HTTP probe of a process.
+func probe(t *testing.T, addr, path string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
 func (h *haCluster) startReplica(r *replica) {
 	h.t.Helper()
 	cmd := exec.Command(os.Args[0], "serve", "--name", r.name, "--listen", r.addr, "--data-dir", r.dir,
-		"--initial-cluster", h.initialCluster, "--nats-routes", h.natsRoutes,
+		"--initial-cluster", h.initialCluster, "--nats-routes", h.natsRoutes, "--health-listen", r.health,
 		"--log-file", filepath.Join(h.dir, "coordinator-"+r.name+".log"))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -285,6 +301,12 @@ func TestReplicatedControlPlaneSurvivesReplicaLoss(t *testing.T) {
 	if err != nil || st.Quorum {
 		t.Errorf("the last replica's status: %v, %v; want an answer without quorum", st, err)
 	}
+	if code, body := probe(t, last.health, "/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "no quorum") {
+		t.Errorf("the last replica's /readyz: %d %q; want 503 saying there is no quorum", code, body)
+	}
+	if code, _ := probe(t, last.health, "/healthz"); code != http.StatusOK {
+		t.Errorf("the last replica's /healthz: %d; want 200 (alive without quorum)", code)
+	}
 	time.Sleep(3 * time.Second)
 	if now := h.lastCommitted(id); now <= lostQuorum {
 		t.Errorf("no step committed in 3 s without quorum (step %d)", now)
@@ -303,6 +325,9 @@ func TestReplicatedControlPlaneSurvivesReplicaLoss(t *testing.T) {
 		}
 		if !st.Quorum || st.Scheduler == "" {
 			return fmt.Errorf("quorum %v, scheduler %q", st.Quorum, st.Scheduler)
+		}
+		if code, body := probe(t, last.health, "/readyz"); code != http.StatusOK {
+			return fmt.Errorf("/readyz: %d %q", code, body)
 		}
 		return nil
 	})
