@@ -2,7 +2,6 @@ package mnist
 
 import (
 	"bufio"
-	"bytes"
 	"compress/gzip"
 	"encoding/binary"
 	"errors"
@@ -10,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 // Image geometry and normalisation constants (mean and standard deviation of
@@ -97,6 +97,9 @@ func readIDX(dir, base string, magic uint32, inner []int) ([]byte, int, error) {
 	return parseIDX(r, path, magic, inner)
 }
 
+// idxPiece is the most parseIDX allocates ahead of the data it has read.
+const idxPiece = 64 << 20
+
 // maxIDXItems bounds the item count an IDX header may claim (MNIST has
 // 70,000 images; EMNIST about 800,000).
 const maxIDXItems = 1 << 24
@@ -123,15 +126,20 @@ func parseIDX(r io.Reader, path string, magic uint32, inner []int) ([]byte, int,
 		}
 		size *= int64(d)
 	}
-	var buf bytes.Buffer
-	buf.Grow(int(min(size, 64<<20))) // a real file's size; a lie costs at most this
-	if _, err := buf.ReadFrom(io.LimitReader(r, size)); err != nil {
-		return nil, 0, fmt.Errorf("mnist: %s: reading %d items: %w", path, n, err)
+	// Read in pieces of at most 64 MiB, so that a header that lies about
+	// its size costs only the bytes that are there (a real file is read
+	// into one exact allocation).
+	buf := make([]byte, 0, min(size, idxPiece))
+	for int64(len(buf)) < size {
+		piece := int(min(size-int64(len(buf)), idxPiece))
+		buf = slices.Grow(buf, piece)
+		got, err := io.ReadFull(r, buf[len(buf):len(buf)+piece])
+		buf = buf[:len(buf)+got]
+		if err != nil {
+			return nil, 0, fmt.Errorf("mnist: %s: truncated: the header claims %d items (%d bytes) but %d bytes follow it: %w", path, n, size, len(buf), err)
+		}
 	}
-	if int64(buf.Len()) != size {
-		return nil, 0, fmt.Errorf("mnist: %s: truncated: the header claims %d items (%d bytes) but %d bytes follow it", path, n, size, buf.Len())
-	}
-	return buf.Bytes(), n, nil
+	return buf, n, nil
 }
 
 // Gather copies the samples idx into x (len(idx)*Pixels floats, normalised)
