@@ -190,10 +190,9 @@ type Coordinator struct {
 	// missing is when each assigned worker was first seen unregistered
 	// (reconcile's).
 	missing map[string]int64
-	// loadedKeys is how many keys the scheduler's last full read took;
-	// scheduleReads counts every key it has read since that read began
-	// (its view is kept by watches).
-	loadedKeys, scheduleReads atomic.Int64
+	// loadedKeys is how many keys the scheduler's last full read took
+	// (its view is kept by watches after it).
+	loadedKeys atomic.Int64
 	// The retention lease that jobs finishing now share (retentionLease).
 	leaseMu      sync.Mutex
 	lease        clientv3.LeaseID
@@ -323,14 +322,6 @@ func (c *Coordinator) ready(ctx context.Context) error {
 		return errors.New(q)
 	}
 	return nil
-}
-
-// HealthAddr is where the probes are served ("" without HealthListen).
-func (c *Coordinator) HealthAddr() string {
-	if c.health == nil {
-		return ""
-	}
-	return c.health.Addr()
 }
 
 // Addr is the API's address.
@@ -570,7 +561,6 @@ func (c *Coordinator) schedule(ctx context.Context, loaded func()) error {
 			plan = false
 			lastPass = time.Now()
 			wrote, again, err := c.reconcile(ctx, cache)
-			c.scheduleReads.Store(cache.Reads)
 			if err != nil {
 				if ctx.Err() == nil {
 					c.log.Warn("reconcile failed", zap.Error(err))

@@ -51,11 +51,8 @@ type Cache struct {
 	jobsWatch, workersWatch clientv3.WatchChan
 	cancel                  context.CancelFunc
 
-	// LoadedKeys is how many keys the last full load read.
+	// LoadedKeys is how many keys the full load read.
 	LoadedKeys int
-	// Reads counts every key read since the cache was made (the load, and
-	// each job read when it became active).
-	Reads int64
 }
 
 // ErrWatchEnded means a watch of the cache ended (etcd compacted the
@@ -73,7 +70,7 @@ func LoadCache(ctx context.Context, cli *clientv3.Client, k Keys, timeout time.D
 		return nil, err
 	}
 	c := &Cache{cli: cli, k: k, timeout: timeout, snap: snap, workers: map[string]Versioned[*pb.Worker]{}, jobKVs: map[string]map[string]*mvccpb.KeyValue{},
-		jobsRev: snap.Rev, workersRev: snap.Rev, LoadedKeys: snap.KeysRead, Reads: int64(snap.KeysRead)}
+		jobsRev: snap.Rev, workersRev: snap.Rev, LoadedKeys: snap.KeysRead}
 	for id, w := range snap.Workers {
 		c.workers[id] = w
 	}
@@ -111,7 +108,6 @@ func (c *Cache) readWorker(ctx context.Context, id string, rev int64) (Versioned
 	if err != nil || len(resp.Kvs) == 0 {
 		return Versioned[*pb.Worker]{}, false
 	}
-	c.Reads++
 	kv := resp.Kvs[0]
 	w := &pb.Worker{}
 	if Unmarshal(kv.Value, w) != nil {
@@ -250,7 +246,6 @@ func (c *Cache) apply(ctx context.Context, wr clientv3.WatchResponse) (changed b
 			if err != nil {
 				return changed, fmt.Errorf("state: reading job %s as it became active: %w", id, err)
 			}
-			c.Reads += int64(len(resp.Kvs))
 			kvs := map[string]*mvccpb.KeyValue{}
 			for _, jkv := range resp.Kvs {
 				kvs[string(jkv.Key)] = jkv
@@ -383,7 +378,6 @@ func (c *Cache) FetchProgress(ctx context.Context, ids []string) error {
 	}
 	for i, j := range jobs {
 		kvs := resp.Responses[i].GetResponseRange().GetKvs()
-		c.Reads += int64(len(kvs))
 		key := c.k.Progress(j.ID)
 		keep := j.KVs[:0:0]
 		for _, kv := range j.KVs {
