@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 
+	"github.com/ringmaster/ringmaster/internal/pki"
 	"github.com/ringmaster/ringmaster/pkg/allreduce"
 )
 
@@ -37,6 +38,8 @@ type allreduceOpts struct {
 	mem       bool
 	cpu       bool
 	profile   string
+	tls       bool
+	caDir     string // the CA the parent made for --tls (ranks' flag)
 }
 
 func (o *allreduceOpts) flags(cmd *cobra.Command) {
@@ -51,13 +54,17 @@ func (o *allreduceOpts) flags(cmd *cobra.Command) {
 	f.StringVar(&o.wire, "wire", "f32", "wire encoding: f32 or bf16")
 	f.StringVar(&o.profile, "cpuprofile", "", "write each rank's CPU profile to this path plus .rankN")
 	f.BoolVar(&o.mem, "mem", false, "also report each rank's peak extra resident memory during the calls, as a multiple of the buffer")
+	f.BoolVar(&o.tls, "tls", false, "run the ring over mutual TLS with worker certificates, as workers do by default (a CA made for the run)")
+	f.StringVar(&o.caDir, "ca-dir", "", "internal: the run's CA directory")
+	_ = f.MarkHidden("ca-dir")
 	f.BoolVar(&o.cpu, "cpu", false, "also report the CPU time (user+system) of all ranks together per timed iteration, in ms: a figure that, unlike sec, hardly depends on what else the machine runs")
 }
 
 func (o *allreduceOpts) args() []string {
 	return []string{"--world", strconv.Itoa(o.world), "--sizes", o.sizes, "--iters", strconv.Itoa(o.iters),
 		"--warmup", strconv.Itoa(o.warmup), "--timeout", o.timeout.String(), "--slice", strconv.Itoa(o.slice),
-		"--direct-max", strconv.Itoa(o.directMax), "--wire", o.wire, "--mem=" + strconv.FormatBool(o.mem), "--cpu=" + strconv.FormatBool(o.cpu), "--cpuprofile", o.profile}
+		"--direct-max", strconv.Itoa(o.directMax), "--wire", o.wire, "--mem=" + strconv.FormatBool(o.mem), "--cpu=" + strconv.FormatBool(o.cpu), "--cpuprofile", o.profile,
+		"--tls=" + strconv.FormatBool(o.tls), "--ca-dir", o.caDir}
 }
 
 func parseSizes(s string) ([]int, error) {
@@ -137,6 +144,17 @@ func runAllReduceParent(ctx context.Context, o *allreduceOpts, stdout io.Writer)
 	self, err := os.Executable()
 	if err != nil {
 		return err
+	}
+	if o.tls {
+		dir, err := os.MkdirTemp("", "ringbench-ca-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		if _, _, err := pki.LoadOrCreateCA(dir); err != nil {
+			return err
+		}
+		o.caDir = dir
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -258,8 +276,29 @@ func runAllReduceRank(ctx context.Context, o *allreduceOpts, rank int, stdin io.
 		return err
 	}
 	defer stop()
-	hub := allreduce.NewHub(zap.NewNop())
-	srv := grpc.NewServer(allreduce.ServerOptions()...)
+	var sec *allreduce.Security
+	ids := make([]string, o.world)
+	for r := range ids {
+		ids[r] = fmt.Sprintf("rank%d", r)
+	}
+	if o.tls {
+		ca, err := pki.LoadCADir(o.caDir)
+		if err != nil {
+			return err
+		}
+		cred, err := ca.Issue(pki.Identity{Role: pki.RoleWorker, Name: ids[rank]}, pki.Hosts{"127.0.0.1"}, time.Hour)
+		if err != nil {
+			return err
+		}
+		pair, err := cred.TLSCertificate()
+		if err != nil {
+			return err
+		}
+		pool, _ := cred.Pool()
+		sec = allreduce.TLSSecurity(pair, pool, pki.WorkerName)
+	}
+	hub := allreduce.NewHub(zap.NewNop(), sec)
+	srv := grpc.NewServer(allreduce.ServerOptions(sec)...)
 	hub.Register(srv)
 	go func() { _ = srv.Serve(lis) }()
 	defer srv.Stop()
@@ -274,7 +313,7 @@ func runAllReduceRank(ctx context.Context, o *allreduceOpts, rank int, stdin io.
 	}
 	addrs := strings.Split(f[1], ",")
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	tr, err := hub.Dial(dctx, allreduce.Peering{Job: "ringbench", Generation: 1, Rank: rank, World: o.world, Addrs: addrs})
+	tr, err := hub.Dial(dctx, allreduce.Peering{Job: "ringbench", Generation: 1, Rank: rank, World: o.world, Addrs: addrs, Identities: ids})
 	cancel()
 	if err != nil {
 		return err

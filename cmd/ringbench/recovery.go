@@ -14,12 +14,10 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 	"github.com/ringmaster/ringmaster/internal/cli"
 	"github.com/ringmaster/ringmaster/internal/coordinator"
-	"github.com/ringmaster/ringmaster/internal/events"
 	"github.com/ringmaster/ringmaster/internal/worker"
 )
 
@@ -115,17 +113,27 @@ func (b *recoveryBench) run(ctx context.Context) error {
 			_ = p.Wait()
 		}
 	}()
+	tok, _, err := c.CreateToken(ctx, "worker", 0)
+	if err != nil && !c.Insecure() {
+		return err
+	}
 	for i := range b.workers {
 		id := fmt.Sprintf("w%d", i)
 		p := exec.Command(exe, "worker", "--coordinator", c.Addr(), "--id", id, "--listen", "127.0.0.1:0",
-			"--lease-ttl", b.leaseTTL.String(), "--threads", fmt.Sprint(b.threads), "--log-file", filepath.Join(dir, id+".log"))
+			"--lease-ttl", b.leaseTTL.String(), "--threads", fmt.Sprint(b.threads), "--log-file", filepath.Join(dir, id+".log"),
+			"--state-dir", filepath.Join(dir, "workers"))
+		p.Env = append(os.Environ(), "RINGMASTER_JOIN_TOKEN="+tok.String())
 		p.Stdout, p.Stderr = os.Stderr, os.Stderr
 		if err := p.Start(); err != nil {
 			return err
 		}
 		procs[id] = p
 	}
-	conn, err := grpc.NewClient(c.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	dialOpt, err := c.AdminDialOption()
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(c.Addr(), dialOpt)
 	if err != nil {
 		return err
 	}
@@ -139,15 +147,6 @@ func (b *recoveryBench) run(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("waiting for %d workers: %w", b.workers, err)
 	}
-	info, err := api.Info(ctx, &pb.InfoRequest{})
-	if err != nil {
-		return err
-	}
-	nc, err := events.Connect(info.NatsUrl, "ringbench-recovery")
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
 
 	// Every step metric and state change, with its arrival time.
 	type stepAt struct {
@@ -160,7 +159,7 @@ func (b *recoveryBench) run(ctx context.Context) error {
 	var rebuilt time.Time
 	stepped := make(chan struct{}, 1)
 	var jobID string
-	sub, err := events.Subscribe(nc, "*", func(ev *pb.JobEvent) {
+	sub, err := c.SubscribeEvents("*", func(ev *pb.JobEvent, _ string) {
 		now := time.Now()
 		mu.Lock()
 		defer mu.Unlock()
@@ -179,9 +178,6 @@ func (b *recoveryBench) run(ctx context.Context) error {
 		return err
 	}
 	defer sub.Unsubscribe() //nolint:errcheck
-	if err := nc.Flush(); err != nil {
-		return err
-	}
 	spec := fmt.Sprintf("name: recovery\nmodel: cnn\nworkers: %d\nbatch_size: %d\noptimizer: {lr: 0.05, momentum: 0.9}\n"+
 		"steps: %d\nseed: 1\nmax_restarts: 3\ncheckpoint: {every_steps: 10, keep: 2}\nlog_every: 1000\n", b.workers, b.batch, b.steps)
 	resp, err := api.SubmitJob(ctx, &pb.SubmitJobRequest{SpecYaml: []byte(spec)})

@@ -40,25 +40,37 @@ func NewCoordinatorCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	var addr string
-	root.PersistentFlags().StringVar(&addr, "addr", "", "coordinator API address, or the replicas' addresses separated by commas (default $"+EnvAddr+" or "+DefaultAddr+")")
+	var cf clientFlags
+	pf := root.PersistentFlags()
+	pf.StringVar(&addr, "addr", "", "coordinator API address, or the replicas' addresses separated by commas (default $"+EnvAddr+", the credential's coordinator, or "+DefaultAddr+")")
+	pf.StringVar(&cf.credentials, "credentials", "", "credential file (default $"+EnvCredentials+", or ringmaster-data/"+coordinator.AdminCredentialFile+" when it exists)")
+	pf.BoolVar(&cf.insecure, "insecure", false, "plain text without authentication: for a coordinator run with --insecure (serve and run: serve that way)")
 	client := func() (pb.CoordinatorClient, func(), error) {
+		opt, credAddr, err := cf.transport()
+		if err != nil {
+			return nil, nil, err
+		}
 		a := addr
 		if a == "" {
 			a = os.Getenv(EnvAddr)
 		}
 		if a == "" {
+			a = credAddr
+		}
+		if a == "" {
 			a = DefaultAddr
 		}
-		conn, err := apiclient.Dial(a)
+		conn, err := apiclient.Dial(a, opt)
 		if err != nil {
 			return nil, nil, err
 		}
 		return pb.NewCoordinatorClient(conn), func() { conn.Close() }, nil
 	}
-	root.AddCommand(newServeCommand(), newRunCommand(),
+	root.AddCommand(newServeCommand(&cf.insecure), newRunCommand(&cf.insecure),
 		newSubmitCommand(client), newListCommand(client), newStatusCommand(client), newCancelCommand(client),
 		newWatchCommand(client), newWorkersCommand(client), newResumeCommand(client), newCheckpointsCommand(client),
-		newPrepareCommand(), newExportCommand(client), newSnapshotCommand(client), newMembersCommand(client))
+		newPrepareCommand(), newExportCommand(client), newSnapshotCommand(client), newMembersCommand(client),
+		newTokenCommand(client), newCredentialsCommand(client, &addr))
 	// The all-in-one run command starts workers as processes of this same
 	// binary, so `go run ./cmd/coordinator run` needs no second build.
 	w := NewWorkerCommand()
@@ -98,7 +110,7 @@ func call[T any](ctx context.Context, client clientFunc, timeout time.Duration, 
 	return resp, nil
 }
 
-func newServeCommand() *cobra.Command {
+func newServeCommand(insecure *bool) *cobra.Command {
 	var cfg coordinator.Config
 	var lf logFlags
 	var cpuProfile string
@@ -123,11 +135,15 @@ func newServeCommand() *cobra.Command {
 				}
 				defer pprof.StopCPUProfile()
 			}
+			cfg.Insecure = *insecure
 			c, err := coordinator.Start(cfg, log)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
+			if p := c.AdminCredentialPath(); p != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "serving mutual TLS; admin credential: %s (the CLI finds it from this directory, or export %s=%s)\n", p, EnvCredentials, p)
+			}
 			ctx, stop := runContext(cmd.Context())
 			defer stop()
 			select {
@@ -155,6 +171,11 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&cfg.NATSRoutes, "nats-routes", "", "with --initial-cluster: name=nats://host:port (NATS route URLs) of every replica; this one listens on its own entry")
 	f.DurationVar(&cfg.EtcdElectionTimeout, "etcd-election-timeout", 500*time.Millisecond, "the embedded etcd's election timeout; raise it to about 10 round trips between replicas on a slow network")
 	f.StringVar(&cfg.PeerListenHost, "peer-listen-host", "", "host to listen on for the other replicas (default: the host of this replica's own entries; 0.0.0.0 in a pod)")
+	addPolicyFlags(cmd, &cfg.Policy, false)
+	f.StringVar(&cfg.CADir, "ca-dir", "", "directory holding the cluster's CA (ca.crt and ca.key, or tls.crt and tls.key: a mounted Secret; replicas share it); default DATA_DIR/pki, created at first start")
+	addExternalTLSFlags(cmd, &cfg.EtcdTLS, &cfg.NATSTLS)
+	f.StringVar(&cfg.BootstrapTokenFile, "bootstrap-token-file", "", "a worker join token (ID.SECRET) to accept until it is replaced: one generated into a Secret the workers mount")
+	f.StringSliceVar(&cfg.TLSHosts, "tls-host", nil, "more DNS names or addresses for this replica's certificate (a Service name, a load balancer)")
 	addLogFlags(cmd, &lf)
 	return cmd
 }

@@ -14,10 +14,10 @@ import (
 
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 	"github.com/ringmaster/ringmaster/internal/coordinator"
+	"github.com/ringmaster/ringmaster/internal/jobspec"
 	"github.com/ringmaster/ringmaster/pkg/checkpoint"
 	"github.com/ringmaster/ringmaster/pkg/export"
 	"github.com/ringmaster/ringmaster/pkg/model"
@@ -94,12 +94,18 @@ func sameBits(a, b []float32) bool {
 // wrong when it cannot; a checkpoint URL works without a coordinator.
 func TestExportCommand(t *testing.T) {
 	dir := t.TempDir()
-	c, err := coordinator.Start(coordinator.Config{Listen: "127.0.0.1:0", DataDir: filepath.Join(dir, "coord")}, zaptest.NewLogger(t))
+	storeDir := filepath.Join(dir, "ckpt")
+	c, err := coordinator.Start(coordinator.Config{Listen: "127.0.0.1:0", DataDir: filepath.Join(dir, "coord"),
+		Policy: jobspec.Policy{FileRoots: []string{storeDir}}}, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	conn, err := grpc.NewClient(c.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	dialOpt, err := c.AdminDialOption()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(c.Addr(), dialOpt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +114,6 @@ func TestExportCommand(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	storeDir := filepath.Join(dir, "ckpt")
 	spec := "name: export-test\nmodel: cnn\ndataset: {name: mnist}\nworkers: 1\nbatch_size: 8\nsteps: 100\n" +
 		"optimizer: {name: sgd, lr: 0.1}\ncheckpoint: {every_steps: 10, store: \"file://" + storeDir + "\"}\n"
 	resp, err := client.SubmitJob(ctx, &pb.SubmitJobRequest{SpecYaml: []byte(spec)})
@@ -117,6 +122,7 @@ func TestExportCommand(t *testing.T) {
 	}
 	job := resp.JobId
 	addr := "--addr=" + c.Addr()
+	t.Setenv(EnvCredentials, c.AdminCredentialPath())
 
 	// No worker runs the job: its checkpoints are written here, as its
 	// rank 0 would write them.

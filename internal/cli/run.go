@@ -13,18 +13,19 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 	"github.com/ringmaster/ringmaster/internal/coordinator"
+	"github.com/ringmaster/ringmaster/internal/worker"
 )
 
-func newRunCommand() *cobra.Command {
+func newRunCommand(insecureFlag *bool) *cobra.Command {
 	var (
 		workers int
 		threads int
 		dataDir string
 		lf      logFlags
+		policy  localPolicy
 	)
 	cmd := &cobra.Command{
 		Use:   "run JOB.yaml [--local-workers N]",
@@ -54,24 +55,44 @@ func newRunCommand() *cobra.Command {
 			ctx, stop := runContext(cmd.Context())
 			defer stop()
 
-			c, err := coordinator.Start(coordinator.Config{Listen: "127.0.0.1:0", DataDir: dataDir}, log)
+			pol, err := policy.widen(dataDir, spec)
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			c, err := coordinator.Start(coordinator.Config{Listen: "127.0.0.1:0", DataDir: dataDir, Policy: pol, Insecure: *insecureFlag}, log)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
+			// The local workers join like any other: with a token, over
+			// mutual TLS (unless --insecure).
+			var token string
+			if !c.Insecure() {
+				tctx, cancel := context.WithTimeout(ctx, rpcTimeout)
+				tok, _, err := c.CreateToken(tctx, "worker", time.Hour)
+				cancel()
+				if err != nil {
+					return err
+				}
+				token = tok.String()
+			}
 			fmt.Fprintf(out, "coordinator %s (data %s, logs %s)\n", c.Addr(), dataDir, logDir)
 
 			if threads <= 0 {
 				threads = max(1, runtime.NumCPU()/workers)
 			}
-			procs, err := startLocalWorkers(ctx, c.Addr(), workers, threads, logDir, log)
+			procs, err := startLocalWorkers(ctx, c.Addr(), workers, threads, logDir, filepath.Join(dataDir, "workers"), token, log)
 			if err != nil {
 				return err
 			}
 			defer stopLocalWorkers(procs, log)
 			fmt.Fprintf(out, "started %d local workers (%d compute threads each)\n", workers, threads)
 
-			conn, err := grpc.NewClient(c.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			dialOpt, err := c.AdminDialOption()
+			if err != nil {
+				return err
+			}
+			conn, err := grpc.NewClient(c.Addr(), dialOpt)
 			if err != nil {
 				return err
 			}
@@ -110,6 +131,7 @@ func newRunCommand() *cobra.Command {
 	f.IntVar(&workers, "local-workers", 2, "worker processes to start on this machine")
 	f.IntVar(&threads, "threads", 0, "compute threads per worker (default: CPUs / workers)")
 	f.StringVar(&dataDir, "data-dir", "ringmaster-data", "directory for etcd data, checkpoints and logs")
+	addPolicyFlags(cmd, &policy.Policy, true)
 	addLogFlags(cmd, &lf)
 	return cmd
 }
@@ -122,7 +144,10 @@ type localWorker struct {
 // startLocalWorkers starts worker processes of this same binary; they die
 // with this process (SIGTERM on a clean stop; the parent-death signal if it
 // is killed).
-func startLocalWorkers(ctx context.Context, coordAddr string, n, threads int, logDir string, log *zap.Logger) ([]*localWorker, error) {
+// They join with token (in their environment, not on their command line),
+// keeping their credentials in stateDir; without a token they run
+// --insecure.
+func startLocalWorkers(ctx context.Context, coordAddr string, n, threads int, logDir, stateDir, token string, log *zap.Logger) ([]*localWorker, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -130,8 +155,13 @@ func startLocalWorkers(ctx context.Context, coordAddr string, n, threads int, lo
 	var procs []*localWorker
 	for i := range n {
 		id := fmt.Sprintf("local-%d", i)
-		cmd := exec.Command(exe, "worker", "--coordinator", coordAddr, "--id", id, "--listen", "127.0.0.1:0",
-			"--threads", fmt.Sprint(threads), "--log-file", filepath.Join(logDir, id+".log"))
+		args := []string{"worker", "--coordinator", coordAddr, "--id", id, "--listen", "127.0.0.1:0",
+			"--threads", fmt.Sprint(threads), "--log-file", filepath.Join(logDir, id+".log"), "--state-dir", stateDir}
+		if token == "" {
+			args = append(args, "--insecure")
+		}
+		cmd := exec.Command(exe, args...)
+		cmd.Env = append(os.Environ(), worker.JoinTokenEnv+"="+token)
 		cmd.SysProcAttr = childAttr()
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Start(); err != nil {

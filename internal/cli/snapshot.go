@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -112,7 +113,9 @@ changes. Checkpoints live in their store, not in the snapshot.
 
 For replicas that form an embedded etcd cluster, restore the same FILE
 into each replica's data directory with its --name and the cluster's
---initial-cluster, then start the replicas with the flags they had.`,
+--initial-cluster, then start the replicas with the flags they had (and the same --ca-dir: the
+replicas' CA is not in the snapshot). The members' peer URLs are recorded
+as https unless --insecure is given.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if dataDir == "" {
@@ -132,6 +135,13 @@ into each replica's data directory with its --name and the cluster's
 					return err
 				}
 				peer, cluster = own.String(), initialCluster
+			}
+			// Members talk TLS unless the replicas will run --insecure;
+			// the recorded peer URLs must say so (as serve rewrites them
+			// for a new cluster).
+			if insecure, _ := cmd.Flags().GetBool("insecure"); !insecure {
+				peer = strings.Replace(peer, "http://", "https://", 1)
+				cluster = strings.ReplaceAll(cluster, "http://", "https://")
 			}
 			err := snapshot.NewV3(zap.NewNop()).Restore(snapshot.RestoreConfig{
 				SnapshotPath:        args[0],

@@ -27,6 +27,9 @@ func NewWorkerCommand() *cobra.Command {
 			if cfg.Coordinator == "" {
 				cfg.Coordinator = os.Getenv("RINGMASTER_ADDR")
 			}
+			if cfg.JoinToken == "" {
+				cfg.JoinToken = os.Getenv(worker.JoinTokenEnv)
+			}
 			log, err := lf.build()
 			if err != nil {
 				return err
@@ -80,6 +83,12 @@ func NewWorkerCommand() *cobra.Command {
 	f.DurationVar(&cfg.StallTimeout, "stall-timeout", worker.DefaultStallTimeout, "report this worker wedged when its training loop makes no progress in its own computation for this long (at least 10 times its longest step computation; 0: never)")
 	f.DurationVar(&drainTimeout, "drain-timeout", time.Minute, "after SIGTERM, how long the worker may take to leave its job at a step boundary")
 	f.StringVar(&cfg.HealthListen, "health-listen", "", "serve the HTTP probes /healthz and /readyz (ready: registered with a confirmed lease) on host:port; empty: none")
+	f.BoolVar(&cfg.Insecure, "insecure", false, "plain text without authentication, for a coordinator run with --insecure")
+	f.StringVar(&cfg.JoinToken, "join-token", "", "join token from `coordinator token create --role worker` (default $"+worker.JoinTokenEnv+"); traded for this worker's certificate at first start")
+	addExternalTLSFlags(cmd, &cfg.EtcdTLS, &cfg.NATSTLS)
+	f.StringVar(&cfg.CAFile, "ca-file", "", "the cluster's CA certificate (PEM): pins the coordinator for a join token without a CA hash (ID.SECRET, as the Helm chart's)")
+	f.StringVar(&cfg.Credentials, "credentials", "", "this worker's credential file (instead of a join token)")
+	f.StringVar(&cfg.StateDir, "state-dir", "ringmaster-worker-data", "where the worker keeps the credential it got by joining")
 	f.StringVar(&cfg.SampleLog, "sample-log", "", "append one line per committed step to this file (which samples the ring consumed; for tests)")
 	addLogFlags(cmd, &lf)
 	return cmd

@@ -62,7 +62,7 @@ func (a *api) Info(ctx context.Context, _ *pb.InfoRequest) (*pb.InfoResponse, er
 }
 
 func (a *api) SubmitJob(ctx context.Context, req *pb.SubmitJobRequest) (*pb.SubmitJobResponse, error) {
-	spec, err := jobspec.Parse(req.SpecYaml, jobspec.Options{DefaultStore: a.c.cfg.DefaultStore, CheckPaths: true})
+	spec, err := jobspec.Parse(req.SpecYaml, jobspec.Options{DefaultStore: a.c.cfg.DefaultStore, CheckPaths: true, Policy: &a.c.cfg.Policy})
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -457,6 +457,11 @@ func (a *api) ResumeJob(ctx context.Context, req *pb.ResumeJobRequest) (*pb.Job,
 // checkpoints returns the manager of a job's checkpoints, as its workers
 // write them.
 func (a *api) checkpoints(j *state.JobEntry) (*checkpoint.Manager, error) {
+	// Opening a file store creates its directory: a store outside the
+	// policy (recorded before the policy changed) is not touched.
+	if err := a.c.cfg.Policy.CheckStore(j.Spec.Checkpoint.GetStore()); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "job %s: its checkpoint store is outside this coordinator's submission policy, so the coordinator does not open it: %v", j.ID, err)
+	}
 	store, err := checkpoint.Open(j.Spec.Checkpoint.GetStore())
 	if err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "job %s: %v", j.ID, err)
@@ -561,10 +566,14 @@ func (a *api) ListWorkers(ctx context.Context, _ *pb.ListWorkersRequest) (*pb.Li
 // state change the events may have missed; it ends after a terminal state.
 func (a *api) WatchJob(req *pb.WatchJobRequest, stream pb.Coordinator_WatchJobServer) error {
 	ctx := stream.Context()
-	evc := make(chan *pb.JobEvent, 256)
-	sub, err := events.Subscribe(a.c.nc, req.JobId, func(ev *pb.JobEvent) {
+	type event struct {
+		ev     *pb.JobEvent
+		worker string
+	}
+	evc := make(chan event, 256)
+	sub, err := events.Subscribe(a.c.nc, req.JobId, func(ev *pb.JobEvent, worker string) {
 		select {
-		case evc <- ev:
+		case evc <- event{ev, worker}:
 		default: // a slow watcher drops metrics rather than stalling NATS
 		}
 	})
@@ -573,12 +582,40 @@ func (a *api) WatchJob(req *pb.WatchJobRequest, stream pb.Coordinator_WatchJobSe
 	}
 	defer sub.Unsubscribe()
 
+	// With security on, a worker's event counts only if that worker is
+	// in the job's ring (NATS holds each worker to its own publisher
+	// token; this holds it to its jobs). The members are re-read at most
+	// every half second when an unknown worker speaks.
+	members := map[string]bool{}
+	var membersRead time.Time
+	setMembers := func(j *state.JobEntry) {
+		clear(members)
+		if j.Assignment != nil && j.Assignment.Value != nil {
+			for _, rk := range j.Assignment.Value.Ranks {
+				members[rk.WorkerId] = true
+			}
+		}
+		membersRead = time.Now()
+	}
+	member := func(worker string) bool {
+		if a.c.sec == nil || worker == "" || members[worker] {
+			return true
+		}
+		if time.Since(membersRead) < 500*time.Millisecond {
+			return false
+		}
+		if _, j, err := a.job(ctx, req.JobId); err == nil {
+			setMembers(j)
+		}
+		return members[worker]
+	}
 	last := pb.JobState_JOB_STATE_UNSPECIFIED
 	sendState := func() (bool, error) {
 		_, j, err := a.job(ctx, req.JobId)
 		if err != nil {
 			return false, err
 		}
+		setMembers(j)
 		st := j.Status.Value
 		if st.State == last {
 			return state.IsTerminal(last), nil
@@ -596,7 +633,11 @@ func (a *api) WatchJob(req *pb.WatchJobRequest, stream pb.Coordinator_WatchJobSe
 		select {
 		case <-ctx.Done():
 			return nil
-		case ev := <-evc:
+		case e := <-evc:
+			if !member(e.worker) {
+				continue
+			}
+			ev := e.ev
 			if s := ev.GetState(); s != nil && s.State != pb.JobState_JOB_STATE_UNSPECIFIED {
 				if s.State == last && !state.IsTerminal(last) {
 					// A change within the state (a ring rebuilt, a worker

@@ -104,6 +104,9 @@ func (c *Coordinator) noQuorum(ctx context.Context) string {
 // member has no leader (instead of waiting out the request timeout), and
 // says so plainly when that is why a call failed.
 func (c *Coordinator) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := c.authorize(ctx, info.FullMethod); err != nil {
+		return nil, err
+	}
 	if info.FullMethod == pb.Coordinator_ClusterStatus_FullMethodName || info.FullMethod == pb.Coordinator_Info_FullMethodName {
 		// These answer from the local member, quorum or not.
 		return handler(ctx, req)

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +25,8 @@ import (
 	"github.com/ringmaster/ringmaster/internal/embedded"
 	"github.com/ringmaster/ringmaster/internal/events"
 	"github.com/ringmaster/ringmaster/internal/health"
+	"github.com/ringmaster/ringmaster/internal/pki"
+	"github.com/ringmaster/ringmaster/internal/jobspec"
 	"github.com/ringmaster/ringmaster/internal/state"
 )
 
@@ -47,6 +50,12 @@ type Config struct {
 	// DefaultStore is the checkpoint store of jobs that name none; empty
 	// means file://<DataDir>/checkpoints.
 	DefaultStore string
+	// Policy is where submitted specs may put checkpoints and read
+	// datasets. Empty FileRoots and DatasetRoots mean [DataDir]; empty
+	// S3Endpoints allow no S3 service. DefaultStore is always allowed: its
+	// directory, or its endpoint and bucket, is added when the roots do
+	// not cover it.
+	Policy jobspec.Policy
 	// Prefix of the cluster's keys in etcd.
 	Prefix string
 	// ReconcileInterval is how often the coordinator re-plans even without
@@ -83,6 +92,27 @@ type Config struct {
 	// 500 ms); raise it where replicas are more than a few milliseconds
 	// apart.
 	EtcdElectionTimeout time.Duration
+
+	// Insecure serves everything in plain text without authentication
+	// (the default is mutual TLS on every connection; see
+	// docs/security.md).
+	Insecure bool
+	// CADir holds the cluster's CA (ca.crt and ca.key, or tls.crt and
+	// tls.key); empty: the CA in DataDir/pki, created at first start.
+	// Replicas share one CA.
+	CADir string
+	// TLSHosts are more names and addresses for this replica's
+	// certificate (a Service's DNS name, a load balancer).
+	TLSHosts []string
+	// EtcdTLS and NATSTLS are the TLS files for an external etcd and
+	// NATS (https:// and tls:// URLs); without them the coordinator's own
+	// credential is presented and the server verified against the
+	// cluster's CA. Plain URLs are used as given.
+	EtcdTLS, NATSTLS pki.ExternalTLS
+	// BootstrapTokenFile holds a worker join token (ID.SECRET) that is
+	// valid until it is replaced: one an installer generates into a
+	// Secret that workers also mount.
+	BootstrapTokenFile string
 }
 
 func (c *Config) setDefaults() error {
@@ -105,6 +135,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.DefaultStore == "" {
 		c.DefaultStore = "file://" + filepath.Join(c.DataDir, "checkpoints")
+	}
+	if err := c.policyDefaults(); err != nil {
+		return err
 	}
 	if c.Prefix == "" {
 		c.Prefix = state.DefaultPrefix
@@ -198,6 +231,7 @@ type Coordinator struct {
 	lease        clientv3.LeaseID
 	leaseGranted time.Time
 	grpc         *grpc.Server
+	sec          *security // nil when insecure
 	health       *health.Server
 	lis          net.Listener
 	etcdURLs     []string
@@ -227,11 +261,25 @@ func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
 	// NATS on the addresses they had, so that running workers reconnect
 	// to them; a port that is taken by now is given up for a new one.
 	prev := loadListenAddrs(cfg.DataDir)
+	var clientTLS *tls.Config
+	if cfg.Insecure {
+		log.Warn("--insecure: the API, etcd, NATS and the workers' ring serve plain text without authentication; anyone who reaches a port controls the cluster")
+	} else {
+		if err := c.setupPKI(); err != nil {
+			return nil, err
+		}
+		if clientTLS, err = c.sec.clientTLS(); err != nil {
+			return nil, err
+		}
+	}
 	c.etcdURLs = cfg.EtcdEndpoints
 	if len(c.etcdURLs) == 0 {
 		ecfg := embedded.EtcdConfig{Dir: filepath.Join(cfg.DataDir, "etcd"), ClientAddr: reuse(cfg.EmbeddedEtcdListen, prev.Etcd),
 			AdvertiseHost: cfg.AdvertiseHost, Name: cfg.Name, InitialCluster: cfg.InitialCluster, PeerListen: cfg.peerListen(),
 			ElectionTimeout: cfg.EtcdElectionTimeout}
+		if c.sec != nil {
+			ecfg.TLS = &c.sec.files
+		}
 		if cfg.InitialCluster != "" {
 			log.Info("starting the embedded etcd as one member of a cluster; it serves once a majority of members is up",
 				zap.String("name", cfg.Name), zap.String("initial_cluster", cfg.InitialCluster))
@@ -248,9 +296,29 @@ func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
 		c.etcdURLs = []string{c.embEtcd.LocalEndpoint()}
 		log.Info("embedded etcd started", zap.Strings("endpoints", c.embEtcd.Endpoints()))
 	}
-	c.etcd, err = clientv3.New(clientv3.Config{Endpoints: c.etcdURLs, DialTimeout: 10 * time.Second, Logger: log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.ErrorLevel))})
+	etcdTLS := clientTLS
+	if c.embEtcd == nil {
+		if etcdTLS, err = c.externalTLS("etcd", c.etcdURLs[0], cfg.EtcdTLS); err != nil {
+			return nil, err
+		}
+	}
+	c.etcd, err = clientv3.New(clientv3.Config{Endpoints: c.etcdURLs, DialTimeout: 10 * time.Second, TLS: etcdTLS,
+		Logger: log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.ErrorLevel))})
 	if err != nil {
 		return nil, fmt.Errorf("connecting to etcd %v: %w", c.etcdURLs, err)
+	}
+	if c.sec != nil && c.embEtcd != nil {
+		actx, cancel := context.WithTimeout(context.Background(), cfg.RequestTimeout)
+		err := state.EnableAuth(actx, c.etcd, c.keys, CoordinatorIdentity.CommonName())
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	}
+	if cfg.BootstrapTokenFile != "" {
+		if err := c.bootstrapToken(); err != nil {
+			return nil, err
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.RequestTimeout)
 	_, err = c.etcd.Get(ctx, c.keys.Prefix+"probe")
@@ -268,10 +336,16 @@ func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
 		if _, port, _ := net.SplitHostPort(cfg.EmbeddedNATSListen); nc != nil && cfg.AdvertiseHost != "" && port != "0" {
 			nc.ClientAdvertise = net.JoinHostPort(cfg.AdvertiseHost, port)
 		}
-		c.embNATS, err = embedded.StartNATS(addr, nc, log)
+		var nsec *embedded.NATSSecurity
+		if c.sec != nil {
+			if nsec, err = c.sec.natsSecurity(); err != nil {
+				return nil, err
+			}
+		}
+		c.embNATS, err = embedded.StartNATS(addr, nc, nsec, log)
 		if err != nil && addr != cfg.EmbeddedNATSListen {
 			log.Warn("the embedded NATS's previous address is not free; taking another", zap.String("previous", prev.NATS), zap.Error(err))
-			c.embNATS, err = embedded.StartNATS(cfg.EmbeddedNATSListen, nc, log)
+			c.embNATS, err = embedded.StartNATS(cfg.EmbeddedNATSListen, nc, nsec, log)
 		}
 		if err != nil {
 			return nil, err
@@ -279,17 +353,31 @@ func Start(cfg Config, log *zap.Logger) (_ *Coordinator, err error) {
 		c.natsURL = c.embNATS.URL()
 		log.Info("embedded NATS started", zap.String("url", c.natsURL))
 	}
-	if c.nc, err = events.Connect(c.natsURL, "ringmaster-coordinator"); err != nil {
+	natsTLS := clientTLS
+	if c.embNATS == nil {
+		if natsTLS, err = c.externalTLS("NATS", c.natsURL, cfg.NATSTLS); err != nil {
+			return nil, err
+		}
+	}
+	if c.nc, err = events.Connect(c.natsURL, "ringmaster-coordinator", natsTLS); err != nil {
 		return nil, err
 	}
-	c.pub = events.NewPublisher(c.nc)
+	c.pub = events.NewPublisher(c.nc, events.CoordinatorToken)
 	if err := saveListenAddrs(cfg.DataDir, c.embEtcd, c.embNATS); err != nil {
 		log.Warn("could not record the embedded servers' addresses; a restart will pick new ones", zap.Error(err))
 	}
 	if c.lis, err = net.Listen("tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("coordinator API listen %s: %w", cfg.Listen, err)
 	}
-	c.grpc = grpc.NewServer(grpc.UnaryInterceptor(c.unaryInterceptor))
+	sopts := []grpc.ServerOption{grpc.UnaryInterceptor(c.unaryInterceptor), grpc.StreamInterceptor(c.streamInterceptor)}
+	if c.sec != nil {
+		creds, err := c.sec.serverCreds()
+		if err != nil {
+			return nil, err
+		}
+		sopts = append(sopts, grpc.Creds(creds))
+	}
+	c.grpc = grpc.NewServer(sopts...)
 	pb.RegisterCoordinatorServer(c.grpc, &api{c: c})
 
 	if cfg.HealthListen != "" {

@@ -9,7 +9,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 )
@@ -40,7 +39,11 @@ func TestFinishedJobsLeaveTheSchedulerAndExpire(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	conn, err := grpc.NewClient(c.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	dialOpt, err := c.AdminDialOption()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(c.Addr(), dialOpt)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -47,6 +47,16 @@ type EtcdConfig struct {
 	// ElectionTimeout is etcd's election timeout (heartbeats are a tenth
 	// of it); 0 means 500 ms.
 	ElectionTimeout time.Duration
+	// TLS, if set, serves clients and peers over mutual TLS only: client
+	// and peer URLs are https, and a client's certificate common name is
+	// its etcd user name (once auth is enabled).
+	TLS *TLSFiles
+}
+
+// TLSFiles are a server's certificate and key and the CA its clients'
+// certificates must come from (PEM files).
+type TLSFiles struct {
+	CertFile, KeyFile, CAFile string
 }
 
 // StartEtcd starts etcd and waits until it serves.
@@ -76,6 +86,12 @@ func StartEtcd(cfg EtcdConfig, log *zap.Logger) (*Etcd, error) {
 			peerAddr = own.Host
 		}
 		c.InitialCluster = cfg.InitialCluster
+		if cfg.TLS != nil {
+			// The scheme follows the security mode (the replicas are
+			// listed the same way in either).
+			c.InitialCluster = strings.ReplaceAll(c.InitialCluster, "http://", "https://")
+			ap.Scheme = "https"
+		}
 		c.InitialClusterToken = "ringmaster"
 	} else {
 		host, _, _ := net.SplitHostPort(clientAddr)
@@ -86,8 +102,18 @@ func StartEtcd(cfg EtcdConfig, log *zap.Logger) (*Etcd, error) {
 	closing := new(atomic.Bool)
 	c.ZapLoggerBuilder = embed.NewZapLoggerBuilder(log.Named("etcd").WithOptions(zap.IncreaseLevel(zap.WarnLevel),
 		zap.WrapCore(func(core zapcore.Core) zapcore.Core { return quietOnClose{Core: core, closing: closing} })))
-	lc, _ := url.Parse("http://" + clientAddr)
-	lp, _ := url.Parse("http://" + peerAddr)
+	scheme := "http://"
+	if cfg.TLS != nil {
+		scheme = "https://"
+		t := cfg.TLS
+		c.ClientTLSInfo.CertFile, c.ClientTLSInfo.KeyFile, c.ClientTLSInfo.TrustedCAFile = t.CertFile, t.KeyFile, t.CAFile
+		c.ClientTLSInfo.ClientCertAuth = true
+		c.PeerTLSInfo.CertFile, c.PeerTLSInfo.KeyFile, c.PeerTLSInfo.TrustedCAFile = t.CertFile, t.KeyFile, t.CAFile
+		c.PeerTLSInfo.ClientCertAuth = true
+		c.ClientAutoTLS, c.PeerAutoTLS = false, false
+	}
+	lc, _ := url.Parse(scheme + clientAddr)
+	lp, _ := url.Parse(scheme + peerAddr)
 	ac := *lc
 	if cfg.AdvertiseHost != "" {
 		_, port, _ := net.SplitHostPort(clientAddr)

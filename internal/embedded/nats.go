@@ -1,6 +1,7 @@
 package embedded
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/url"
@@ -32,10 +33,25 @@ type NATSCluster struct {
 	ClientAdvertise string
 }
 
+// NATSSecurity makes an embedded NATS server TLS-only.
+type NATSSecurity struct {
+	// Clients is the TLS configuration clients are served with (it must
+	// require and verify their certificates).
+	Clients *tls.Config
+	// Auth maps a verified client to a user and its permissions.
+	Auth server.Authentication
+	// Routes is the TLS configuration of the routes between replicas, as
+	// server and as client.
+	Routes *tls.Config
+}
+
+// MaxEventBytes bounds a NATS message (job events are a few hundred bytes).
+const MaxEventBytes = 64 << 10
+
 // StartNATS starts NATS on addr (host:port, port 0 picks one) and waits
 // until it accepts connections; cluster, if not nil, joins it to the
-// other replicas' servers.
-func StartNATS(addr string, cluster *NATSCluster, log *zap.Logger) (*NATS, error) {
+// other replicas' servers; sec, if not nil, serves TLS only.
+func StartNATS(addr string, cluster *NATSCluster, sec *NATSSecurity, log *zap.Logger) (*NATS, error) {
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
@@ -50,7 +66,11 @@ func StartNATS(addr string, cluster *NATSCluster, log *zap.Logger) (*NATS, error
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
-	opts := &server.Options{Host: host, Port: port, NoSigs: true, MaxPayload: 8 << 20}
+	opts := &server.Options{Host: host, Port: port, NoSigs: true, MaxPayload: MaxEventBytes}
+	if sec != nil {
+		opts.TLSConfig, opts.TLS, opts.TLSVerify, opts.TLSTimeout = sec.Clients, true, true, 5
+		opts.CustomClientAuthentication = sec.Auth
+	}
 	if cluster != nil {
 		ch, cp, err := net.SplitHostPort(cluster.Listen)
 		if err != nil {
@@ -60,6 +80,9 @@ func StartNATS(addr string, cluster *NATSCluster, log *zap.Logger) (*NATS, error
 			return nil, fmt.Errorf("NATS cluster address %q: %w", cluster.Listen, err)
 		}
 		opts.Cluster.Host, opts.Cluster.Name = ch, "ringmaster"
+		if sec != nil {
+			opts.Cluster.TLSConfig, opts.Cluster.TLSTimeout = sec.Routes, 5
+		}
 		opts.ClientAdvertise = cluster.ClientAdvertise
 		for _, r := range cluster.Routes {
 			u, err := url.Parse(r)
@@ -81,7 +104,11 @@ func StartNATS(addr string, cluster *NATSCluster, log *zap.Logger) (*NATS, error
 	}
 	url := s.ClientURL()
 	if h := host; h == "0.0.0.0" || h == "" || h == "::" {
-		url = fmt.Sprintf("nats://127.0.0.1:%d", s.Addr().(*net.TCPAddr).Port)
+		scheme := "nats"
+		if sec != nil {
+			scheme = "tls"
+		}
+		url = fmt.Sprintf("%s://127.0.0.1:%d", scheme, s.Addr().(*net.TCPAddr).Port)
 	}
 	return &NATS{s: s, url: url}, nil
 }

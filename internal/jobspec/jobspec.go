@@ -183,8 +183,12 @@ func (e *Error) Error() string {
 type Options struct {
 	// DefaultStore is the checkpoint store URL used when the spec names none.
 	DefaultStore string
-	// CheckPaths makes Parse check that a dataset path exists on this machine.
+	// CheckPaths makes Parse check that a dataset path exists on this
+	// machine. Only a path that Policy allows is looked at.
 	CheckPaths bool
+	// Policy, if not nil, is where the spec's stores and datasets may lie
+	// (a server's submission policy); nil allows any location.
+	Policy *Policy
 }
 
 // MaxSpecBytes bounds a job spec: a real one is a few hundred bytes, and
@@ -406,11 +410,16 @@ func build(f *file, doc *yaml.Node, opt Options) (*pb.JobSpec, []FieldError) {
 				bad("empty; leave the field out to use the MNIST copy shipped with the build, or give a directory holding the IDX files", "dataset", "path")
 			case !filepath.IsAbs(p):
 				bad(fmt.Sprintf("%q must be an absolute path (workers resolve it on their own machines)", p), "dataset", "path")
-			case opt.CheckPaths:
-				if st, err := os.Stat(p); err != nil {
-					bad(fmt.Sprintf("%q does not exist; give a directory that holds the IDX files (train-images-idx3-ubyte[.gz] etc.), or leave the field out for the shipped MNIST", p), "dataset", "path")
-				} else if !st.IsDir() {
-					bad(fmt.Sprintf("%q is not a directory; give the directory that holds the IDX files", p), "dataset", "path")
+			default:
+				// Only a directory the policy allows is looked at.
+				if err := opt.Policy.checkDatasetDir(p); err != nil {
+					bad(err.Error(), "dataset", "path")
+				} else if opt.CheckPaths {
+					if st, err := os.Stat(p); err != nil {
+						bad(fmt.Sprintf("%q does not exist; give a directory that holds the IDX files (train-images-idx3-ubyte[.gz] etc.), or leave the field out for the shipped MNIST", p), "dataset", "path")
+					} else if !st.IsDir() {
+						bad(fmt.Sprintf("%q is not a directory; give the directory that holds the IDX files", p), "dataset", "path")
+					}
 				}
 			}
 			s.Dataset.Path = p
@@ -521,6 +530,8 @@ func build(f *file, doc *yaml.Node, opt Options) (*pb.JobSpec, []FieldError) {
 		case strings.Contains(v, "://"):
 			if err := checkStoreURL(v); err != nil {
 				bad(err.Error(), "init_from")
+			} else if err := opt.Policy.CheckStore(v); err != nil {
+				bad(err.Error(), "init_from")
 			}
 		}
 		s.InitFrom = *f.InitFrom
@@ -585,6 +596,8 @@ func build(f *file, doc *yaml.Node, opt Options) (*pb.JobSpec, []FieldError) {
 		if c.Store != nil {
 			if err := checkStoreURL(*c.Store); err != nil {
 				bad(err.Error(), "checkpoint", "store")
+			} else if err := opt.Policy.CheckStore(*c.Store); err != nil {
+				bad(err.Error(), "checkpoint", "store")
 			}
 			s.Checkpoint.Store = *c.Store
 		}
@@ -618,6 +631,8 @@ func build(f *file, doc *yaml.Node, opt Options) (*pb.JobSpec, []FieldError) {
 		s.Resume = *f.Resume
 		if strings.Contains(s.Resume, "://") {
 			if err := checkStoreURL(s.Resume); err != nil {
+				bad(err.Error(), "resume")
+			} else if err := opt.Policy.CheckStore(s.Resume); err != nil {
 				bad(err.Error(), "resume")
 			}
 		}
@@ -783,11 +798,19 @@ func tokenDataset(d *datasetY, out *pb.Dataset, opt Options, bad func(string, ..
 			}
 			if err := noCredentials(u); err != nil {
 				bad(err.Error(), "dataset", field)
+			} else if err := opt.Policy.checkDataset(loc); err != nil {
+				bad(err.Error(), "dataset", field)
 			}
 			return
 		}
 		if !filepath.IsAbs(loc) {
 			bad(fmt.Sprintf("%q must be an absolute path (workers resolve it on their own machines)", loc), "dataset", field)
+			return
+		}
+		// Only a location the policy allows is globbed: the coordinator's
+		// file system is not for submitters to explore.
+		if err := opt.Policy.checkDataset(loc); err != nil {
+			bad(err.Error(), "dataset", field)
 			return
 		}
 		if opt.CheckPaths {

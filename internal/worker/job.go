@@ -284,10 +284,11 @@ func (w *Worker) runGeneration(ctx context.Context, r *jobRun, t *Trainer, c *pb
 	timeout := time.Duration(t.Spec.CollectiveTimeoutMs) * time.Millisecond
 	dctx, cancel := context.WithTimeout(gctx, max(timeout, 30*time.Second))
 	addrs := make([]string, world)
+	ids := make([]string, len(asg.Ranks))
 	for i, rk := range asg.Ranks {
-		addrs[i] = rk.Addr
+		addrs[i], ids[i] = rk.Addr, rk.WorkerId
 	}
-	tr, err := w.hub.Dial(dctx, allreduce.Peering{Job: c.JobId, Generation: c.Generation, Rank: rank, World: world, Addrs: addrs})
+	tr, err := w.hub.Dial(dctx, allreduce.Peering{Job: c.JobId, Generation: c.Generation, Rank: rank, World: world, Addrs: addrs, Identities: ids})
 	cancel()
 	if err != nil {
 		return fmt.Errorf("%w of generation %d: %w", errDial, c.Generation, err)

@@ -95,8 +95,8 @@ func ringOverGRPC(t testing.TB, world int, gen uint64) []*allreduce.Comm {
 		if err != nil {
 			t.Fatal(err)
 		}
-		hubs[i] = allreduce.NewHub(zaptest.NewLogger(t))
-		srv := grpc.NewServer(allreduce.ServerOptions()...)
+		hubs[i] = allreduce.NewHub(zaptest.NewLogger(t), nil)
+		srv := grpc.NewServer(allreduce.ServerOptions(nil)...)
 		hubs[i].Register(srv)
 		go srv.Serve(lis)
 		t.Cleanup(srv.Stop)

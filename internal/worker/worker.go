@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -17,11 +18,13 @@ import (
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 	"github.com/ringmaster/ringmaster/internal/apiclient"
 	"github.com/ringmaster/ringmaster/internal/events"
 	"github.com/ringmaster/ringmaster/internal/health"
+	"github.com/ringmaster/ringmaster/internal/pki"
 	"github.com/ringmaster/ringmaster/internal/state"
 	"github.com/ringmaster/ringmaster/internal/version"
 	"github.com/ringmaster/ringmaster/pkg/allreduce"
@@ -71,6 +74,26 @@ type Config struct {
 	// CacheDir is where dataset shards read from object storage are
 	// staged while in use ("": the system's temporary directory).
 	CacheDir string
+
+	// Insecure talks plain text without authentication (to a coordinator
+	// run with --insecure).
+	Insecure bool
+	// Credentials is the worker's credential file (role worker, named
+	// like the worker); empty: the one kept in StateDir, or a new one
+	// traded for JoinToken.
+	Credentials string
+	// JoinToken is a token from `coordinator token create --role worker`.
+	JoinToken string
+	// EtcdTLS and NATSTLS are TLS files for an external etcd or NATS
+	// (https:// and tls:// URLs); without them the worker's credential is
+	// presented.
+	EtcdTLS, NATSTLS pki.ExternalTLS
+	// CAFile is the cluster's CA certificate (PEM), which pins the
+	// coordinator when the join token carries no CA hash.
+	CAFile string
+	// StateDir is where the worker keeps its credential after joining
+	// (default "ringmaster-worker-data").
+	StateDir string
 }
 
 // DefaultLeaseTTL is how long a worker's registration outlives its last
@@ -201,11 +224,12 @@ func New(cfg Config, log *zap.Logger) (*Worker, error) {
 		}
 		addr = net.JoinHostPort(host, fmt.Sprint(tcp.Port))
 	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = "ringmaster-worker-data"
+	}
 	w := &Worker{cfg: cfg, log: log.With(zap.String("worker", cfg.ID)), lis: lis, addr: addr,
-		hub: allreduce.NewHub(log), be: model.NewCPU(cfg.Threads), data: map[string]*mnist.Dataset{}, drain: make(chan struct{}),
+		be: model.NewCPU(cfg.Threads), data: map[string]*mnist.Dataset{}, drain: make(chan struct{}),
 		incarnation: newIncarnation()}
-	w.srv = grpc.NewServer(allreduce.ServerOptions()...)
-	w.hub.Register(w.srv)
 	return w, nil
 }
 
@@ -229,6 +253,23 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer hs.Close()
 		w.log.Info("serving probes", zap.String("addr", hs.Addr()))
 	}
+	cred, err := w.credential(ctx)
+	if err != nil {
+		return err
+	}
+	var clientTLS *tls.Config
+	var ringSec *allreduce.Security
+	if cred != nil {
+		if clientTLS, err = cred.ClientTLS(pki.HasRole(pki.RoleCoordinator)); err != nil {
+			return err
+		}
+		if ringSec, err = ringSecurity(cred); err != nil {
+			return err
+		}
+	}
+	w.hub = allreduce.NewHub(w.log, ringSec)
+	w.srv = grpc.NewServer(allreduce.ServerOptions(ringSec)...)
+	w.hub.Register(w.srv)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	serveErr := make(chan error, 1)
@@ -239,7 +280,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}()
 	defer w.srv.Stop()
 
-	info, err := w.coordinatorInfo(ctx)
+	info, err := w.coordinatorInfo(ctx, clientTLS)
 	if err != nil {
 		return err
 	}
@@ -247,7 +288,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	if len(w.cfg.EtcdEndpoints) > 0 {
 		info.EtcdEndpoints = w.cfg.EtcdEndpoints
 	}
-	w.etcd, err = clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: w.cfg.RequestTimeout,
+	etcdTLS, err := pki.ClientFor(pki.SchemeOf(info.EtcdEndpoints[0]), w.cfg.EtcdTLS, cred)
+	if err != nil {
+		return fmt.Errorf("worker: etcd at %s: %w", info.EtcdEndpoints[0], err)
+	}
+	w.etcd, err = clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: w.cfg.RequestTimeout, TLS: etcdTLS,
 		Logger: w.log.Named("etcd-client").WithOptions(zap.IncreaseLevel(zap.ErrorLevel)),
 		// Reconnect within a second of etcd coming back (gRPC's default
 		// backoff grows to two minutes): a restarted etcd gives leases
@@ -258,11 +303,15 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("worker: connecting to etcd %v: %w", info.EtcdEndpoints, err)
 	}
 	defer w.etcd.Close()
-	if w.nc, err = events.Connect(info.NatsUrl, "ringmaster-worker-"+w.cfg.ID); err != nil {
+	natsTLS, err := pki.ClientFor(pki.SchemeOf(info.NatsUrl), w.cfg.NATSTLS, cred)
+	if err != nil {
+		return fmt.Errorf("worker: NATS at %s: %w", info.NatsUrl, err)
+	}
+	if w.nc, err = events.Connect(info.NatsUrl, "ringmaster-worker-"+w.cfg.ID, natsTLS); err != nil {
 		return err
 	}
 	defer w.nc.Close()
-	w.pub = events.NewPublisher(w.nc)
+	w.pub = events.NewPublisher(w.nc, events.PublisherToken(w.cfg.ID))
 
 	// Each pass registers under a fresh lease and serves claims until the
 	// lease is lost (for example etcd was unreachable for longer than the
@@ -287,8 +336,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 }
 
-func (w *Worker) coordinatorInfo(ctx context.Context) (*pb.InfoResponse, error) {
-	conn, err := apiclient.Dial(w.cfg.Coordinator)
+func (w *Worker) coordinatorInfo(ctx context.Context, clientTLS *tls.Config) (*pb.InfoResponse, error) {
+	var opts []grpc.DialOption
+	if clientTLS != nil {
+		opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS)))
+	}
+	conn, err := apiclient.Dial(w.cfg.Coordinator, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}

@@ -36,6 +36,10 @@ const (
 	DefaultSliceBytes = 256 << 10
 	// DefaultDirectMaxBytes is Config.DirectMaxBytes when zero.
 	DefaultDirectMaxBytes = 64 << 10
+	// MaxFrameBytes bounds a frame's data: a ring slice or a direct
+	// collective's whole buffer. The gRPC transport refuses larger
+	// messages before reading them.
+	MaxFrameBytes = 64 << 20
 )
 
 // ErrBroken is wrapped by every error from a Comm that an earlier error has
@@ -92,6 +96,9 @@ func New(cfg Config, t Transport) (*Comm, error) {
 	}
 	if cfg.Wire > WireBF16 {
 		return nil, fmt.Errorf("allreduce: unknown wire encoding %d", cfg.Wire)
+	}
+	if cfg.SliceBytes > MaxFrameBytes || cfg.DirectMaxBytes > MaxFrameBytes {
+		return nil, fmt.Errorf("allreduce: slices of %d bytes and direct collectives of up to %d bytes: frames are at most %d bytes", cfg.SliceBytes, cfg.DirectMaxBytes, MaxFrameBytes)
 	}
 	c := &Comm{cfg: cfg, t: t, sent: make([]tracker, cfg.World), relFns: make([]func(), cfg.World)}
 	for p := range c.sent {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
@@ -85,8 +86,29 @@ type Hub struct {
 	newest    map[string]uint64 // job -> newest generation registered
 	changed   chan struct{}     // closed and replaced on every registration
 
+	// sec, if set, makes every ring connection mutual TLS and checks
+	// that each stream and abort comes from the worker assigned to the
+	// rank it speaks for.
+	sec *Security
+
 	// dial, when set (by tests), makes the ring's outbound connections.
 	dial func(ctx context.Context, addr string) (net.Conn, error)
+}
+
+// Security authenticates a ring: the server's and the dialers' transport
+// credentials, and how to tell which worker a call comes from. With it,
+// only the workers named in a generation's Peering.Identities take part
+// in it: a stream's hello and an abort must come from the identity
+// assigned to the rank they claim.
+type Security struct {
+	// Server are the credentials of the hub's gRPC server (give them to
+	// ServerOptions).
+	Server credentials.TransportCredentials
+	// Client returns the credentials for dialing the worker that must
+	// prove the identity peer.
+	Client func(peer string) credentials.TransportCredentials
+	// Peer returns the identity a call's peer proved (ok false: none).
+	Peer func(ctx context.Context) (string, bool)
 }
 
 type endpointKey struct {
@@ -99,10 +121,12 @@ type endpointKey struct {
 // its side of the same generation.
 const AcceptWait = 30 * time.Second
 
-// NewHub returns a hub; register it on a gRPC server with Register.
-func NewHub(log *zap.Logger) *Hub {
+// NewHub returns a hub; register it on a gRPC server with Register. sec
+// nil leaves the ring unauthenticated (plain text).
+func NewHub(log *zap.Logger, sec *Security) *Hub {
 	return &Hub{
 		log:       log,
+		sec:       sec,
 		endpoints: map[endpointKey]*grpcTransport{},
 		newest:    map[string]uint64{},
 		changed:   make(chan struct{}),
@@ -115,11 +139,16 @@ func (h *Hub) Register(s *grpc.Server) { s.RegisterService(&ringServiceDesc, h) 
 
 // ServerOptions are the gRPC server options the ring needs: the raw codec
 // (which passes protobuf messages of other services through), large
-// messages, static flow-control windows and buffers sized for bulk data.
-func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
+// messages, static flow-control windows and buffers sized for bulk data,
+// and sec's server credentials (nil: plain text).
+func ServerOptions(sec *Security) []grpc.ServerOption {
+	var creds []grpc.ServerOption
+	if sec != nil {
+		creds = append(creds, grpc.Creds(sec.Server))
+	}
+	return append(creds,
 		grpc.ForceServerCodecV2(rawCodec{}),
-		grpc.MaxRecvMsgSize(1 << 30),
+		grpc.MaxRecvMsgSize(1<<30),
 		grpc.InitialWindowSize(streamWindow),
 		grpc.InitialConnWindowSize(connWindow),
 		grpc.ReadBufferSize(ioBufferSize),
@@ -134,8 +163,12 @@ func ServerOptions() []grpc.ServerOption {
 		// enough that a loaded machine answers in time.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: KeepaliveTime, Timeout: KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Second, PermitWithoutStream: true}),
-	}
+	)
 }
+
+// maxMessageBytes is the largest gRPC message of the ring: a frame's data
+// and room for its header and control part.
+const maxMessageBytes = MaxFrameBytes + 1<<20
 
 // KeepaliveTime and KeepaliveTimeout bound how long a ring connection to a
 // silent peer lives: after KeepaliveTime without reading anything the
@@ -147,16 +180,16 @@ const (
 	KeepaliveTimeout = 4 * time.Second
 )
 
-func dialOptions(pool mem.BufferPool) []grpc.DialOption {
+func dialOptions(pool mem.BufferPool, creds credentials.TransportCredentials) []grpc.DialOption {
 	return []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithInitialWindowSize(streamWindow),
 		grpc.WithInitialConnWindowSize(connWindow),
 		grpc.WithReadBufferSize(ioBufferSize),
 		grpc.WithWriteBufferSize(ioBufferSize),
 		grpc.WithSharedWriteBuffer(true),
 		experimental.WithBufferPool(pool),
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(1<<30), grpc.MaxCallRecvMsgSize(1<<30), grpc.ForceCodecV2(rawCodec{})),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(maxMessageBytes), grpc.MaxCallRecvMsgSize(maxMessageBytes), grpc.ForceCodecV2(rawCodec{})),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: KeepaliveTimeout, PermitWithoutStream: true}),
 		grpc.WithConnectParams(grpc.ConnectParams{
 			Backoff:           backoff.Config{BaseDelay: 20 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
@@ -173,6 +206,9 @@ type Peering struct {
 	World      int
 	// Addrs are the ring addresses of all ranks, by rank.
 	Addrs []string
+	// Identities are the identities the ranks' workers prove, by rank;
+	// required when the hub has Security.
+	Identities []string
 }
 
 // Dial sets up rank's transport: it registers to accept the peers'
@@ -184,6 +220,9 @@ func (h *Hub) Dial(ctx context.Context, p Peering) (Transport, error) {
 	}
 	if len(p.Addrs) != p.World {
 		return nil, fmt.Errorf("allreduce: %d addresses for a world of %d", len(p.Addrs), p.World)
+	}
+	if h.sec != nil && len(p.Identities) != p.World {
+		return nil, fmt.Errorf("allreduce: %d identities for a world of %d (a secured ring checks every peer)", len(p.Identities), p.World)
 	}
 	t := &grpcTransport{hub: h, p: p, closed: make(chan struct{}), pool: newDirtyPool(),
 		notices: make(chan Notice, 4*p.World),
@@ -262,6 +301,13 @@ func (h *Hub) serveStream(ss grpc.ServerStream) error {
 		return status.Error(codes.InvalidArgument, "ring stream must start with a hello")
 	}
 	from, to := int(hello.FromRank), int(hello.ToRank)
+	if h.sec != nil {
+		// Refuse at once a caller that no generation here could have:
+		// a stranger must not hold a stream open while await waits.
+		if _, ok := h.sec.Peer(ss.Context()); !ok {
+			return status.Error(codes.Unauthenticated, "ring streams need a worker certificate")
+		}
+	}
 	t, err := h.await(ss.Context(), endpointKey{hello.Job, hello.Generation, to})
 	if err != nil {
 		return err
@@ -269,6 +315,9 @@ func (h *Hub) serveStream(ss grpc.ServerStream) error {
 	if int(hello.World) != t.p.World || from < 0 || from >= t.p.World || from == to {
 		return status.Errorf(codes.FailedPrecondition, "rank %d of job %s generation %d has a world of %d; the stream from rank %d says %d",
 			to, hello.Job, hello.Generation, t.p.World, from, hello.World)
+	}
+	if err := h.checkPeer(ss.Context(), t, from); err != nil {
+		return err
 	}
 	l := t.in[from]
 	l.mu.Lock()
@@ -335,6 +384,19 @@ func (h *Hub) serveAbort(ctx context.Context, dec func(any) error) (any, error) 
 	h.mu.Lock()
 	t := h.endpoints[endpointKey{a.Job, a.Generation, int(a.ToRank)}]
 	h.mu.Unlock()
+	if h.sec != nil {
+		if _, ok := h.sec.Peer(ctx); !ok {
+			return nil, status.Error(codes.Unauthenticated, "ring aborts need a worker certificate")
+		}
+		if t != nil {
+			if from := int(a.FromRank); from < 0 || from >= t.p.World {
+				return nil, status.Errorf(codes.InvalidArgument, "abort from rank %d of a world of %d", from, t.p.World)
+			}
+			if err := h.checkPeer(ctx, t, int(a.FromRank)); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if t != nil {
 		select {
 		case t.notices <- Notice{From: int(a.FromRank), Seq: a.Seq, Kind: NoticeKind(a.Kind), Culprit: int(a.Culprit), WaitingOn: int(a.WaitingOn), Reason: a.Reason}:
@@ -345,6 +407,20 @@ func (h *Hub) serveAbort(ctx context.Context, dec func(any) error) (any, error) 
 	o.kind = kindAck
 	o.refs.Store(0) // gRPC marshals it once and frees it
 	return o, nil
+}
+
+// checkPeer refuses a call that does not come from the worker assigned to
+// rank from in t's generation.
+func (h *Hub) checkPeer(ctx context.Context, t *grpcTransport, from int) error {
+	if h.sec == nil {
+		return nil
+	}
+	got, _ := h.sec.Peer(ctx)
+	if want := t.p.Identities[from]; got != want {
+		return status.Errorf(codes.PermissionDenied, "rank %d of job %s generation %d is worker %q; the caller is %q, which is not assigned that rank",
+			from, t.p.Job, t.p.Generation, want, got)
+	}
+	return nil
 }
 
 // await waits until the transport for key is registered, refusing streams
@@ -425,7 +501,11 @@ func (t *grpcTransport) connect(ctx context.Context, peer int) error {
 		return fmt.Errorf("allreduce: rank %d: connecting to rank %d (%s) for job %s generation %d: %w",
 			t.p.Rank, peer, addr, t.p.Job, t.p.Generation, err)
 	}
-	opts := dialOptions(t.pool)
+	var creds credentials.TransportCredentials = insecure.NewCredentials()
+	if s := t.hub.sec; s != nil {
+		creds = s.Client(t.p.Identities[peer])
+	}
+	opts := dialOptions(t.pool, creds)
 	if t.hub.dial != nil {
 		opts = append(opts, grpc.WithContextDialer(t.hub.dial))
 	}

@@ -48,8 +48,8 @@ func startNode(t testing.TB) *grpcNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hub := NewHub(zap.NewNop())
-	srv := grpc.NewServer(ServerOptions()...)
+	hub := NewHub(zap.NewNop(), nil)
+	srv := grpc.NewServer(ServerOptions(nil)...)
 	hub.Register(srv)
 	go srv.Serve(lis)
 	return &grpcNode{hub: hub, srv: srv, addr: lis.Addr().String(), lis: lis}

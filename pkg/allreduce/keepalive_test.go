@@ -102,7 +102,7 @@ func startFreezableNode(t *testing.T, f *freezer) *grpcNode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hub := NewHub(zap.NewNop())
+	hub := NewHub(zap.NewNop(), nil)
 	hub.dial = func(ctx context.Context, addr string) (net.Conn, error) {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", addr)
@@ -111,7 +111,7 @@ func startFreezableNode(t *testing.T, f *freezer) *grpcNode {
 		}
 		return f.wrap(c), nil
 	}
-	srv := grpc.NewServer(ServerOptions()...)
+	srv := grpc.NewServer(ServerOptions(nil)...)
 	hub.Register(srv)
 	go srv.Serve(freezingListener{Listener: lis, f: f})
 	return &grpcNode{hub: hub, srv: srv, addr: lis.Addr().String(), lis: lis}

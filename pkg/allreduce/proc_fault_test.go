@@ -54,8 +54,8 @@ func runProcRank(spec string, stdin io.Reader, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	hub := NewHub(zap.NewNop())
-	srv := grpc.NewServer(ServerOptions()...)
+	hub := NewHub(zap.NewNop(), nil)
+	srv := grpc.NewServer(ServerOptions(nil)...)
 	hub.Register(srv)
 	go func() { _ = srv.Serve(lis) }()
 	defer srv.Stop()

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
+	"github.com/ringmaster/ringmaster/internal/coordinator"
 	"github.com/ringmaster/ringmaster/internal/versitygw"
 )
 
@@ -25,7 +26,7 @@ func TestCheckpointsInS3ResumeOnMoreWorkers(t *testing.T) {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v) // the coordinator and the worker processes read the store
 	}
-	c := startCluster(t)
+	c := startCluster(t, func(cfg *coordinator.Config) { cfg.Policy.S3Endpoints = []string{srv.Addr + "/ckpt"} })
 	losses := c.recordLosses()
 	c.startWorker("a0", testLease)
 	c.startWorker("a1", testLease)

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 )
@@ -26,11 +25,13 @@ func startProcessCluster(t *testing.T) *cluster {
 	t.Helper()
 	dir := t.TempDir()
 	addr := freeAddr(t)
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	ca, credPath, dialOpt := newTestPKI(t, filepath.Join(dir, "coord", "pki"), dir)
+	conn, err := grpc.NewClient(addr, dialOpt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl := &cluster{t: t, addr: addr, client: pb.NewCoordinatorClient(conn), dir: dir, workers: map[string]*exec.Cmd{}}
+	cl := &cluster{t: t, addr: addr, client: pb.NewCoordinatorClient(conn), dir: dir, workers: map[string]*exec.Cmd{},
+		ca: ca, credPath: credPath}
 	t.Cleanup(func() {
 		cl.killWorkers()
 		if cl.proc != nil {
@@ -130,7 +131,7 @@ func TestControlPlaneOutagesDoNotStopTraining(t *testing.T) {
 		t.Fatal(err)
 	}
 	proxy := startCutProxy(t, etcdURL.Host)
-	c.workerFlags = []string{"--etcd-endpoints", "http://" + proxy.Addr()}
+	c.workerFlags = []string{"--etcd-endpoints", etcdURL.Scheme + "://" + proxy.Addr()}
 	c.startWorkers("p0", "p1", "p2")
 	id := c.submit(chaosSpec("3", 3))
 	at := int64(5 + c.rng.IntN(10))

@@ -238,7 +238,9 @@ func TestMalformedSpecsAreRefused(t *testing.T) {
 		{"unknown model", "name: bad\nmodel: resnet9000\n", "model"},
 		{"negative lr", base + "optimizer:\n  lr: -0.5\n", "optimizer.lr"},
 		{"zero workers", base + "workers: 0\n", "workers"},
-		{"missing dataset", base + "dataset:\n  path: /no/such/mnist\n", "dataset.path"},
+		{"missing dataset", base + "dataset:\n  path: " + c.dir + "/no/such/mnist\n", "dataset.path"},
+		{"dataset outside the policy", base + "dataset:\n  path: /etc\n", "dataset.path"},
+		{"store outside the policy", base + "checkpoint:\n  store: file:///etc/ringmaster\n", "checkpoint.store"},
 		{"unknown field", base + "epoch: 3\n", "epoch"},
 		{"resume from unknown job", base + "resume: nosuchjob-abc\n", "resume"},
 	}

@@ -34,6 +34,7 @@ type haCluster struct {
 	replicas       []*replica
 	initialCluster string
 	natsRoutes     string
+	caDir          string // the replicas' shared CA
 }
 
 func freeAddr(t *testing.T) string {
@@ -49,11 +50,12 @@ func freeAddr(t *testing.T) string {
 func startHACluster(t *testing.T, seed uint64) *haCluster {
 	t.Helper()
 	dir := t.TempDir()
-	h := &haCluster{}
+	h := &haCluster{caDir: filepath.Join(dir, "ca")}
+	ca, credPath, dialOpt := newTestPKI(t, h.caDir, dir)
 	var peers, routes, addrs []string
 	for i := range 3 {
 		r := &replica{name: fmt.Sprintf("c%d", i+1), addr: freeAddr(t), health: freeAddr(t), dir: filepath.Join(dir, fmt.Sprintf("c%d", i+1))}
-		conn, err := apiclient.Dial(r.addr)
+		conn, err := apiclient.Dial(r.addr, dialOpt)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -66,11 +68,12 @@ func startHACluster(t *testing.T, seed uint64) *haCluster {
 	}
 	h.initialCluster, h.natsRoutes = strings.Join(peers, ","), strings.Join(routes, ",")
 	list := strings.Join(addrs, ",")
-	conn, err := apiclient.Dial(list)
+	conn, err := apiclient.Dial(list, dialOpt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl := &cluster{t: t, addr: list, client: pb.NewCoordinatorClient(conn), dir: dir, workers: map[string]*exec.Cmd{}}
+	cl := &cluster{t: t, addr: list, client: pb.NewCoordinatorClient(conn), dir: dir, workers: map[string]*exec.Cmd{},
+		ca: ca, credPath: credPath}
 	h.chaosCluster = chaosOn(t, cl, seed)
 	t.Cleanup(func() {
 		cl.killWorkers()
@@ -115,7 +118,7 @@ func probe(t *testing.T, addr, path string) (int, string) {
 func (h *haCluster) startReplica(r *replica) {
 	h.t.Helper()
 	cmd := exec.Command(os.Args[0], "serve", "--name", r.name, "--listen", r.addr, "--data-dir", r.dir,
-		"--initial-cluster", h.initialCluster, "--nats-routes", h.natsRoutes, "--health-listen", r.health,
+		"--initial-cluster", h.initialCluster, "--nats-routes", h.natsRoutes, "--health-listen", r.health, "--ca-dir", h.caDir,
 		"--log-file", filepath.Join(h.dir, "coordinator-"+r.name+".log"))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {

@@ -23,7 +23,7 @@ func TestGPTPretrainThenFineTune(t *testing.T) {
 	c.startWorker("w1", testLease)
 	c.waitWorkers("w0", "w1")
 
-	data := t.TempDir()
+	data := filepath.Join(c.dir, "corpus") // inside the cluster's submission policy
 	for _, p := range []tokens.PrepareOptions{
 		{Name: "go", Inputs: []string{filepath.Join(runtime.GOROOT(), "src", "strings")}, Include: []string{"*.go"}, Exclude: []string{"*_test.go"}, ValTokens: 8 << 10},
 		{Name: "asm", Inputs: []string{filepath.Join(runtime.GOROOT(), "src", "runtime")}, Include: []string{"*_amd64.s"}, ValTokens: 8 << 10},

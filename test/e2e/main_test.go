@@ -7,6 +7,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
@@ -22,12 +23,15 @@ import (
 
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 	"github.com/ringmaster/ringmaster/internal/cli"
 	"github.com/ringmaster/ringmaster/internal/coordinator"
 	"github.com/ringmaster/ringmaster/internal/events"
+	"github.com/ringmaster/ringmaster/internal/jobspec"
+	"github.com/ringmaster/ringmaster/internal/pki"
+	"github.com/ringmaster/ringmaster/internal/worker"
 )
 
 func TestMain(m *testing.M) {
@@ -55,29 +59,99 @@ type cluster struct {
 	dir     string
 	mu      sync.Mutex
 	workers map[string]*exec.Cmd
+	// ca is the cluster's CA (the harness makes it; the coordinators
+	// load it), credPath an admin credential of it, token a join token
+	// the workers share (made at the first worker's start).
+	ca       *pki.CA
+	credPath string
+	token    string
 }
 
-func startCluster(t *testing.T) *cluster {
+// newTestPKI makes the CA that a cluster's coordinators load from caDir
+// and an admin credential of it in dir; it returns the CA, the
+// credential's path and the dial option of an API client holding it.
+func newTestPKI(t *testing.T, caDir, dir string) (*pki.CA, string, grpc.DialOption) {
 	t.Helper()
-	return startClusterOn(t, "127.0.0.1")
+	ca, _, err := pki.LoadOrCreateCA(caDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred, err := ca.Issue(pki.Identity{Role: pki.RoleAdmin, Name: "e2e"}, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "e2e-admin.credentials")
+	if err := cred.Write(path); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := cred.ClientTLS(pki.HasRole(pki.RoleCoordinator))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca, path, grpc.WithTransportCredentials(credentials.NewTLS(cfg))
+}
+
+// rootTLS is a client TLS configuration with the coordinators' identity
+// (etcd's root user, every NATS permission), for tests that read etcd or
+// NATS directly.
+func (c *cluster) rootTLS() *tls.Config {
+	c.t.Helper()
+	cred, err := c.ca.Issue(coordinator.CoordinatorIdentity, nil, 0)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cfg, err := cred.ClientTLS(pki.HasRole(pki.RoleCoordinator))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return cfg
+}
+
+// joinToken is the workers' join token, made at the first call.
+func (c *cluster) joinToken() string {
+	c.t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.token == "" {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		resp, err := c.client.CreateToken(ctx, &pb.CreateTokenRequest{Role: pki.RoleWorker}, grpc.WaitForReady(true))
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		c.token = resp.Token
+	}
+	return c.token
+}
+
+func startCluster(t *testing.T, opts ...func(*coordinator.Config)) *cluster {
+	t.Helper()
+	return startClusterOn(t, "127.0.0.1", opts...)
 }
 
 // startClusterOn starts a cluster whose coordinator, etcd and NATS listen
-// on host.
-func startClusterOn(t *testing.T, host string) *cluster {
+// on host. Its submission policy allows stores and datasets in the
+// cluster's directory; opts change its configuration further.
+func startClusterOn(t *testing.T, host string, opts ...func(*coordinator.Config)) *cluster {
 	t.Helper()
 	dir := t.TempDir()
 	anyPort := net.JoinHostPort(host, "0")
-	c, err := coordinator.Start(coordinator.Config{Listen: anyPort, EmbeddedEtcdListen: anyPort, EmbeddedNATSListen: anyPort,
-		DataDir: filepath.Join(dir, "coord")}, zaptest.NewLogger(t))
+	cfg := coordinator.Config{Listen: anyPort, EmbeddedEtcdListen: anyPort, EmbeddedNATSListen: anyPort,
+		DataDir: filepath.Join(dir, "coord"), Policy: jobspec.Policy{FileRoots: []string{dir}, DatasetRoots: []string{dir}}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	ca, credPath, dialOpt := newTestPKI(t, filepath.Join(cfg.DataDir, "pki"), dir)
+	c, err := coordinator.Start(cfg, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(c.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(c.Addr(), dialOpt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl := &cluster{t: t, coord: c, addr: c.Addr(), client: pb.NewCoordinatorClient(conn), dir: dir, workers: map[string]*exec.Cmd{}}
+	cl := &cluster{t: t, coord: c, addr: c.Addr(), client: pb.NewCoordinatorClient(conn), dir: dir, workers: map[string]*exec.Cmd{},
+		ca: ca, credPath: credPath}
 	t.Cleanup(func() {
 		cl.killWorkers()
 		conn.Close()
@@ -108,8 +182,9 @@ func (c *cluster) startWorkerVia(prefix []string, id string, ttl time.Duration, 
 	c.t.Helper()
 	logf := filepath.Join(c.dir, id+".log")
 	argv := append(append(prefix[:len(prefix):len(prefix)], os.Args[0], "worker"), []string{"--coordinator", c.addr, "--id", id, "--listen", "127.0.0.1:0",
-		"--lease-ttl", ttl.String(), "--threads", "1", "--log-file", logf}...)
+		"--lease-ttl", ttl.String(), "--threads", "1", "--log-file", logf, "--state-dir", filepath.Join(c.dir, "workers")}...)
 	cmd := exec.Command(argv[0], append(argv[1:], flags...)...)
+	cmd.Env = append(os.Environ(), worker.JoinTokenEnv+"="+c.joinToken())
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		c.t.Fatal(err)
@@ -171,7 +246,7 @@ func (c *cluster) cli(args ...string) (string, error) {
 	var out bytes.Buffer
 	cmd.SetOut(&out)
 	cmd.SetErr(&out)
-	cmd.SetArgs(append(args, "--addr", c.addr))
+	cmd.SetArgs(append(args, "--addr", c.addr, "--credentials", c.credPath))
 	err := cmd.Execute()
 	return out.String(), err
 }
@@ -267,13 +342,13 @@ func (c *cluster) recordLosses() *lossLog {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	nc, err := events.Connect(info.NatsUrl, "e2e-test")
+	nc, err := events.Connect(info.NatsUrl, "e2e-test", c.rootTLS())
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	c.t.Cleanup(nc.Close)
 	l := &lossLog{losses: map[string][]stepLoss{}}
-	sub, err := events.Subscribe(nc, "*", func(ev *pb.JobEvent) {
+	sub, err := events.Subscribe(nc, "*", func(ev *pb.JobEvent, _ string) {
 		if s := ev.GetStep(); s != nil {
 			l.mu.Lock()
 			l.losses[ev.JobId] = append(l.losses[ev.JobId], stepLoss{s.Step, s.Loss, s.Generation})

@@ -14,7 +14,6 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "github.com/ringmaster/ringmaster/api/ringmaster/v1"
 	"github.com/ringmaster/ringmaster/internal/coordinator"
@@ -66,12 +65,20 @@ epochs: 1
 	if out, err := c.cli("snapshot", "restore", file, "--data-dir", restored); err == nil || !strings.Contains(err.Error(), "exists") {
 		t.Errorf("restoring over an existing data directory: %v: %s", err, out)
 	}
-	c2, err := coordinator.Start(coordinator.Config{Listen: "127.0.0.1:0", DataDir: restored}, zaptest.NewLogger(t))
+	// The restored directory has the snapshot's etcd (with its users) and
+	// no CA: the cluster's CA is given, as a restore on another machine
+	// would give it (docs/operations.md).
+	caDir := filepath.Join(c.dir, "coord", "pki")
+	c2, err := coordinator.Start(coordinator.Config{Listen: "127.0.0.1:0", DataDir: restored, CADir: caDir}, zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c2.Close()
-	conn, err := grpc.NewClient(c2.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	dialOpt, err := c2.AdminDialOption()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(c2.Addr(), dialOpt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +115,7 @@ epochs: 1
 	for i := range 3 {
 		go func() {
 			r, err := coordinator.Start(coordinator.Config{Listen: "127.0.0.1:0", DataDir: filepath.Join(c.dir, fmt.Sprint("replica", i)),
-				Name: fmt.Sprint("r", i), InitialCluster: initial, NATSRoutes: strings.Join(routes, ",")}, zaptest.NewLogger(t).Named(fmt.Sprint("r", i)))
+				Name: fmt.Sprint("r", i), InitialCluster: initial, NATSRoutes: strings.Join(routes, ","), CADir: caDir}, zaptest.NewLogger(t).Named(fmt.Sprint("r", i)))
 			replicas[i] = r
 			errs <- err
 		}()
@@ -120,7 +127,7 @@ epochs: 1
 	}
 	for i, r := range replicas {
 		defer r.Close()
-		conn, err := grpc.NewClient(r.Addr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		conn, err := grpc.NewClient(r.Addr(), dialOpt)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -147,7 +154,7 @@ func TestDamagedKeyDoesNotStopScheduling(t *testing.T) {
 	c := startCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cli, info := etcdOf(t, c.addr)
+	cli, info := etcdOf(t, c.coord)
 	if _, err := cli.Put(ctx, info.EtcdPrefix+"jobs/bogus/status", "{not a status"); err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +193,7 @@ func TestCleanStopHandsLeadershipOver(t *testing.T) {
 	t.Cleanup(a.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cliA, info := etcdOf(t, a.Addr())
+	cliA, info := etcdOf(t, a)
 	keys := func(cli *clientv3.Client) []string {
 		t.Helper()
 		resp, err := cli.Get(ctx, info.EtcdPrefix+"election/", clientv3.WithPrefix())
@@ -209,7 +216,7 @@ func TestCleanStopHandsLeadershipOver(t *testing.T) {
 	a.Close()
 	b := start()
 	defer b.Close()
-	cliB, _ := etcdOf(t, b.Addr())
+	cliB, _ := etcdOf(t, b)
 	for _, v := range keys(cliB) {
 		if strings.HasSuffix(v, "/"+aAddr) {
 			t.Errorf("the stopped coordinator's election key is still there: %s", v)
@@ -217,11 +224,16 @@ func TestCleanStopHandsLeadershipOver(t *testing.T) {
 	}
 }
 
-// etcdOf returns a client of the etcd that the coordinator at addr uses,
-// and the coordinator's Info; both are closed at the end of the test.
-func etcdOf(t *testing.T, addr string) (*clientv3.Client, *pb.InfoResponse) {
+// etcdOf returns a client of the etcd that coordinator c uses (as the
+// coordinators' identity, from c's CA), and c's Info; both are closed at
+// the end of the test.
+func etcdOf(t *testing.T, c *coordinator.Coordinator) (*clientv3.Client, *pb.InfoResponse) {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	dialOpt, err := c.AdminDialOption()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(c.Addr(), dialOpt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +244,7 @@ func etcdOf(t *testing.T, addr string) (*clientv3.Client, *pb.InfoResponse) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: 10 * time.Second})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: info.EtcdEndpoints, DialTimeout: 10 * time.Second, TLS: c.RootTLS()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,6 +34,9 @@ const (
 	Coordinator_WatchJob_FullMethodName        = "/ringmaster.v1.Coordinator/WatchJob"
 	Coordinator_SaveSnapshot_FullMethodName    = "/ringmaster.v1.Coordinator/SaveSnapshot"
 	Coordinator_ClusterStatus_FullMethodName   = "/ringmaster.v1.Coordinator/ClusterStatus"
+	Coordinator_CreateToken_FullMethodName     = "/ringmaster.v1.Coordinator/CreateToken"
+	Coordinator_Join_FullMethodName            = "/ringmaster.v1.Coordinator/Join"
+	Coordinator_IssueCredential_FullMethodName = "/ringmaster.v1.Coordinator/IssueCredential"
 )
 
 // CoordinatorClient is the client API for Coordinator service.
@@ -66,6 +69,15 @@ type CoordinatorClient interface {
 	// ClusterStatus tells which replica schedules and how each etcd member
 	// is, as the replica that answers sees them.
 	ClusterStatus(ctx context.Context, in *ClusterStatusRequest, opts ...grpc.CallOption) (*ClusterStatusResponse, error)
+	// CreateToken makes a join token (admin only): a new worker trades it
+	// for its own certificate with Join.
+	CreateToken(ctx context.Context, in *CreateTokenRequest, opts ...grpc.CallOption) (*CreateTokenResponse, error)
+	// Join signs a worker's certificate request in exchange for a valid join
+	// token; the only call that needs no client certificate.
+	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
+	// IssueCredential signs a user's certificate request with a role (admin
+	// only).
+	IssueCredential(ctx context.Context, in *IssueCredentialRequest, opts ...grpc.CallOption) (*IssueCredentialResponse, error)
 }
 
 type coordinatorClient struct {
@@ -204,6 +216,36 @@ func (c *coordinatorClient) ClusterStatus(ctx context.Context, in *ClusterStatus
 	return out, nil
 }
 
+func (c *coordinatorClient) CreateToken(ctx context.Context, in *CreateTokenRequest, opts ...grpc.CallOption) (*CreateTokenResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateTokenResponse)
+	err := c.cc.Invoke(ctx, Coordinator_CreateToken_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *coordinatorClient) Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JoinResponse)
+	err := c.cc.Invoke(ctx, Coordinator_Join_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *coordinatorClient) IssueCredential(ctx context.Context, in *IssueCredentialRequest, opts ...grpc.CallOption) (*IssueCredentialResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssueCredentialResponse)
+	err := c.cc.Invoke(ctx, Coordinator_IssueCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // CoordinatorServer is the server API for Coordinator service.
 // All implementations must embed UnimplementedCoordinatorServer
 // for forward compatibility.
@@ -234,6 +276,15 @@ type CoordinatorServer interface {
 	// ClusterStatus tells which replica schedules and how each etcd member
 	// is, as the replica that answers sees them.
 	ClusterStatus(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error)
+	// CreateToken makes a join token (admin only): a new worker trades it
+	// for its own certificate with Join.
+	CreateToken(context.Context, *CreateTokenRequest) (*CreateTokenResponse, error)
+	// Join signs a worker's certificate request in exchange for a valid join
+	// token; the only call that needs no client certificate.
+	Join(context.Context, *JoinRequest) (*JoinResponse, error)
+	// IssueCredential signs a user's certificate request with a role (admin
+	// only).
+	IssueCredential(context.Context, *IssueCredentialRequest) (*IssueCredentialResponse, error)
 	mustEmbedUnimplementedCoordinatorServer()
 }
 
@@ -276,6 +327,15 @@ func (UnimplementedCoordinatorServer) SaveSnapshot(*SaveSnapshotRequest, grpc.Se
 }
 func (UnimplementedCoordinatorServer) ClusterStatus(context.Context, *ClusterStatusRequest) (*ClusterStatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ClusterStatus not implemented")
+}
+func (UnimplementedCoordinatorServer) CreateToken(context.Context, *CreateTokenRequest) (*CreateTokenResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateToken not implemented")
+}
+func (UnimplementedCoordinatorServer) Join(context.Context, *JoinRequest) (*JoinResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Join not implemented")
+}
+func (UnimplementedCoordinatorServer) IssueCredential(context.Context, *IssueCredentialRequest) (*IssueCredentialResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method IssueCredential not implemented")
 }
 func (UnimplementedCoordinatorServer) mustEmbedUnimplementedCoordinatorServer() {}
 func (UnimplementedCoordinatorServer) testEmbeddedByValue()                     {}
@@ -482,6 +542,60 @@ func _Coordinator_ClusterStatus_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Coordinator_CreateToken_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateTokenRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).CreateToken(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_CreateToken_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).CreateToken(ctx, req.(*CreateTokenRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Coordinator_Join_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JoinRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).Join(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_Join_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).Join(ctx, req.(*JoinRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Coordinator_IssueCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IssueCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CoordinatorServer).IssueCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Coordinator_IssueCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CoordinatorServer).IssueCredential(ctx, req.(*IssueCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Coordinator_ServiceDesc is the grpc.ServiceDesc for Coordinator service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -524,6 +638,18 @@ var Coordinator_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ClusterStatus",
 			Handler:    _Coordinator_ClusterStatus_Handler,
+		},
+		{
+			MethodName: "CreateToken",
+			Handler:    _Coordinator_CreateToken_Handler,
+		},
+		{
+			MethodName: "Join",
+			Handler:    _Coordinator_Join_Handler,
+		},
+		{
+			MethodName: "IssueCredential",
+			Handler:    _Coordinator_IssueCredential_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
