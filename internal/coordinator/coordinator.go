@@ -25,8 +25,8 @@ import (
 	"github.com/ringmaster/ringmaster/internal/embedded"
 	"github.com/ringmaster/ringmaster/internal/events"
 	"github.com/ringmaster/ringmaster/internal/health"
-	"github.com/ringmaster/ringmaster/internal/pki"
 	"github.com/ringmaster/ringmaster/internal/jobspec"
+	"github.com/ringmaster/ringmaster/internal/pki"
 	"github.com/ringmaster/ringmaster/internal/state"
 )
 
