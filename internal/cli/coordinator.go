@@ -21,6 +21,7 @@ import (
 	"github.com/ringmaster/ringmaster/internal/apiclient"
 	"github.com/ringmaster/ringmaster/internal/coordinator"
 	"github.com/ringmaster/ringmaster/internal/state"
+	"github.com/ringmaster/ringmaster/internal/version"
 )
 
 // EnvAddr names the environment variable that says which coordinator the
@@ -35,6 +36,7 @@ const DefaultAddr = "127.0.0.1:7070"
 func NewCoordinatorCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "coordinator",
+		Version:       version.Version,
 		Short:         "Ringmaster coordinator: the control plane of distributed training, and its CLI",
 		SilenceUsage:  true,
 		SilenceErrors: true,

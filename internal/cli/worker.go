@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/ringmaster/ringmaster/internal/version"
 	"github.com/ringmaster/ringmaster/internal/worker"
 )
 
@@ -20,9 +21,10 @@ func NewWorkerCommand() *cobra.Command {
 	var lf logFlags
 	var drainTimeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "worker --coordinator ADDR [--listen ADDR] [--device cpu]",
-		Short: "Run a training worker that registers with a coordinator and trains the ranks it is assigned",
-		Args:  cobra.NoArgs,
+		Use:     "worker --coordinator ADDR [--listen ADDR] [--device cpu]",
+		Version: version.Version,
+		Short:   "Run a training worker that registers with a coordinator and trains the ranks it is assigned",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.Coordinator == "" {
 				cfg.Coordinator = os.Getenv("RINGMASTER_ADDR")
