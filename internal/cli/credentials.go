@@ -104,8 +104,10 @@ func newCredentialsCommand(client clientFunc, addr *string) *cobra.Command {
 			if out == "" {
 				out = name + ".credentials"
 			}
-			if _, err := os.Stat(out); err == nil {
-				return fmt.Errorf("--out %s exists; remove it or name another file", out)
+			if out != "-" {
+				if _, err := os.Stat(out); err == nil {
+					return fmt.Errorf("--out %s exists; remove it or name another file", out)
+				}
 			}
 			key, csr, err := pki.NewCSR()
 			if err != nil {
@@ -130,6 +132,16 @@ func newCredentialsCommand(client clientFunc, addr *string) *cobra.Command {
 			if _, err := cred.TLSCertificate(); err != nil {
 				return fmt.Errorf("the coordinator's answer: %w", err)
 			}
+			if out == "-" {
+				// To stdout: for `kubectl exec ... --out - > FILE` from an
+				// image without a shell.
+				b, err := cred.Marshal()
+				if err != nil {
+					return err
+				}
+				_, err = cmd.OutOrStdout().Write(b)
+				return err
+			}
 			if err := cred.Write(out); err != nil {
 				return err
 			}
@@ -140,7 +152,7 @@ func newCredentialsCommand(client clientFunc, addr *string) *cobra.Command {
 	f := create.Flags()
 	f.StringVar(&name, "name", "", "who the credential is for")
 	f.StringVar(&role, "role", pki.RoleView, "admin (everything), submit (submit, cancel, resume, read) or view (read and watch only)")
-	f.StringVar(&out, "out", "", "credential file to write (default NAME.credentials)")
+	f.StringVar(&out, "out", "", "credential file to write (default NAME.credentials; - prints it, e.g. through kubectl exec)")
 	f.DurationVar(&validity, "validity", pki.LeafValidity, "how long the certificate is valid")
 	cmd.AddCommand(create)
 	return cmd

@@ -87,7 +87,9 @@ func (c *Coordinator) setupPKI() error {
 	}
 	c.sec = &security{ca: ca, cred: cred, files: files}
 	adminPath := filepath.Join(c.cfg.DataDir, AdminCredentialFile)
-	if _, err := os.Stat(adminPath); errors.Is(err, os.ErrNotExist) {
+	// Made once; made again when the CA changed (rotation), since the old
+	// one then verifies nowhere.
+	if old, err := pki.LoadCredential(adminPath); errors.Is(err, os.ErrNotExist) || (err == nil && old.CA != string(ca.CertPEM)) {
 		admin, err := ca.Issue(pki.Identity{Role: pki.RoleAdmin, Name: "admin"}, nil, pki.LeafValidity)
 		if err != nil {
 			return err

@@ -115,6 +115,13 @@ func TestEveryPortRefusesStrangers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// --out - prints the credential (kubectl exec into an image
+		// without a shell).
+		if out, err := c.cli("credentials", "create", "--name", "printed", "--role", "view", "--out", "-"); err != nil {
+			t.Errorf("credentials create --out -: %v: %s", err, out)
+		} else if cred, err := pki.ParseCredential([]byte(out)); err != nil || cred.Identity != (pki.Identity{Role: pki.RoleView, Name: "printed"}) {
+			t.Errorf("the printed credential: %v, %v", cred, err)
+		}
 		if _, err := api(clientTLS(view)).ListJobs(ctx, &pb.ListJobsRequest{}); err != nil {
 			t.Errorf("list as view: %v", err)
 		}
