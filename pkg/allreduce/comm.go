@@ -20,7 +20,8 @@ type Config struct {
 	// SliceBytes is the largest frame the ring sends: each hop forwards a
 	// slice as soon as it has it. Zero means DefaultSliceBytes.
 	SliceBytes int
-	// DirectMaxBytes: collectives of at most this many bytes exchange with
+	// DirectMaxBytes: collectives of at most this many bytes (capped at
+	// MaxFrameBytes, as SliceBytes is) exchange with
 	// every peer in one round instead of running the ring. Zero means
 	// DefaultDirectMaxBytes; negative disables the direct path.
 	DirectMaxBytes int
@@ -97,9 +98,10 @@ func New(cfg Config, t Transport) (*Comm, error) {
 	if cfg.Wire > WireBF16 {
 		return nil, fmt.Errorf("allreduce: unknown wire encoding %d", cfg.Wire)
 	}
-	if cfg.SliceBytes > MaxFrameBytes || cfg.DirectMaxBytes > MaxFrameBytes {
-		return nil, fmt.Errorf("allreduce: slices of %d bytes and direct collectives of up to %d bytes: frames are at most %d bytes", cfg.SliceBytes, cfg.DirectMaxBytes, MaxFrameBytes)
-	}
+	// A frame carries at most MaxFrameBytes: larger settings are capped
+	// (a collective above the direct limit takes the ring).
+	cfg.SliceBytes = min(cfg.SliceBytes, MaxFrameBytes)
+	cfg.DirectMaxBytes = min(cfg.DirectMaxBytes, MaxFrameBytes)
 	c := &Comm{cfg: cfg, t: t, sent: make([]tracker, cfg.World), relFns: make([]func(), cfg.World)}
 	for p := range c.sent {
 		tr := &c.sent[p]
