@@ -120,8 +120,8 @@ func TestConfig(t *testing.T) {
 	if c.User != "65532:65532" {
 		t.Errorf("user = %q, want 65532:65532", c.User)
 	}
-	if c.WorkingDir != "/home/nonroot" {
-		t.Errorf("working dir = %q, want /home/nonroot", c.WorkingDir)
+	if c.WorkingDir != nonrootHome {
+		t.Errorf("working dir = %q, want the user's home %s", c.WorkingDir, nonrootHome)
 	}
 	for _, e := range []string{
 		"RINGMASTER_MNIST_DIR=/usr/share/ringmaster/mnist",
@@ -231,7 +231,7 @@ func TestFiles(t *testing.T) {
 		{"/etc/group", reg, 0o644, 0, 0},
 		{"/etc/ssl/certs/ca-certificates.crt", reg, 0o644, 0, 0},
 		{"/tmp", dir, 0o1777, 0, 0},
-		{"/home/nonroot", dir, 0o700, 65532, 65532},
+		{nonrootHome, dir, 0o700, 65532, 65532},
 		{"/var/lib/ringmaster", dir, 0o755, 65532, 65532},
 		{"/var/lib/ringmaster/data", dir, 0o700, 65532, 65532},
 		{"/var/lib/ringmaster/checkpoints", dir, 0o755, 65532, 65532},
@@ -250,7 +250,7 @@ func TestFiles(t *testing.T) {
 			t.Errorf("%s: type %c mode %o owner %d:%d; want type %c mode %o owner %d:%d", w.path, h.Typeflag, h.Mode, h.Uid, h.Gid, w.typ, w.mode, w.uid, w.gid)
 		}
 	}
-	if p := files["/etc/passwd"].data; !bytes.Contains(p, []byte("\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n")) {
+	if p := files["/etc/passwd"].data; !bytes.Contains(p, []byte("\nnonroot:x:65532:65532:nonroot:"+nonrootHome+":/sbin/nologin\n")) {
 		t.Errorf("/etc/passwd has no entry for 65532:\n%s", p)
 	}
 	if g := files["/etc/group"].data; !bytes.Contains(g, []byte("\nnonroot:x:65532:\n")) {

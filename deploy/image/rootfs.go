@@ -15,11 +15,13 @@ import (
 )
 
 // The image's user: distroless's "nonroot", which the chart's
-// securityContext and fsGroup name by number.
+// securityContext and fsGroup name by number. Its home, inside the image,
+// is the image's working directory.
 const (
+	nonrootName = "nonroot"
 	nonrootUID  = 65532
 	nonrootGID  = 65532
-	nonrootHome = "/home/nonroot"
+	nonrootHome = "/home/" + nonrootName
 )
 
 // Paths in the image. The root Dockerfile copies the tree this program
@@ -64,7 +66,7 @@ var dirs = map[string]entry{
 const (
 	passwd = "root:x:0:0:root:/root:/sbin/nologin\n" +
 		"nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n" +
-		"nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n"
+		"nonroot:x:65532:65532:nonroot:" + nonrootHome + ":/sbin/nologin\n"
 	group = "root:x:0:\n" +
 		"nobody:x:65534:\n" +
 		"nonroot:x:65532:\n"

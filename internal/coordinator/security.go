@@ -3,7 +3,6 @@ package coordinator
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -271,19 +270,29 @@ type tokenRecord struct {
 // DefaultTokenTTL is how long a join token may be used unless told.
 const DefaultTokenTTL = 24 * time.Hour
 
+// tokenTTL checks a token request: only "worker" can join; ttl 0 means
+// DefaultTokenTTL.
+func tokenTTL(role string, ttl time.Duration) (time.Duration, error) {
+	if role != pki.RoleWorker {
+		return 0, fmt.Errorf("--role %q: join tokens are for workers (--role worker); users get credentials with `coordinator credentials create`", role)
+	}
+	if ttl == 0 {
+		ttl = DefaultTokenTTL
+	}
+	if ttl < time.Minute || ttl > 30*24*time.Hour {
+		return 0, fmt.Errorf("--ttl %v: give 1m to 720h", ttl)
+	}
+	return ttl, nil
+}
+
 // CreateToken makes a join token for role (only "worker" can join).
 func (c *Coordinator) CreateToken(ctx context.Context, role string, ttl time.Duration) (pki.Token, time.Time, error) {
 	if c.sec == nil {
 		return pki.Token{}, time.Time{}, errors.New("this coordinator runs --insecure: workers need no token")
 	}
-	if role != pki.RoleWorker {
-		return pki.Token{}, time.Time{}, fmt.Errorf("--role %q: join tokens are for workers (--role worker); users get credentials with `coordinator credentials create`", role)
-	}
-	if ttl <= 0 {
-		ttl = DefaultTokenTTL
-	}
-	if ttl < time.Minute || ttl > 30*24*time.Hour {
-		return pki.Token{}, time.Time{}, fmt.Errorf("--ttl %v: give 1m to 720h", ttl)
+	ttl, err := tokenTTL(role, ttl)
+	if err != nil {
+		return pki.Token{}, time.Time{}, err
 	}
 	tok := pki.NewToken(c.sec.ca)
 	exp := time.Now().Add(ttl)
@@ -375,27 +384,20 @@ func (c *Coordinator) issueCredential(ctx context.Context, req *pb.IssueCredenti
 	return &pb.IssueCredentialResponse{CertPem: string(certPEM), CaPem: string(c.sec.ca.CertPEM)}, nil
 }
 
-// CA returns the cluster's CA certificate pool (nil when insecure).
-func (c *Coordinator) CA() *x509.CertPool {
-	if c.sec == nil {
-		return nil
-	}
-	p := x509.NewCertPool()
-	p.AddCert(c.sec.ca.Cert)
-	return p
-}
-
 // Insecure reports whether the coordinator serves plain text.
 func (c *Coordinator) Insecure() bool { return c.sec == nil }
 
 // CreateToken implements the API call.
 func (a *api) CreateToken(ctx context.Context, req *pb.CreateTokenRequest) (*pb.CreateTokenResponse, error) {
+	if a.c.sec == nil {
+		return nil, status.Error(codes.FailedPrecondition, "this coordinator runs --insecure: workers need no token")
+	}
+	if _, err := tokenTTL(req.Role, time.Duration(req.TtlSeconds)*time.Second); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
 	tok, exp, err := a.c.CreateToken(ctx, req.Role, time.Duration(req.TtlSeconds)*time.Second)
 	if err != nil {
-		if ctx.Err() == nil && status.Code(err) == codes.Unknown && !strings.Contains(err.Error(), "etcd") {
-			return nil, status.Error(codes.InvalidArgument, err.Error())
-		}
-		return nil, err
+		return nil, status.Errorf(codes.Unavailable, "recording the token: %v", err)
 	}
 	caller, _ := pki.PeerIdentity(ctx)
 	a.c.log.Info("join token created", zap.String("token", tok.ID), zap.String("role", req.Role), zap.Time("expires", exp), zap.Stringer("by", caller))

@@ -167,8 +167,7 @@ func (c *Credential) ServerTLS(optional bool, roles ...string) (*tls.Config, err
 
 // ClientTLS is the TLS configuration of a client holding this credential
 // that talks to a server of the same CA whose identity passes check (nil:
-// any identity with one of the roles coordinator or worker is refused only
-// if it does not verify; give a check to pin the peer).
+// any identity of the CA).
 func (c *Credential) ClientTLS(check func(Identity) error) (*tls.Config, error) {
 	pair, err := c.TLSCertificate()
 	if err != nil {
@@ -191,27 +190,53 @@ func PinnedClientTLS(pool *x509.CertPool, certs []tls.Certificate, check func(Id
 		RootCAs:            pool,
 		InsecureSkipVerify: true, // verified below, by identity instead of host name
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return errors.New("the server sent no certificate")
-			}
-			inter := x509.NewCertPool()
-			for _, ic := range cs.PeerCertificates[1:] {
-				inter.AddCert(ic)
-			}
-			leaf := cs.PeerCertificates[0]
-			if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
-				return fmt.Errorf("the server's certificate is not from this cluster's CA: %w", err)
-			}
-			id, err := IdentityOf(leaf)
-			if err != nil {
-				return err
-			}
-			if check != nil {
-				return check(id)
-			}
-			return nil
+			return verifyServer(cs, pool, check)
 		},
 	}
+}
+
+// TokenPinnedTLS is the TLS configuration of a client that has no
+// credential yet, only a join token: the server's chain must carry the CA
+// whose hash the token names (servers send it, see TLSCertificate), and
+// the server must verify against it and pass check.
+func TokenPinnedTLS(caHash string, check func(Identity) error) *tls.Config {
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		InsecureSkipVerify: true, // verified below, against the pinned CA
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			for _, ca := range cs.PeerCertificates[min(1, len(cs.PeerCertificates)):] {
+				if CertHash(ca) == caHash {
+					pool := x509.NewCertPool()
+					pool.AddCert(ca)
+					return verifyServer(cs, pool, check)
+				}
+			}
+			return errors.New("the server's CA does not match the join token's hash: the token is for another cluster, or someone is in between")
+		},
+	}
+}
+
+// verifyServer checks a server's chain against pool and its identity.
+func verifyServer(cs tls.ConnectionState, pool *x509.CertPool, check func(Identity) error) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("the server sent no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, ic := range cs.PeerCertificates[1:] {
+		inter.AddCert(ic)
+	}
+	leaf := cs.PeerCertificates[0]
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		return fmt.Errorf("the server's certificate is not from this cluster's CA: %w", err)
+	}
+	id, err := IdentityOf(leaf)
+	if err != nil {
+		return err
+	}
+	if check != nil {
+		return check(id)
+	}
+	return nil
 }
 
 // HasRole is a check for ClientTLS: the peer must hold one of roles.

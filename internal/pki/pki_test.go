@@ -131,3 +131,50 @@ func TestServerAndClientTLS(t *testing.T) {
 		t.Errorf("a client pinned to workers accepted a coordinator: %v", err)
 	}
 }
+
+// A joining client with only a token's CA hash accepts the cluster's
+// coordinator and refuses a server of another CA.
+func TestTokenPinnedTLS(t *testing.T) {
+	ca, _ := NewCA("t")
+	other, _ := NewCA("other")
+	serve := func(ca *CA) string {
+		server, _ := ca.Issue(Identity{Role: RoleCoordinator, Name: "c"}, Hosts{"127.0.0.1"}, time.Hour)
+		cfg, err := server.ServerTLS(true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lis, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { lis.Close() })
+		go func() {
+			for {
+				c, err := lis.Accept()
+				if err != nil {
+					return
+				}
+				_ = c.(*tls.Conn).Handshake()
+				c.Close()
+			}
+		}()
+		return lis.Addr().String()
+	}
+	dial := func(addr, hash string, check func(Identity) error) error {
+		c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, TokenPinnedTLS(hash, check))
+		if err == nil {
+			c.Close()
+		}
+		return err
+	}
+	ours, theirs := serve(ca), serve(other)
+	if err := dial(ours, ca.Hash(), HasRole(RoleCoordinator)); err != nil {
+		t.Errorf("the pinned coordinator: %v", err)
+	}
+	if err := dial(theirs, ca.Hash(), HasRole(RoleCoordinator)); err == nil || !strings.Contains(err.Error(), "join token's hash") {
+		t.Errorf("a server of another CA: %v", err)
+	}
+	if err := dial(ours, ca.Hash(), HasRole(RoleWorker)); err == nil {
+		t.Error("a coordinator passed a check for workers")
+	}
+}

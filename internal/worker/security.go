@@ -2,8 +2,6 @@ package worker
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -107,27 +105,7 @@ func (w *Worker) join(ctx context.Context, tok pki.Token) (*pki.Credential, erro
 	if err != nil {
 		return nil, err
 	}
-	pinned := &tls.Config{
-		MinVersion:         tls.VersionTLS13,
-		InsecureSkipVerify: true, // verified below, against the pinned CA
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.PeerCertificates) == 0 {
-				return errors.New("the coordinator sent no certificate")
-			}
-			for _, ca := range cs.PeerCertificates[1:] {
-				if pki.CertHash(ca) != tok.CAHash {
-					continue
-				}
-				roots := x509.NewCertPool()
-				roots.AddCert(ca)
-				if _, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
-					return err
-				}
-				return pki.HasRole(pki.RoleCoordinator)(mustIdentity(cs.PeerCertificates[0]))
-			}
-			return errors.New("the coordinator's CA does not match the join token's hash: the token is for another cluster, or someone is in between")
-		},
-	}
+	pinned := pki.TokenPinnedTLS(tok.CAHash, pki.HasRole(pki.RoleCoordinator))
 	conn, err := apiclient.Dial(w.cfg.Coordinator, grpc.WithTransportCredentials(credentials.NewTLS(pinned)))
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
@@ -163,11 +141,6 @@ func (w *Worker) join(ctx context.Context, tok pki.Token) (*pki.Credential, erro
 		return nil, errors.New("worker: the coordinator answered with a CA other than the join token's")
 	}
 	return cred, nil
-}
-
-func mustIdentity(c *x509.Certificate) pki.Identity {
-	id, _ := pki.IdentityOf(c)
-	return id
 }
 
 // ringSecurity makes the ring mutual TLS between workers: each end proves

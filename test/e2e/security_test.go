@@ -146,6 +146,9 @@ func TestEveryPortRefusesStrangers(t *testing.T) {
 		if _, err := api(clientTLS(submitter)).CreateToken(ctx, &pb.CreateTokenRequest{Role: pki.RoleWorker}); status.Code(err) != codes.PermissionDenied {
 			t.Errorf("token create as submit: %v", err)
 		}
+		if _, err := c.client.CreateToken(ctx, &pb.CreateTokenRequest{Role: pki.RoleAdmin}); status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "--role") {
+			t.Errorf("a join token for admins: %v, want InvalidArgument naming --role", err)
+		}
 		// A join with a wrong secret gets nothing.
 		tok, err := pki.ParseToken(c.joinToken())
 		if err != nil {
